@@ -1,0 +1,19 @@
+"""The scheduling contract shared by the simulator (`sim`) and the real engine (`real`).
+
+Pure Python: no torch, simpy or hydra, so a policy runs unchanged on both clocks.
+"""
+
+from policies.batch import Batch, Granularity, Position, Stage
+from policies.decision import CONTINUE, Continue, Decision, Merge, Resume, RunBatch
+from policies.fcfs import FCFS
+from policies.qllm import QLLM
+from policies.queues import Queue, Queues
+from policies.request import Priority, Request
+from policies.state import PolicyError, SchedulerState, Transition
+from policies.view import Policy, SchedulerView
+
+__all__ = [
+    "Batch", "CONTINUE", "Continue", "Decision", "FCFS", "Granularity", "Merge", "Policy", "PolicyError",
+    "Position", "Priority", "QLLM", "Queue", "Queues", "Request", "Resume", "RunBatch", "SchedulerState",
+    "SchedulerView", "Stage", "Transition",
+]

@@ -1,0 +1,59 @@
+"""QLLM: Algorithm 1 of the paper plus preemption of best-effort batches inside an iteration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policies.admission import admit_fifo, kv_of
+from policies.batch import Granularity
+from policies.decision import CONTINUE, Decision, Merge, Resume, RunBatch
+from policies.request import Request
+from policies.view import SchedulerView
+
+
+@dataclass
+class QLLM:
+    """Priority-aware preemptive scheduling.
+
+    Mid-iteration, a batch with no LS request is paused as soon as LS work waits; the new LS batch
+    absorbs the paused batch when it reaches the paused position (nothing recomputed). Between
+    iterations, Algorithm 1 forms the next batch. `fill_ls_prefill=False` keeps LS prefill batches
+    LS-only (shorter TTFT, not in the paper).
+    """
+
+    max_batch_size: int = 32
+    granularity: Granularity = Granularity.LAYER
+    fill_ls_prefill: bool = True
+
+    def schedule(self, view: SchedulerView) -> Decision:
+        running = view.running
+        if running is not None:
+            mergeable = tuple(b.batch_id for b in view.paused if running.position.can_absorb(b.position))
+            if mergeable:
+                return Merge(mergeable)
+            if running.has_ls or not view.queues.has_ls:
+                return CONTINUE
+            batch = self.next_batch(view)
+            return RunBatch(batch) if any(r.is_ls for r in batch) else CONTINUE
+        if view.paused and not view.queues.has_ls:
+            return Resume(view.paused[0].batch_id)
+        batch = self.next_batch(view)
+        if batch:
+            return RunBatch(batch)
+        return Resume(view.paused[0].batch_id) if view.paused else CONTINUE
+
+    def next_batch(self, view: SchedulerView) -> tuple[Request, ...]:
+        """Algorithm 1 (GetNextBatch); prefills also respect the free KV budget."""
+        q, size, free_kv = view.queues, self.max_batch_size, view.num_free_kv_tokens
+        if len(q.ls_decode) >= size:
+            return tuple(q.ls_decode.head(size))
+        ls_prefill = admit_fifo(q.ls_prefill, size, free_kv)
+        if ls_prefill:
+            room = size - len(ls_prefill) if self.fill_ls_prefill else 0
+            return tuple(ls_prefill + admit_fifo(q.be_prefill, room, free_kv - kv_of(ls_prefill)))
+        if q.ls_decode:
+            ls_decode = q.ls_decode.head(size)
+            return tuple(ls_decode + q.be_decode.head(size - len(ls_decode)))
+        if q.be_decode:
+            return tuple(q.be_decode.head(size))
+        return tuple(admit_fifo(q.be_prefill, size, free_kv))
