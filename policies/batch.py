@@ -23,6 +23,16 @@ class Granularity(IntEnum):
     LAYER = 1
     EXPERT = 2
 
+    @classmethod
+    def parse(cls, value: Granularity | str | int) -> Granularity:
+        """Accept an enum member, its name in any case ('layer'), or its value, as configs spell it."""
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                raise ValueError(f"unknown granularity {value!r}; choose iteration, layer or expert") from None
+        return cls(value)
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Position:

@@ -18,6 +18,11 @@ class FCFS:
     max_batch_size: int = 32
     granularity: Granularity = Granularity.ITERATION
 
+    def __post_init__(self) -> None:
+        self.granularity = Granularity.parse(self.granularity)
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+
     def schedule(self, view: SchedulerView) -> Decision:
         if view.running is not None:
             return CONTINUE

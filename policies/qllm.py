@@ -25,6 +25,11 @@ class QLLM:
     granularity: Granularity = Granularity.LAYER
     fill_ls_prefill: bool = True
 
+    def __post_init__(self) -> None:
+        self.granularity = Granularity.parse(self.granularity)
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+
     def schedule(self, view: SchedulerView) -> Decision:
         running = view.running
         if running is not None:

@@ -1,0 +1,164 @@
+"""The simulated GPU: one SimPy process that runs stages of the running batch and asks the policy
+at scheduling points. Stretches in which no decision can change run as a single timeout; an arrival
+interrupts such a stretch and the engine stops at the next scheduling point (SimPy's
+interrupt-and-compute-what-is-left idiom)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from policies import Batch, Policy, Request, SchedulerState, Transition
+from sim.plan import CostModel
+
+
+@dataclass(slots=True)
+class BatchWork:
+    """Simulator-side state of a batch: expert loads and stage durations of its current pass."""
+
+    loads: np.ndarray  # [L, E] tokens still to be run by each expert
+    durations: np.ndarray  # [L*S + 1]
+    index: int = 0  # next flat stage
+
+
+@dataclass
+class SimEngine:
+    env: simpy.Environment
+    state: SchedulerState
+    policy: Policy
+    costs: CostModel
+    on_finish: Callable[[Request], None] = lambda r: None
+    busy_s: float = 0.0
+    num_consults: int = 0
+    _work: dict[int, BatchWork] = field(default_factory=dict)
+    _changed: bool = True
+    _wake: simpy.Event | None = None
+    _interruptible: bool = False
+    _process: simpy.Process | None = None
+    _remaining: int = 0
+
+    def __post_init__(self) -> None:
+        layout = self.costs.layout
+        self._points = layout.points(self.policy.granularity)
+        self._every_point = getattr(self.policy, "consults_every_point", False)
+
+    def start(self, requests: list[Request]) -> simpy.Process:
+        self._remaining = len(requests)
+        self.env.process(self._arrivals(requests))
+        self._process = self.env.process(self._run())
+        return self._process
+
+    def _arrivals(self, requests: list[Request]):
+        for request in requests:
+            yield self.env.timeout(max(request.arrival_s - self.env.now, 0.0))
+            self.state.arrive(request)
+            self._changed = True
+            if self._wake is not None and not self._wake.triggered:
+                self._wake.succeed()
+            elif self._interruptible:
+                self._interruptible = False
+                self._process.interrupt()
+
+    def _run(self):
+        while self._remaining > 0:
+            if self.state.running is None or self._changed:
+                yield from self._consult()
+            if self.state.running is None:
+                self._wake = self.env.event()
+                yield self._wake
+                self._wake = None
+                continue
+            yield from self._advance()
+
+    def _consult(self):
+        self._changed = False
+        self.num_consults += 1
+        transition = self.state.apply(self.policy.schedule(self.state.view(self.env.now)))
+        cost = self._bookkeep(transition)
+        if cost > 0:
+            yield from self._busy(cost)
+
+    def _advance(self):
+        """Run the running batch up to the next point where a decision may differ."""
+        work = self._work[self.state.running.batch_id]
+        target = self._target(work.index)
+        cumulative = np.cumsum(work.durations[work.index:target])
+        start = self.env.now
+        self._interruptible = self._has_point_between(work.index, target)
+        try:
+            yield self.env.timeout(cumulative[-1])
+        except simpy.Interrupt:
+            elapsed = self.env.now - start
+            stage = work.index + int(np.searchsorted(cumulative, elapsed))
+            target = min(self._next_point_after(stage), target)
+            yield self.env.timeout(cumulative[target - work.index - 1] - elapsed)
+        self._interruptible = False
+        self.busy_s += self.env.now - start
+        self._arrive_at(work, target)
+
+    def _arrive_at(self, work: BatchWork, index: int) -> None:
+        work.index = index
+        batch = self.state.running
+        if index == self.costs.layout.end:
+            del self._work[batch.batch_id]
+            for request in self.state.complete_pass(self.env.now):
+                self._remaining -= 1
+                self.on_finish(request)
+            return
+        batch.position = self.costs.layout.position(index)
+        self._changed = self._changed or self._every_point or self._can_merge(batch)
+
+    def _target(self, index: int) -> int:
+        """Next flat index to stop at: the next point if the policy sees every point, else the
+        first point where a paused batch could merge, else the end of the iteration."""
+        end = self.costs.layout.end
+        later = self._points[self._points > index]
+        if self._every_point:
+            return int(later[0]) if len(later) else end
+        for point in later:
+            if any(self.costs.layout.position(int(point)).can_absorb(b.position) for b in self.state.paused):
+                return int(point)
+        return end
+
+    def _has_point_between(self, index: int, target: int) -> bool:
+        return bool(np.any((self._points > index) & (self._points < target)))
+
+    def _next_point_after(self, stage: int) -> int:
+        """First point at or after the boundary that ends `stage` (the stage running now)."""
+        later = self._points[self._points > stage]
+        return int(later[0]) if len(later) else self.costs.layout.end
+
+    def _can_merge(self, batch: Batch) -> bool:
+        return any(batch.position.can_absorb(b.position) for b in self.state.paused)
+
+    def _bookkeep(self, t: Transition) -> float:
+        """Move simulator state along with the scheduler's; return the engine overhead to charge."""
+        o = self.costs.profile.overheads
+        cost = 0.0
+        if t.started is not None:
+            loads = self.costs.router.loads(t.started.num_tokens)
+            self._work[t.started.batch_id] = BatchWork(loads, self.costs.durations(t.started, loads))
+        if t.paused is not None:
+            cost += o.pause_s
+        if t.resumed is not None:
+            cost += o.resume_s
+        for batch in t.merged:
+            self._absorb(self.state.running, batch)
+            cost += o.merge_s
+        return cost
+
+    def _absorb(self, running: Batch, paused: Batch) -> None:
+        """Paused tokens join the per-expert queues: loads add up from here on."""
+        work, other = self._work[running.batch_id], self._work.pop(paused.batch_id)
+        layer, stages = running.position.layer, self.costs.layout.stages_per_layer
+        done_experts = max(other.index - layer * stages - 2, 0)
+        other.loads[layer, :done_experts] = 0
+        work.loads[layer:] += other.loads[layer:]
+        work.durations = self.costs.durations(running, work.loads)
+
+    def _busy(self, seconds: float):
+        yield self.env.timeout(seconds)
+        self.busy_s += seconds

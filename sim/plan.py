@@ -1,0 +1,87 @@
+"""One batch's iteration as a flat list of stage durations, and flat index <-> Position."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies import Batch, Granularity, Position, Stage
+from sim.model import ModelSpec
+from sim.profile import AttentionLoad, Profile
+from sim.routing import ExpertRouter
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Stage k of an iteration: layer k // S, stage k % S with S = 2 + E (attention, router,
+    experts 0..E-1); index L*S is the LM head."""
+
+    num_layers: int
+    num_experts: int
+
+    @property
+    def stages_per_layer(self) -> int:
+        return 2 + self.num_experts
+
+    @property
+    def end(self) -> int:
+        """Index just past the LM head: the iteration is complete."""
+        return self.num_layers * self.stages_per_layer + 1
+
+    def position(self, k: int) -> Position:
+        layer, s = divmod(k, self.stages_per_layer)
+        if layer >= self.num_layers or s == 0:
+            return Position(layer, Stage.ATTENTION)
+        return Position(layer, Stage.ROUTER) if s == 1 else Position(layer, Stage.EXPERTS, s - 2)
+
+    def index(self, pos: Position) -> int:
+        s = {Stage.ATTENTION: 0, Stage.ROUTER: 1, Stage.EXPERTS: 2 + pos.expert}[pos.stage]
+        return pos.layer * self.stages_per_layer + s
+
+    def points(self, granularity: Granularity) -> np.ndarray:
+        """Flat indices (mid-iteration, sorted) where a policy of this granularity is consulted."""
+        S, L = self.stages_per_layer, self.num_layers
+        if granularity == Granularity.ITERATION:
+            return np.empty(0, dtype=int)
+        layers = np.arange(1, L) * S
+        if granularity == Granularity.LAYER:
+            return layers
+        experts = (np.arange(L)[:, None] * S + 2 + np.arange(self.num_experts)[None, :]).ravel()
+        return np.sort(np.concatenate([layers, experts]))
+
+
+def attention_load(batch: Batch) -> AttentionLoad:
+    prefill = [r.num_prompt_tokens for r in batch.requests if r.is_prefill]
+    decode = [r.num_context_tokens for r in batch.requests if not r.is_prefill]
+    return AttentionLoad(
+        num_prefill_seqs=len(prefill),
+        num_prefill_tokens=sum(prefill),
+        prefill_sq_tokens=sum(n * n for n in prefill),
+        num_decode_seqs=len(decode),
+        decode_ctx_tokens=sum(decode),
+    )
+
+
+@dataclass
+class CostModel:
+    """Turns a batch and its expert loads into stage durations using a profile."""
+
+    model: ModelSpec
+    profile: Profile
+    router: ExpertRouter
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.model.num_layers, self.model.num_experts)
+
+    def durations(self, batch: Batch, loads: np.ndarray) -> np.ndarray:
+        """[L*S + 1] seconds per stage; `loads` [L, E] are tokens queued at each expert."""
+        p = self.profile
+        stage = p.overheads.stage_s
+        table = np.empty((self.model.num_layers, 2 + self.model.num_experts))
+        table[:, 0] = p.attention_s(attention_load(batch)) + stage
+        table[:, 1] = p.router_s(batch.num_tokens) + stage
+        table[:, 2:] = p.experts_s(loads)
+        head = p.lm_head_s(batch.num_requests) + p.overheads.iteration_s
+        return np.append(table.ravel(), head)

@@ -1,0 +1,144 @@
+"""Table-driven tests of Algorithm 1 (QLLM's GetNextBatch) and the preemption / merge rules."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies import (
+    CONTINUE, FCFS, QLLM, Batch, Granularity, Merge, Position, Priority, Request, Resume, RunBatch,
+    SchedulerState, Stage,
+)
+
+B = 4
+
+
+def state_with(ls_prefill=0, ls_decode=0, be_prefill=0, be_decode=0, kv=10_000) -> SchedulerState:
+    """Queues filled with requests; ids encode the queue (LP 0xx, LD 1xx, BP 2xx, BD 3xx)."""
+    state = SchedulerState(kv_capacity_tokens=kv, max_batch_size=B)
+    groups = [(ls_prefill, 0, Priority.LS, 0), (ls_decode, 100, Priority.LS, 1),
+              (be_prefill, 200, Priority.BE, 0), (be_decode, 300, Priority.BE, 1)]
+    for count, base, priority, generated in groups:
+        for i in range(count):
+            r = Request(base + i, arrival_s=float(base + i), num_prompt_tokens=10, num_output_tokens=5,
+                        priority=priority, num_generated_tokens=generated)
+            state.queues.push(r)
+    return state
+
+
+def ids(decision) -> list[int]:
+    return [r.request_id for r in decision.requests]
+
+
+ALGORITHM_1 = [
+    # (name, queue sizes (LP, LD, BP, BD), expected request ids of the next batch)
+    ("1: full LS decode batch", (1, 5, 2, 2), [100, 101, 102, 103]),
+    ("2: LS prefill topped up with BE prefill", (2, 1, 3, 2), [0, 1, 200, 201]),
+    ("2: LS prefill alone fills the batch", (5, 0, 3, 0), [0, 1, 2, 3]),
+    ("3: LS decode topped up with BE decode", (0, 2, 3, 5), [100, 101, 300, 301]),
+    ("4: BE decode before BE prefill", (0, 0, 3, 2), [300, 301]),
+    ("5: BE prefill last", (0, 0, 6, 0), [200, 201, 202, 203]),
+]
+
+
+@pytest.mark.parametrize("name,sizes,expected", ALGORITHM_1, ids=[c[0] for c in ALGORITHM_1])
+def test_next_batch(name, sizes, expected):
+    decision = QLLM(max_batch_size=B).schedule(state_with(*sizes).view(0.0))
+    assert isinstance(decision, RunBatch)
+    assert ids(decision) == expected
+
+
+def test_6_nothing_to_do():
+    assert QLLM().schedule(state_with().view(0.0)) == CONTINUE
+
+
+def test_ls_prefill_not_topped_up_when_disabled():
+    decision = QLLM(max_batch_size=B, fill_ls_prefill=False).schedule(state_with(1, 0, 3, 0).view(0.0))
+    assert ids(decision) == [0]
+
+
+def test_prefill_admission_respects_kv():
+    # each request reserves 15 KV tokens: 40 free admits two
+    decision = QLLM(max_batch_size=B).schedule(state_with(0, 0, 4, 0, kv=40).view(0.0))
+    assert ids(decision) == [200, 201]
+
+
+def test_ls_prefill_that_does_not_fit_falls_through_to_decode():
+    decision = QLLM(max_batch_size=B).schedule(state_with(1, 0, 0, 2, kv=10).view(0.0))
+    assert ids(decision) == [300, 301]
+
+
+def running_state(batch_sizes: tuple[int, int, int, int], running_has_ls: bool, position: Position):
+    state = state_with(*batch_sizes)
+    priority = Priority.LS if running_has_ls else Priority.BE
+    running = [Request(900 + i, 0.0, 10, 5, priority, num_generated_tokens=1) for i in range(2)]
+    state.running = Batch(99, running, position)
+    return state
+
+
+PREEMPTION = [
+    # (name, queues, running batch has LS, expected decision type)
+    ("BE batch, LS prefill waits -> preempt", (1, 0, 0, 0), False, RunBatch),
+    ("BE batch, LS decode waits -> preempt", (0, 1, 0, 0), False, RunBatch),
+    ("BE batch, only BE waits -> continue", (0, 0, 3, 3), False, type(CONTINUE)),
+    ("LS batch, LS waits -> continue (joins next iteration)", (1, 0, 0, 0), True, type(CONTINUE)),
+]
+
+
+@pytest.mark.parametrize("name,sizes,has_ls,expected", PREEMPTION, ids=[c[0] for c in PREEMPTION])
+def test_preemption_rule(name, sizes, has_ls, expected):
+    state = running_state(sizes, has_ls, Position(3, Stage.ATTENTION))
+    assert isinstance(QLLM(max_batch_size=B).schedule(state.view(0.0)), expected)
+
+
+def test_merge_when_running_batch_reaches_paused_position():
+    state = running_state((0, 0, 0, 0), True, Position(3, Stage.ATTENTION))
+    state.paused.append(Batch(7, [Request(800, 0.0, 10, 5)], Position(3, Stage.ATTENTION)))
+    state.paused.append(Batch(8, [Request(801, 0.0, 10, 5)], Position(5, Stage.ATTENTION)))
+    assert QLLM().schedule(state.view(0.0)) == Merge((7,))
+
+
+def test_expert_queue_merge_from_an_earlier_expert_only():
+    paused = Position(2, Stage.EXPERTS, 3)
+    assert Position(2, Stage.EXPERTS, 0).can_absorb(paused)
+    assert Position(2, Stage.EXPERTS, 3).can_absorb(paused)
+    assert not Position(2, Stage.EXPERTS, 4).can_absorb(paused)
+    assert not Position(2, Stage.ATTENTION).can_absorb(paused)
+    assert not Position(1, Stage.EXPERTS, 0).can_absorb(paused)
+
+
+def test_idle_engine_resumes_paused_batch_when_no_ls_waits():
+    state = state_with(0, 0, 2, 2)
+    state.paused.append(Batch(7, [Request(800, 0.0, 10, 5)], Position(3, Stage.ATTENTION)))
+    assert QLLM().schedule(state.view(0.0)) == Resume(7)
+
+
+def test_idle_engine_starts_ls_batch_over_paused_one():
+    state = state_with(1, 0, 0, 0)
+    state.paused.append(Batch(7, [Request(800, 0.0, 10, 5)], Position(3, Stage.ATTENTION)))
+    assert ids(QLLM().schedule(state.view(0.0))) == [0]
+
+
+FCFS_CASES = [
+    # (name, queue sizes, expected ids) -- arrival order decides, priority does not
+    ("prefill newcomers first, oldest first", (1, 0, 2, 0), [0, 200, 201]),
+    ("no room: decode the active ones", (1, 2, 0, 2), [100, 101, 300, 301]),
+    ("room for one newcomer", (2, 0, 0, 3), [0]),
+]
+
+
+@pytest.mark.parametrize("name,sizes,expected", FCFS_CASES, ids=[c[0] for c in FCFS_CASES])
+def test_fcfs(name, sizes, expected):
+    decision = FCFS(max_batch_size=B).schedule(state_with(*sizes).view(0.0))
+    assert ids(decision) == expected
+
+
+def test_fcfs_never_preempts():
+    state = running_state((3, 0, 0, 0), False, Position(0, Stage.ATTENTION))
+    assert FCFS().schedule(state.view(0.0)) == CONTINUE
+    assert FCFS().granularity == Granularity.ITERATION
+
+
+def test_granularity_parses_config_spellings():
+    assert QLLM(granularity="expert").granularity == Granularity.EXPERT
+    with pytest.raises(ValueError, match="unknown granularity"):
+        QLLM(granularity="token")
