@@ -55,9 +55,10 @@ class Queues:
         self.be_decode = Queue()
 
     def queue_for(self, request: Request) -> Queue:
-        if request.is_ls:
-            return self.ls_prefill if request.is_prefill else self.ls_decode
-        return self.be_prefill if request.is_prefill else self.be_decode
+        decoding = request.num_generated_tokens > 0
+        if request.priority == 0:  # Priority.LS; compared as int on this hot path
+            return self.ls_decode if decoding else self.ls_prefill
+        return self.be_decode if decoding else self.be_prefill
 
     def push(self, request: Request) -> None:
         self.queue_for(request).push(request)

@@ -19,8 +19,8 @@ from sim.plan import CostModel
 class BatchWork:
     """Simulator-side state of a batch: expert loads and stage durations of its current pass."""
 
-    loads: np.ndarray  # [L, E] tokens still to be run by each expert
-    durations: np.ndarray  # [L*S + 1]
+    loads: np.ndarray  # [L, E] tokens queued at each expert in this pass
+    durations: np.ndarray  # [L*S + 1] seconds per stage
     index: int = 0  # next flat stage
 
 
@@ -139,8 +139,8 @@ class SimEngine:
         o = self.costs.profile.overheads
         cost = 0.0
         if t.started is not None:
-            loads = self.costs.router.loads(t.started.num_tokens)
-            self._work[t.started.batch_id] = BatchWork(loads, self.costs.durations(t.started, loads))
+            loads, expert_s = self.costs.draw(t.started.num_tokens)
+            self._work[t.started.batch_id] = BatchWork(loads, self.costs.durations(t.started, expert_s))
         if t.paused is not None:
             cost += o.pause_s
         if t.resumed is not None:
@@ -156,8 +156,8 @@ class SimEngine:
         layer, stages = running.position.layer, self.costs.layout.stages_per_layer
         done_experts = max(other.index - layer * stages - 2, 0)
         other.loads[layer, :done_experts] = 0
-        work.loads[layer:] += other.loads[layer:]
-        work.durations = self.costs.durations(running, work.loads)
+        work.loads = work.loads + np.where(np.arange(len(work.loads))[:, None] >= layer, other.loads, 0)
+        work.durations = self.costs.durations(running, self.costs.profile.experts_s(work.loads))
 
     def _busy(self, seconds: float):
         yield self.env.timeout(seconds)

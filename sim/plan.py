@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -63,25 +63,42 @@ def attention_load(batch: Batch) -> AttentionLoad:
     )
 
 
+POOL_SIZE = 64
+POOLED_MAX_TOKENS = 256  # decode-sized passes recur; prefill token counts rarely do
+
+
 @dataclass
 class CostModel:
-    """Turns a batch and its expert loads into stage durations using a profile."""
+    """Turns a batch and its expert loads into stage durations using a profile.
+
+    Routing draws and expert costs are made `POOL_SIZE` passes at a time per token count: one
+    numpy call instead of many (decode passes repeat the same few token counts)."""
 
     model: ModelSpec
     profile: Profile
     router: ExpertRouter
+    _pools: dict[int, list] = field(default_factory=dict, repr=False)
+
+    def draw(self, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        """Expert loads [L, E] for a new pass of `num_tokens` tokens, and their expert times."""
+        pool = self._pools.get(num_tokens)
+        if not pool:
+            size = POOL_SIZE if num_tokens <= POOLED_MAX_TOKENS else 1
+            loads = self.router.loads_many(num_tokens, size)
+            pool = self._pools[num_tokens] = list(zip(loads, self.profile.experts_s(loads)))[::-1]
+        return pool.pop()
 
     @property
     def layout(self) -> Layout:
         return Layout(self.model.num_layers, self.model.num_experts)
 
-    def durations(self, batch: Batch, loads: np.ndarray) -> np.ndarray:
-        """[L*S + 1] seconds per stage; `loads` [L, E] are tokens queued at each expert."""
+    def durations(self, batch: Batch, expert_s: np.ndarray) -> np.ndarray:
+        """[L*S + 1] seconds per stage; `expert_s` [L, E] are the experts' times for their loads."""
         p = self.profile
         stage = p.overheads.stage_s
         table = np.empty((self.model.num_layers, 2 + self.model.num_experts))
         table[:, 0] = p.attention_s(attention_load(batch)) + stage
         table[:, 1] = p.router_s(batch.num_tokens) + stage
-        table[:, 2:] = p.experts_s(loads)
+        table[:, 2:] = expert_s
         head = p.lm_head_s(batch.num_requests) + p.overheads.iteration_s
         return np.append(table.ravel(), head)

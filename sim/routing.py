@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 MAX_ENUMERATED = 20_000  # k-subsets x orderings up to which routing is drawn exactly by subset
+TOKENWISE_LIMIT = 1 << 20  # passes x layers x tokens up to which uniform routing draws token by token
 
 
 @dataclass
@@ -44,11 +45,27 @@ class ExpertRouter:
 
     def loads(self, num_tokens: int) -> np.ndarray:
         """[L, E] token counts for a batch of `num_tokens` tokens."""
+        return self.loads_many(num_tokens, 1)[0]
+
+    def loads_many(self, num_tokens: int, num_passes: int) -> np.ndarray:
+        """[P, L, E] token counts for `num_passes` independent passes of `num_tokens` tokens."""
+        shape = (num_passes, self.num_layers)
+        if self.skew == 0 and self._subsets is not None and num_passes * self.num_layers * num_tokens <= TOKENWISE_LIMIT:
+            return self._tokenwise(num_tokens, num_passes)
         if self._subsets is not None:
-            counts = self._rng.multinomial(num_tokens, self._subset_p)  # [L, C]
+            counts = self._rng.multinomial(num_tokens, self._subset_p, size=shape)  # [P, L, C]
             return counts @ self._subsets
-        slots = self._rng.multinomial(self.top_k * num_tokens, self._p)  # [L, E]
+        slots = self._rng.multinomial(self.top_k * num_tokens, self._p, size=shape)  # [P, L, E]
         return np.minimum(slots, num_tokens)
+
+    def _tokenwise(self, num_tokens: int, num_passes: int) -> np.ndarray:
+        """Uniform routing: each token draws one of the C k-subsets; one bincount for all blocks."""
+        num_subsets = len(self._subsets)
+        blocks = num_passes * self.num_layers
+        picks = self._rng.integers(0, num_subsets, size=(blocks, num_tokens))
+        picks += (np.arange(blocks) * num_subsets)[:, None]
+        counts = np.bincount(picks.ravel(), minlength=blocks * num_subsets).reshape(blocks, num_subsets)
+        return (counts @ self._subsets).reshape(num_passes, self.num_layers, self.num_experts)
 
     def _enumerate(self) -> tuple[np.ndarray, np.ndarray]:
         combos = list(itertools.combinations(range(self.num_experts), self.top_k))
