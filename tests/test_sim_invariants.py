@@ -3,13 +3,17 @@ finishes exactly once with exactly its output tokens, and time only moves forwar
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies import FCFS, QLLM, Decision, Granularity, SchedulerView
+from policies import QLLM, Decision, Granularity, SchedulerView
+from sim.cli import CONF_DIR
+from sim.compose import compose_spec
 from sim.model import ModelSpec
 from sim.simulate import simulate
 from tests.conftest import request, toy_costs
@@ -40,13 +44,14 @@ class Recorder:
         return self.inner.schedule(view)
 
 
-POLICIES = {
-    "fcfs": lambda: FCFS(max_batch_size=4),
-    "qllm-layer": lambda: QLLM(max_batch_size=4),
-    "qllm-expert": lambda: QLLM(max_batch_size=4, granularity=Granularity.EXPERT),
-    "qllm-lsonly": lambda: QLLM(max_batch_size=4, fill_ls_prefill=False),
-    "qllm-every-point": lambda: EveryPointQLLM(max_batch_size=4),
-}
+def configured_policies() -> dict:
+    """Every policy in conf/policy/ (the conformance suite a user policy must pass too), at B = 4."""
+    names = sorted(p.stem for p in (Path(CONF_DIR) / "policy").glob("*.yaml"))
+    return {name: compose_spec([f"policy={name}", "max_batch_size=4"]).policy for name in names}
+
+
+POLICIES = {name: (lambda p=p: copy.deepcopy(p)) for name, p in configured_policies().items()}
+POLICIES["qllm-every-point"] = lambda: EveryPointQLLM(max_batch_size=4)
 
 workloads = st.lists(
     st.tuples(
