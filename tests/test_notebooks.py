@@ -1,0 +1,39 @@
+"""The figure notebooks execute headless on a small sweep and write their PNGs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim.collect import consolidate
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
+
+
+@pytest.fixture(scope="module")
+def small_sweep(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("sweep")
+    done = subprocess.run(
+        [sys.executable, "-m", "sim", "run", "-m", "experiment=paper", "policy=fcfs,qllm", "rate=2,6", "seed=0,1",
+         "num_requests=40", "progress=false", f"hydra.sweep.dir={base / 'runs'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    consolidate(base / "runs", base / "results")
+    return base
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[n.stem for n in NOTEBOOKS])
+def test_notebook_executes_and_writes_its_figure(notebook, small_sweep, monkeypatch):
+    jupytext = pytest.importorskip("jupytext")
+    nbclient = pytest.importorskip("nbclient")
+    figures = small_sweep / "figures"
+    monkeypatch.setenv("QLLM_RESULTS", str(small_sweep / "results"))
+    monkeypatch.setenv("QLLM_FIGURES", str(figures))
+    nb = jupytext.read(notebook)
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert (figures / f"{notebook.stem}.png").stat().st_size > 10_000
