@@ -1,0 +1,6 @@
+"""A layer-steppable, preemptible MoE engine on Hugging Face transformers (Mixtral, Qwen3-MoE).
+
+A batch can stop before any layer or expert, keep its state, run other batches, and be resumed or
+merged with another batch at the same position, with no recomputation and the same numbers as
+Hugging Face's own forward pass.
+"""

@@ -1,0 +1,43 @@
+"""Per-sequence KV storage: one preallocated pool per layer, one slot per sequence.
+
+Batches are index views over slots, so pausing, merging or splitting a batch never copies a cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class KVPool:
+    """k[l], v[l]: [num_slots, max_len, KVH, Dh] for layer l."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+    free: list[int] = field(default_factory=list)
+
+    @classmethod
+    def allocate_for(cls, config, num_slots: int, max_len: int, device, dtype) -> KVPool:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        shape = (num_slots, max_len, config.num_key_value_heads, head_dim)
+        layers = range(config.num_hidden_layers)
+        k = [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]
+        v = [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]
+        return cls(k, v, free=list(range(num_slots))[::-1])
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].shape[1]
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def acquire(self) -> int:
+        if not self.free:
+            raise RuntimeError("KV pool exhausted: no free sequence slot")
+        return self.free.pop()
+
+    def release(self, slot: int) -> None:
+        self.free.append(slot)

@@ -1,0 +1,22 @@
+"""A sequence owns its tokens and its KV slot; everything else lives in the batch it rides in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(eq=False)
+class Sequence:
+    seq_id: int
+    token_ids: list[int]
+    slot: int = -1
+    num_cached: int = 0  # tokens whose KV is in every layer (updated when a pass completes)
+
+    @property
+    def num_new(self) -> int:
+        """Tokens this pass feeds: the whole prompt on prefill, one token on decode."""
+        return len(self.token_ids) - self.num_cached
+
+    @property
+    def num_generated_after(self) -> int:
+        return len(self.token_ids)

@@ -1,0 +1,143 @@
+"""The real engine computes exactly what Hugging Face computes, paused, merged and split or not
+(tiny random models, CPU, fp32)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from policies import Granularity, Position, Stage  # noqa: E402
+from real.batch import merge, split  # noqa: E402
+from real.engine import Engine  # noqa: E402
+from real.kv import KVPool  # noqa: E402
+from real.model import build_model, load_model, preset_config  # noqa: E402
+
+TOL = 1e-5
+FAMILIES = ["tiny-mixtral", "tiny-qwen3-moe"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def model(request):
+    return build_model(preset_config(request.param), seed=1)
+
+
+def new_engine(model) -> Engine:
+    return Engine(model, KVPool.allocate_for(model.config, 16, 96, "cpu", torch.float32))
+
+
+def hf_last_logits(model, token_ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([token_ids])).logits[0, -1]
+
+
+def check_against_hf(model, seqs, logits) -> None:
+    """The pass that produced each sequence's last token saw all tokens before it."""
+    for seq, row in zip(seqs, logits):
+        assert (row - hf_last_logits(model, seq.token_ids[:-1])).abs().max() <= TOL
+
+
+def prompts(n: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(3, 120) for _ in range(rng.randrange(2, 12))] for _ in range(n)]
+
+
+@pytest.mark.parametrize("granularity", [Granularity.LAYER, Granularity.EXPERT])
+def test_greedy_tokens_equal_generate(model, granularity):
+    engine = new_engine(model)
+    prompt = prompts(1, 0)[0]
+    seq = engine.add_sequence(0, prompt)
+    for _ in range(6):
+        logits, _ = engine.run_pass([seq], granularity)
+        check_against_hf(model, [seq], logits)
+    with torch.inference_mode():
+        ref = model.generate(torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert seq.token_ids == ref[0].tolist()
+
+
+def test_batch_of_different_prompt_lengths(model):
+    engine = new_engine(model)
+    seqs = [engine.add_sequence(i, p) for i, p in enumerate(prompts(4, 1))]
+    for _ in range(3):  # one prefill pass, then decode passes, all four together
+        logits, _ = engine.run_pass(seqs)
+        check_against_hf(model, seqs, logits)
+
+
+def random_position(rng: random.Random, engine: Engine) -> Position:
+    layer = rng.randrange(1, engine.num_layers)
+    if rng.random() < 0.5:
+        return Position(layer, Stage.ATTENTION)
+    return Position(layer, Stage.EXPERTS, rng.randrange(engine.num_experts))
+
+
+def run_to(engine: Engine, batch, target: Position, granularity=Granularity.EXPERT) -> None:
+    while batch.position < target:
+        engine.advance(batch, granularity)
+    assert batch.position == target
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pause_interleave_merge_split(model, seed):
+    rng = random.Random(seed)
+    engine = new_engine(model)
+    be = [engine.add_sequence(i, p) for i, p in enumerate(prompts(3, seed))]
+    ls = [engine.add_sequence(10 + i, p) for i, p in enumerate(prompts(2, seed + 100))]
+    # BE prefill pauses at a random layer or expert; an LS prefill runs meanwhile and merges there
+    paused = engine.start(be)
+    pause_at = random_position(rng, engine)
+    run_to(engine, paused, pause_at)
+    running = engine.start(ls)
+    merge_at = pause_at if pause_at.stage == Stage.ATTENTION else Position(pause_at.layer, Stage.EXPERTS, 0)
+    run_to(engine, running, merge_at)
+    merged = merge(running, paused)
+    while not engine.advance(merged, Granularity.EXPERT):
+        pass
+    logits, _ = engine.finish(merged)
+    check_against_hf(model, merged.seqs, logits)
+    # next decode pass: split at a random point, the halves finish one after the other
+    batch = engine.start(merged.seqs)
+    run_to(engine, batch, random_position(rng, engine))
+    first, second = split(batch, {10, 11, 0})
+    for half in (second, first):
+        while not engine.advance(half, Granularity.LAYER):
+            pass
+        logits, _ = engine.finish(half)
+        check_against_hf(model, half.seqs, logits)
+
+
+def test_an_interleaved_batch_does_not_disturb_a_paused_one(model):
+    engine = new_engine(model)
+    a, b = (engine.add_sequence(i, p) for i, p in enumerate(prompts(2, 7)))
+    engine.run_pass([a])
+    paused = engine.start([a])  # a decode pass, paused at layer 2
+    run_to(engine, paused, Position(2, Stage.ATTENTION), Granularity.LAYER)
+    for _ in range(3):  # b prefills and decodes twice while a waits
+        engine.run_pass([b])
+    while not engine.advance(paused):
+        pass
+    logits, _ = engine.finish(paused)
+    check_against_hf(model, [a], logits)
+
+
+def test_merge_rejects_unreachable_positions(model):
+    engine = new_engine(model)
+    a, b = (engine.start([engine.add_sequence(i, p)]) for i, p in enumerate(prompts(2, 3)))
+    run_to(engine, a, Position(2, Stage.ATTENTION), Granularity.LAYER)
+    with pytest.raises(ValueError, match="cannot merge"):
+        merge(b, a)
+
+
+def test_loads_a_local_checkpoint(tmp_path):
+    model = build_model(preset_config("tiny-mixtral"), seed=5)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
+    prompt = prompts(1, 9)[0]
+    engine = new_engine(loaded)
+    seq = engine.add_sequence(0, prompt)
+    logits, _ = engine.run_pass([seq])
+    assert (logits[0] - hf_last_logits(model, prompt)).abs().max() <= TOL
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(tmp_path / "nothing-here")
