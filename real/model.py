@@ -18,7 +18,12 @@ TINY_QWEN3_MOE = dict(hidden_size=64, intermediate_size=96, moe_intermediate_siz
                       num_experts_per_tok=2, vocab_size=128, max_position_embeddings=512, norm_topk_prob=True,
                       decoder_sparse_step=1, mlp_only_layers=[])
 
-PRESETS = {"mixtral-8x7b": (MixtralConfig, MIXTRAL_8X7B), "tiny-mixtral": (MixtralConfig, TINY_MIXTRAL),
+QWEN3_MOE_30B_A3B = dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768, num_hidden_layers=48,
+                         num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
+                         num_experts_per_tok=8, vocab_size=151936, max_position_embeddings=32768,
+                         norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[])
+
+PRESETS = {"qwen3-moe-30b-a3b": (Qwen3MoeConfig, QWEN3_MOE_30B_A3B), "mixtral-8x7b": (MixtralConfig, MIXTRAL_8X7B), "tiny-mixtral": (MixtralConfig, TINY_MIXTRAL),
            "tiny-qwen3-moe": (Qwen3MoeConfig, TINY_QWEN3_MOE)}
 
 
