@@ -111,15 +111,27 @@ def preemption_costs_ms(engine: Engine, prompts: torch.Tensor, repeats: int) -> 
 
 @torch.inference_mode()
 def agreement(model, engine: Engine, prompts: torch.Tensor) -> dict[str, float]:
-    """Engine vs HF on the same prompts (bf16): max |logit diff| and greedy-token agreement."""
-    seqs = engine_sequences(engine, prompts, 0)
-    logits, tokens = engine.run_pass(seqs)
-    ref = model(prompts.to(model.device)).logits[:, -1].float()
-    for seq in seqs:
-        engine.release(seq)
-    return {"max_abs_logit_diff": float((logits - ref).abs().max()),
-            "logit_scale": float(ref.abs().max()),
-            "greedy_agreement": float((ref.argmax(-1).cpu() == torch.tensor(tokens)).float().mean())}
+    """Engine (eager and grouped experts) vs HF (eager and grouped_mm experts) on the same prompts:
+    max |logit difference| and greedy-token agreement of each pair."""
+    refs = {}
+    for impl in ("eager", "grouped_mm"):
+        model.set_experts_implementation(impl)
+        refs[f"hf_{impl}"] = model(prompts.to(model.device)).logits[:, -1].float()
+    grouped = engine.grouped_experts
+    for name, use_grouped in (("engine_eager", False), ("engine_grouped", True)):
+        engine.grouped_experts = use_grouped
+        seqs = engine_sequences(engine, prompts, 0)
+        refs[name], _ = engine.run_pass(seqs)
+        for seq in seqs:
+            engine.release(seq)
+    engine.grouped_experts = grouped
+    out = {"logit_scale": float(refs["hf_eager"].abs().max())}
+    pairs = [("engine_eager", "hf_eager"), ("engine_grouped", "hf_grouped_mm"), ("engine_grouped", "hf_eager"),
+             ("hf_grouped_mm", "hf_eager"), ("engine_grouped", "engine_eager")]
+    for a, b in pairs:
+        out[f"{a}_vs_{b}_max_diff"] = float((refs[a] - refs[b]).abs().max())
+        out[f"{a}_vs_{b}_greedy_agree"] = float((refs[a].argmax(-1) == refs[b].argmax(-1)).float().mean())
+    return out
 
 
 def run(args) -> tuple[pd.DataFrame, dict]:

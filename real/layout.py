@@ -18,6 +18,8 @@ class AttentionGroup:
 
     rows: torch.Tensor  # [B, Q] packed row of each (sequence, query) slot; padding repeats the last row
     valid: torch.Tensor  # [B, Q] True for real query rows
+    valid_flat: torch.Tensor  # [N] index of each real query in the flattened [B*Q] (integer: no device sync)
+    valid_rows: torch.Tensor  # [N] its packed row
     positions: torch.Tensor  # [B, Q] absolute positions
     slots: torch.Tensor  # [B] KV slot of each sequence
     write_slot: torch.Tensor  # [N] slot of each real new token (N = valid.sum())
@@ -62,6 +64,7 @@ def _group(seqs: list[Sequence], offsets: list[int], device) -> AttentionGroup:
     mask = torch.arange(num_keys)[None, None, :] <= positions[:, :, None]  # [B, Q, K]
     return AttentionGroup(
         rows=rows.to(device), valid=valid.to(device), positions=positions.to(device), slots=slots.to(device),
+        valid_flat=valid.flatten().nonzero().squeeze(1).to(device), valid_rows=rows[valid].to(device),
         write_slot=slots[:, None].expand_as(valid)[valid].to(device), write_pos=positions[valid].to(device),
         mask=mask[:, None].to(device), num_keys=num_keys,
     )

@@ -24,8 +24,8 @@ class PoolView:
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
         g = self.group  # key, value: [B, KVH, Q, Dh]
         k_pool, v_pool = self.pool.k[layer_idx], self.pool.v[layer_idx]  # [S, L, KVH, Dh]
-        k_pool[g.write_slot, g.write_pos] = key.transpose(1, 2)[g.valid].to(k_pool.dtype)
-        v_pool[g.write_slot, g.write_pos] = value.transpose(1, 2)[g.valid].to(v_pool.dtype)
+        k_pool[g.write_slot, g.write_pos] = _real_queries(key.transpose(1, 2), g).to(k_pool.dtype)  # [N, KVH, Dh]
+        v_pool[g.write_slot, g.write_pos] = _real_queries(value.transpose(1, 2), g).to(v_pool.dtype)
         keys = k_pool[g.slots, : g.num_keys].transpose(1, 2)  # [B, KVH, K, Dh]
         values = v_pool[g.slots, : g.num_keys].transpose(1, 2)
         return keys, values
@@ -41,8 +41,13 @@ def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool:
         cos_sin = model.model.rotary_emb(x_pad, group.positions)
         attn, _ = layer.self_attn(hidden_states=x_pad, position_embeddings=cos_sin, attention_mask=group.mask,
                                   past_key_values=PoolView(pool, group))
-        out[group.rows[group.valid]] = attn[group.valid]  # [N, D]
+        out[group.valid_rows] = _real_queries(attn, group)  # [N, D]
     return hidden + out
+
+
+def _real_queries(padded: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
+    """[B, Q, ...] -> [N, ...]: the real (unpadded) query rows, by integer index (no device sync)."""
+    return padded.reshape(-1, *padded.shape[2:])[group.valid_flat]
 
 
 def router(model, layer_idx: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,7 +79,8 @@ def experts_grouped(model, layer_idx: int, x, weights, experts, queued, out) -> 
     ids = torch.where(queued, experts, num_experts).reshape(-1)  # [T*k], sentinel E = not queued
     ids_sorted, perm = torch.sort(ids)
     tokens = perm // top_k
-    counts = torch.histc(ids_sorted.int(), bins=num_experts, min=0, max=num_experts - 1)
+    ids_hist = ids_sorted.int() if ids_sorted.is_cuda else ids_sorted.float()  # histc dtype support differs
+    counts = torch.histc(ids_hist, bins=num_experts, min=0, max=num_experts - 1)
     offs = torch.cumsum(counts, dim=0, dtype=torch.int32)  # [E]
     h = torch._grouped_mm(x[tokens], module.gate_up_proj.transpose(-2, -1), offs=offs)  # [P, 2I]
     gate, up = h.chunk(2, dim=-1)

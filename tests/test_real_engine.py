@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -17,21 +18,22 @@ from real.kv import KVPool  # noqa: E402
 from real.model import build_model, load_model, preset_config  # noqa: E402
 
 TOL = 1e-5
+DEVICE = os.environ.get("QLLM_TEST_DEVICE", "cpu")  # set to cuda to run this suite on a GPU (fp32)
 FAMILIES = ["tiny-mixtral", "tiny-qwen3-moe"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def model(request):
-    return build_model(preset_config(request.param), seed=1)
+    return build_model(preset_config(request.param), DEVICE, seed=1)
 
 
 def new_engine(model) -> Engine:
-    return Engine(model, KVPool.allocate_for(model.config, 16, 96, "cpu", torch.float32))
+    return Engine(model, KVPool.allocate_for(model.config, 16, 96, DEVICE, torch.float32))
 
 
 def hf_last_logits(model, token_ids: list[int]) -> torch.Tensor:
     with torch.inference_mode():
-        return model(torch.tensor([token_ids])).logits[0, -1]
+        return model(torch.tensor([token_ids], device=DEVICE)).logits[0, -1]
 
 
 def check_against_hf(model, seqs, logits) -> None:
@@ -54,7 +56,8 @@ def test_greedy_tokens_equal_generate(model, granularity):
         logits, _ = engine.run_pass([seq], granularity)
         check_against_hf(model, [seq], logits)
     with torch.inference_mode():
-        ref = model.generate(torch.tensor([prompt]), max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        ref = model.generate(torch.tensor([prompt], device=DEVICE), max_new_tokens=6, min_new_tokens=6,
+                             do_sample=False)
     assert seq.token_ids == ref[0].tolist()
 
 
@@ -131,9 +134,9 @@ def test_merge_rejects_unreachable_positions(model):
 
 
 def test_loads_a_local_checkpoint(tmp_path):
-    model = build_model(preset_config("tiny-mixtral"), seed=5)
+    model = build_model(preset_config("tiny-mixtral"), DEVICE, seed=5)
     model.save_pretrained(tmp_path / "ckpt")
-    loaded = load_model(tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt", DEVICE)
     prompt = prompts(1, 9)[0]
     engine = new_engine(loaded)
     seq = engine.add_sequence(0, prompt)
