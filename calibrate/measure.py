@@ -92,7 +92,10 @@ def measure(bench: StageBench, grids: dict, repeats: int, log=print) -> pd.DataF
 def meta(model_name: str, dtype: torch.dtype, device: str) -> dict:
     import transformers
 
-    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    import os
+
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    revision = os.environ.get("QLLM_GIT_REVISION") or (done.stdout.strip() if done.returncode == 0 else "")
     return {
         "model": model_name, "dtype": str(dtype).removeprefix("torch."), "device": device,
         "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
