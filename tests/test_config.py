@@ -21,8 +21,8 @@ def test_config_composes_and_instantiates(group, name):
     overrides = [f"{group}={name}"]
     if group == "model":  # bf16 Mixtral only fits on the 141 GB card
         overrides.append("hardware=h200")
-    if group == "hardware":  # 4-bit Mixtral fits every card; measured profiles exist for bf16 Mixtral
-        overrides.append("model=mixtral-8x7b" if name.endswith("-measured") else "model=mixtral-8x7b-4bit")
+    if group == "hardware":  # 4-bit Mixtral fits every card; measured profiles exist for bf16 Qwen3-30B-A3B on both GPUs
+        overrides.append("model=qwen3-moe-30b-a3b" if name.endswith("-measured") else "model=mixtral-8x7b-4bit")
     spec = compose_spec(overrides)
     assert isinstance(spec.policy, Policy)
     assert spec.workload.rate == 7.0
