@@ -16,7 +16,3 @@ class Sequence:
     def num_new(self) -> int:
         """Tokens this pass feeds: the whole prompt on prefill, one token on decode."""
         return len(self.token_ids) - self.num_cached
-
-    @property
-    def num_generated_after(self) -> int:
-        return len(self.token_ids)

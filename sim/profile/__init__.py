@@ -2,6 +2,5 @@
 
 from sim.profile.analytic import AnalyticProfile
 from sim.profile.base import AttentionLoad, Overheads, Profile
-from sim.profile.scaled import ScaledProfile
 
-__all__ = ["AnalyticProfile", "AttentionLoad", "Overheads", "Profile", "ScaledProfile"]
+__all__ = ["AnalyticProfile", "AttentionLoad", "Overheads", "Profile"]
