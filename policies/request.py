@@ -34,6 +34,8 @@ class Request:
     num_output_tokens: int
     priority: Priority = Priority.BE
     num_generated_tokens: int = 0
+    kv_unit_tokens: int = 1  # KV allocation granularity: 1 (sim), a page, or a whole slot (real engine)
+    first_scheduled_s: float | None = None  # first time it entered a running batch
     first_token_s: float | None = None
     finish_s: float | None = None
     num_preemptions: int = 0
@@ -62,8 +64,9 @@ class Request:
 
     @property
     def num_kv_tokens(self) -> int:
-        """KV slots reserved for the whole life of the request (TGI-style reservation)."""
-        return self.num_prompt_tokens + self.num_output_tokens
+        """KV reserved for the whole life of the request (TGI-style), in whole allocation units."""
+        needed = self.num_prompt_tokens + self.num_output_tokens
+        return -(-needed // self.kv_unit_tokens) * self.kv_unit_tokens
 
     def record_token(self, now_s: float) -> None:
         if self.is_finished:

@@ -63,11 +63,16 @@ class SchedulerState:
             max_batch_size=self.max_batch_size,
         )
 
-    def apply(self, decision: Decision) -> Transition:
+    def apply(self, decision: Decision, now_s: float | None = None) -> Transition:
+        """Carry out a decision; `now_s` stamps requests that run for the first time."""
         if isinstance(decision, Continue):
             return Transition()
         if isinstance(decision, RunBatch):
-            return self._run(decision.requests)
+            transition = self._run(decision.requests)
+            for request in decision.requests:
+                if request.first_scheduled_s is None:
+                    request.first_scheduled_s = now_s
+            return transition
         if isinstance(decision, Resume):
             return self._resume(decision.batch_id)
         if isinstance(decision, Merge):

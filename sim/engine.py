@@ -76,7 +76,7 @@ class SimEngine:
     def _consult(self):
         self._changed = False
         self.num_consults += 1
-        transition = self.state.apply(self.policy.schedule(self.state.view(self.env.now)))
+        transition = self.state.apply(self.policy.schedule(self.state.view(self.env.now)), self.env.now)
         cost = self._bookkeep(transition)
         if cost > 0:
             yield from self._busy(cost)

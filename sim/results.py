@@ -9,7 +9,7 @@ import pandas as pd
 from policies import Request
 
 REQUEST_COLUMNS = [
-    "source", "policy", "rate", "seed", "request_id", "priority", "arrival_s", "first_token_s",
+    "source", "policy", "rate", "seed", "request_id", "priority", "arrival_s", "scheduled_s", "first_token_s",
     "finish_s", "prompt_tokens", "output_tokens", "generated_tokens", "preemptions",
 ]
 
@@ -17,7 +17,7 @@ REQUEST_COLUMNS = [
 def requests_table(requests: list[Request], source: str, policy: str, rate: float, seed: int) -> pd.DataFrame:
     """One row per request; derived latencies are added by `with_latencies`."""
     rows = [
-        (source, policy, rate, seed, r.request_id, r.priority.name, r.arrival_s, r.first_token_s,
+        (source, policy, rate, seed, r.request_id, r.priority.name, r.arrival_s, r.first_scheduled_s, r.first_token_s,
          r.finish_s, r.num_prompt_tokens, r.num_output_tokens, r.num_generated_tokens, r.num_preemptions)
         for r in sorted(requests, key=lambda r: r.request_id)
     ]

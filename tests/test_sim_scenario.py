@@ -17,14 +17,15 @@ US = 1e-6  # microsecond tolerance
 
 CASES = [
     # FCFS: LS waits for the whole BE prefill pass, then its own prefill; BE decodes after.
-    ("fcfs", FCFS(), {"be_first": 10.4, "ls_first": 20.8, "be_finish": 31.2, "ls_preempt": 0, "be_preempt": 0}),
+    ("fcfs", FCFS(), {"be_first": 10.4, "ls_first": 20.8, "be_finish": 31.2, "ls_preempt": 0, "be_preempt": 0, "ls_start": 10.4}),
     # QLLM/layer: LS arrives in layer 1 (2.1-4.2 ms); BE paused at layer 2 at 4.2 ms; LS runs layers
     # 0-1 (to 8.4), merges with BE at layer 2, layers 2-3 + head -> 14.6; BE decode 14.6-25.0.
-    ("qllm-layer", QLLM(), {"be_first": 14.6, "ls_first": 14.6, "be_finish": 25.0, "ls_preempt": 0, "be_preempt": 1}),
+    ("qllm-layer", QLLM(), {"be_first": 14.6, "ls_first": 14.6, "be_finish": 25.0, "ls_preempt": 0, "be_preempt": 1,
+                            "ls_start": 4.2}),
     # QLLM/expert: BE paused before expert 0 of layer 1 (3.2 ms); LS runs layer 0 and layer 1's
     # attention + router (to 6.4), merges in the expert queues, experts + layers 2-3 + head -> 13.6.
     ("qllm-expert", QLLM(granularity=Granularity.EXPERT),
-     {"be_first": 13.6, "ls_first": 13.6, "be_finish": 24.0, "ls_preempt": 0, "be_preempt": 1}),
+     {"be_first": 13.6, "ls_first": 13.6, "be_finish": 24.0, "ls_preempt": 0, "be_preempt": 1, "ls_start": 3.2}),
 ]
 
 
@@ -37,6 +38,8 @@ def test_ls_arrival_during_be_prefill(name, policy, expected):
     assert ls.finish_s == ls.first_token_s
     assert be.finish_s == pytest.approx(expected["be_finish"] * 1e-3, abs=US)
     assert (ls.num_preemptions, be.num_preemptions) == (expected["ls_preempt"], expected["be_preempt"])
+    assert ls.first_scheduled_s == pytest.approx(expected["ls_start"] * 1e-3, abs=US)  # preemption reaction
+    assert be.first_scheduled_s == 0.0
 
 
 def test_pause_resume_merge_costs_are_charged():
