@@ -1,89 +1,143 @@
-"""Check a measured profile: interpolation error on the held-out grid, measured vs roofline floor,
-and whole decode-pass predictions vs the decode steps real.bench measured.
-`python -m calibrate.check calibrate/profiles/h200/mixtral-8x7b-bf16 [--bench results/real_bench/h200_run2.csv]`"""
+"""Checks of a measured profile: interpolation error at the held-out grid (measured in the same
+run), measured stage times vs the roofline floor, and whole-pass predictions (the simulator's
+`decode_step_s` / `prefill_s`) vs the passes timed in the same run.
+`python -m calibrate.check calibrate/profiles/h200/mixtral-8x7b-bf16 [--impl engine|hf]`"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from sim.hardware import HardwareSpec
 from sim.model import ModelSpec
 from sim.profile.analytic import AnalyticProfile
 from sim.profile.base import AttentionLoad
-from sim.profile.derive import decode_step_s
+from sim.profile.derive import decode_step_s, prefill_s
 from sim.profile.measured import MeasuredProfile, curves, load_table
 
-MODELS = {"mixtral-8x7b": ModelSpec(), "qwen3-moe-30b-a3b": ModelSpec(
-    name="qwen3-moe-30b-a3b", num_layers=48, hidden_size=2048, intermediate_size=768, num_heads=32,
-    num_kv_heads=4, num_experts=128, top_k=8, vocab_size=151936)}
+CONF = Path(__file__).resolve().parents[1] / "conf"
+PASS_IMPLS = {"engine": ["engine"], "hf": ["hf-grouped_mm", "hf-eager"]}
 
 
-def heldout_errors(directory: Path) -> pd.DataFrame:
+def model_spec(name: str) -> ModelSpec:
+    values = yaml.safe_load((CONF / "model" / f"{name}.yaml").read_text())
+    return ModelSpec(**{k: v for k, v in values.items() if k != "defaults"})
+
+
+def hardware_spec(directory: Path) -> HardwareSpec:
+    """Rates of conf/hardware/<folder>.yaml, the folder being the profile's parent (h100, h200) or
+    else named after the GPU in meta.json."""
+    name = Path(directory).parent.name
+    if not (CONF / "hardware" / f"{name}.yaml").exists():
+        meta = json.loads((Path(directory) / "meta.json").read_text())
+        name = meta["gpu"].split()[-1].lower()
+    values = yaml.safe_load((CONF / "hardware" / f"{name}.yaml").read_text())
+    return HardwareSpec(**{k: v for k, v in values.items() if k != "profile"})
+
+
+def heldout_errors(directory: Path, impl: str = "engine", clock: str = "time_s") -> pd.DataFrame:
     table = load_table(directory)
-    fitted = curves(table, "grid")
-    held = table[table.split == "heldout"].groupby(["stage", "x1", "x2"]).time_s.median()
-    rows = [{"stage": s, "x1": x1, "x2": x2, "measured_ms": t * 1000, "interpolated_ms": fitted[s](x1, x2) * 1000}
-            for (s, x1, x2), t in held.items()]
-    df = pd.DataFrame(rows)
-    df["error_pct"] = 100 * (df.interpolated_ms - df.measured_ms).abs() / df.measured_ms
-    return df
-
-
-def roofline(directory: Path, model: ModelSpec, hardware: HardwareSpec) -> pd.DataFrame:
-    measured = curves(load_table(directory))
-    floor = AnalyticProfile(model, hardware, kernel_launch_s=0.0)
-    points = [
-        ("attention_decode", 32, 512, floor.attention_s(AttentionLoad(num_decode_seqs=32, decode_ctx_tokens=32 * 512))),
-        ("attention_decode", 64, 2048, floor.attention_s(AttentionLoad(num_decode_seqs=64, decode_ctx_tokens=64 * 2048))),
-        ("attention_prefill", 8, 1024, floor.attention_s(AttentionLoad(8, 8192, 8 * 1024**2))),
-        ("expert", 32, 0, float(floor.experts_s(np.array([32]))[0])),
-        ("expert", 4096, 0, float(floor.experts_s(np.array([4096]))[0])),
-        ("experts_layer", 32, 0, float(floor.experts_s(np.full(model.num_experts, 32 * model.top_k / model.num_experts)).sum())),
-        ("experts_layer", 8192, 0, float(floor.experts_s(np.full(model.num_experts, 8192 * model.top_k / model.num_experts)).sum())),
-        ("router", 2048, 0, floor.router_s(2048)),
-        ("lm_head", 32, 0, floor.lm_head_s(32)),
-    ]
-    rows = [{"stage": s, "x1": a, "x2": b, "measured_ms": measured[s](a, b) * 1000, "roofline_ms": f * 1000}
-            for s, a, b, f in points]
-    df = pd.DataFrame(rows)
-    df["measured / roofline"] = df.measured_ms / df.roofline_ms
-    return df
-
-
-def decode_predictions(directory: Path, model: ModelSpec, bench: Path) -> pd.DataFrame:
-    profile = MeasuredProfile(directory, top_k=model.top_k)
-    medians = pd.read_csv(bench).query("phase == 'decode'").groupby(["impl", "batch"]).ms.median().unstack("impl")
-    out = pd.DataFrame({"predicted_ms": [decode_step_s(profile, model, b, 512) * 1000 for b in medians.index]},
-                       index=medians.index)
-    for impl in medians.columns:
-        out[impl + "_ms"] = medians[impl]
-        out[f"error vs {impl} %"] = 100 * (out.predicted_ms - medians[impl]) / medians[impl]
+    fitted = curves(table, impl, "grid", clock)
+    rows = table[(table.impl == impl) & (table.split == "heldout")]
+    held = rows.groupby(["stage", "x1", "x2"])[clock].median()
+    out = pd.DataFrame([{"stage": s, "x1": x1, "x2": x2, "measured_ms": t * 1000,
+                         "interpolated_ms": fitted[s](x1, x2) * 1000} for (s, x1, x2), t in held.items()])
+    out["error_pct"] = 100 * (out.interpolated_ms - out.measured_ms).abs() / out.measured_ms
     return out
 
 
-def main() -> None:
+def roofline_points(model: ModelSpec) -> list[tuple[str, int, int]]:
+    return [("attention_decode", 1, 512), ("attention_decode", 32, 512), ("attention_decode", 64, 4096),
+            ("attention_prefill", 1, 512), ("attention_prefill", 8, 1024), ("router", 32, 0), ("router", 4096, 0),
+            ("expert", 32, 0), ("expert", 4096, 0), ("experts_layer", 1, 0), ("experts_layer", 32, 0),
+            ("experts_layer", 8192, 0), ("lm_head", 32, 0)]
+
+
+def floor_s(floor: AnalyticProfile, model: ModelSpec, stage: str, x1: int, x2: int) -> float:
+    if stage == "attention_decode":
+        return floor.attention_s(AttentionLoad(num_decode_seqs=x1, decode_ctx_tokens=x1 * x2))
+    if stage == "attention_prefill":
+        return floor.attention_s(AttentionLoad(x1, x1 * x2, x1 * x2 * x2))
+    if stage == "router":
+        return floor.router_s(x1)
+    if stage == "expert":
+        return float(floor.experts_s(np.array([x1]))[0])
+    if stage == "experts_layer":
+        loads = np.bincount(np.arange(x1 * model.top_k) % model.num_experts, minlength=model.num_experts)
+        return float(floor.experts_s(loads).sum())
+    return floor.lm_head_s(x1)
+
+
+def roofline(directory: Path, model: ModelSpec, hardware: HardwareSpec, impl: str = "engine") -> pd.DataFrame:
+    table = load_table(directory)
+    fitted = {clock: curves(table, impl, clock=clock) for clock in ("time_s", "gpu_s") if clock in table}
+    floor = AnalyticProfile(model, hardware, kernel_launch_s=0.0)
+    rows = []
+    for stage, x1, x2 in roofline_points(model):
+        if stage not in fitted["time_s"]:
+            continue
+        row = {"stage": stage, "x1": x1, "x2": x2, "roofline_ms": floor_s(floor, model, stage, x1, x2) * 1000}
+        for clock, fit in fitted.items():
+            row[clock.removesuffix("_s") + "_ms"] = fit[stage](x1, x2) * 1000
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for column in ("time_ms", "gpu_ms"):
+        if column in out:
+            out[column.removesuffix("_ms") + "/roofline"] = out[column] / out.roofline_ms
+    return out
+
+
+def pass_predictions(directory: Path, model: ModelSpec, impl: str = "engine", clock: str = "time_s") -> pd.DataFrame:
+    """Whole-model passes timed in the run vs the simulator's prediction from the stage profile."""
+    if not (Path(directory) / "passes.csv").exists():
+        return pd.DataFrame()
+    passes = pd.read_csv(Path(directory) / "passes.csv")
+    full = passes[(passes.layers == model.num_layers) & passes.impl.isin(PASS_IMPLS[impl])]
+    if full.empty:
+        return pd.DataFrame()
+    profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock)
+    measured = full.groupby(["phase", "batch", "context", "impl"]).time_s.median().unstack("impl") * 1000
+    predict = {"decode": decode_step_s, "prefill": prefill_s}
+    out = pd.DataFrame({"predicted_ms": [predict[ph](profile, model, b, c) * 1000 for ph, b, c in measured.index]},
+                       index=measured.index)
+    for name in measured.columns:
+        out[f"{name}_ms"] = measured[name]
+        out[f"error vs {name} %"] = 100 * (out.predicted_ms - measured[name]) / measured[name]
+    return out
+
+
+def report(directory: Path, impls: list[str] | None = None, clock: str = "time_s") -> None:
+    directory = Path(directory)
+    model = model_spec(directory.name.rsplit("-", 1)[0])
+    impls = impls or sorted(set(load_table(directory).impl))
+    fmt = lambda v: f"{v:.3f}"  # noqa: E731
+    for impl in impls:
+        profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock)
+        print(f"\n== {profile.name} ({clock}); overheads: {profile.overheads}")
+        errors = heldout_errors(directory, impl, clock)
+        print("held-out interpolation error (%):")
+        print(errors.groupby("stage").error_pct.agg(["median", "max", "count"]).to_string(float_format=fmt))
+        print(f"all stages: median {errors.error_pct.median():.2f}%, max {errors.error_pct.max():.2f}%")
+        print("measured vs roofline floor (one layer):")
+        print(roofline(directory, model, hardware_spec(directory), impl).to_string(index=False, float_format=fmt))
+        predictions = pass_predictions(directory, model, impl, clock)
+        if not predictions.empty:
+            print("whole passes: prediction vs measured:")
+            print(predictions.to_string(float_format=fmt))
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--bench", type=Path, default=None)
-    parser.add_argument("--hardware-tflops", type=float, default=790.0)
-    parser.add_argument("--hardware-tb-s", type=float, default=4.1)
-    args = parser.parse_args()
-    model = MODELS[args.directory.name.rsplit("-", 1)[0]]
-    errors = heldout_errors(args.directory)
-    fmt = lambda v: f"{v:.3f}"  # noqa: E731
-    print("held-out interpolation error (%) per stage:")
-    print(errors.groupby("stage").error_pct.agg(["median", "max", "count"]).to_string(float_format=fmt))
-    print(f"all stages: median {errors.error_pct.median():.2f}%, max {errors.error_pct.max():.2f}%\n")
-    hardware = HardwareSpec(peak_tflops=args.hardware_tflops, hbm_tb_s=args.hardware_tb_s)
-    print("measured vs roofline floor (one layer):")
-    print(roofline(args.directory, model, hardware).to_string(index=False, float_format=fmt))
-    if args.bench is not None:
-        print("\nwhole decode pass (context 512): profile prediction vs measured:")
-        print(decode_predictions(args.directory, model, args.bench).to_string(float_format=fmt))
+    parser.add_argument("--impl", nargs="+", default=None, choices=["engine", "hf"])
+    parser.add_argument("--clock", default="time_s", choices=["time_s", "latency_s", "host_s", "gpu_s"])
+    args = parser.parse_args(argv)
+    report(args.directory, args.impl, args.clock)
 
 
 if __name__ == "__main__":

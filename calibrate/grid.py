@@ -1,30 +1,48 @@
-"""The measurement grids: a main grid the simulator interpolates over, and an offset held-out grid
-that checks the interpolation error."""
+"""The measurement grids: a main grid the simulator interpolates over (piecewise linear in size),
+and an offset held-out grid, measured in the same run, that checks the interpolation error.
+
+Points are (x1, x2): attention_decode (batch, context), attention_prefill (sequences, prompt
+length), every other stage (tokens or sequences, 0)."""
 
 from __future__ import annotations
 
+POW2 = [2**i for i in range(16)]  # 1 .. 32768
+
+
+def _one_d(grid: list[int], heldout: list[int]) -> dict:
+    return {"grid": [(t, 0) for t in grid], "heldout": [(t, 0) for t in heldout]}
+
+
 GRIDS = {
-    "attention_decode": {  # (batch, context)
-        "grid": [(b, c) for b in (1, 2, 4, 8, 16, 32, 64) for c in (128, 256, 512, 1024, 2048)],
-        "heldout": [(b, c) for b in (3, 12, 24, 48) for c in (384, 768, 1536)],
+    "attention_decode": {
+        "grid": [(b, c) for b in (1, 2, 4, 8, 16, 32, 64) for c in (128, 256, 512, 1024, 2048, 4096)],
+        "heldout": [(b, c) for b in (3, 12, 48) for c in (384, 1536, 3072)],
     },
-    "attention_prefill": {  # (sequences, prompt length)
-        "grid": [(n, p) for n in (1, 2, 4, 8, 16, 32) for p in (32, 128, 512, 1024) if n * p <= 16384],
-        "heldout": [(n, p) for n in (3, 12) for p in (64, 256, 768)],
+    "attention_prefill": {
+        "grid": [(n, p) for n in (1, 2, 4, 8, 16) for p in (32, 64, 128, 256, 512, 1024, 2048)],
+        "heldout": [(n, p) for n in (3, 6, 12) for p in (96, 384, 1536)],
     },
-    "router": {"grid": [(t, 0) for t in (1, 8, 32, 128, 512, 2048, 8192, 16384)],
-               "heldout": [(t, 0) for t in (4, 64, 1024, 4096)]},
-    "expert": {"grid": [(t, 0) for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)],
-               "heldout": [(t, 0) for t in (3, 12, 48, 192, 768, 3072)]},
-    "experts_layer": {"grid": [(t, 0) for t in (1, 8, 32, 128, 512, 2048, 8192)],
-                      "heldout": [(t, 0) for t in (4, 64, 1024)]},
-    "lm_head": {"grid": [(n, 0) for n in (1, 2, 4, 8, 16, 32, 64, 128)],
-                "heldout": [(n, 0) for n in (3, 12, 48)]},
-    "embed": {"grid": [(t, 0) for t in (1, 8, 32, 128, 512, 2048, 8192, 16384)],
-              "heldout": [(t, 0) for t in (4, 64, 1024)]},
+    "router": _one_d(POW2, [3, 24, 96, 384, 1536, 6144, 24576]),
+    "expert": _one_d(POW2[:15], [3, 24, 96, 384, 1536, 6144]),
+    "experts_layer": _one_d(POW2[:15], [3, 6, 12, 24, 48, 96, 384, 1536, 6144]),
+    "lm_head": _one_d(POW2[:9], [3, 12, 48, 192]),
+    "embed": _one_d(POW2[:7], [3, 12, 48]),
 }
+
+PASS_BATCHES = (1, 8, 32)  # decode passes (whole model and 1-/2-layer) at this context
+PASS_CONTEXT = 512
 
 
 def small(grids: dict) -> dict:
-    """A cut-down grid for CPU smoke tests of the tool itself."""
-    return {stage: {split: pts[:3] for split, pts in g.items()} for stage, g in grids.items()}
+    """A cut-down grid for CPU smoke tests of the tool itself (tiny models)."""
+    def keep(points):
+        return [(a, min(b, 64)) for a, b in points if a <= 64][:4]
+    return {stage: {split: keep(pts) for split, pts in g.items()} for stage, g in grids.items()}
+
+
+def largest(grids: dict) -> tuple[int, int]:
+    """(sequences, context) the KV pool must hold for the grids."""
+    pts = grids["attention_decode"]["grid"] + grids["attention_decode"]["heldout"]
+    pre = grids["attention_prefill"]["grid"] + grids["attention_prefill"]["heldout"]
+    return max(max(b for b, _ in pts), max(n for n, _ in pre), 2 * max(PASS_BATCHES)), \
+        max(max(c for _, c in pts), max(p for _, p in pre), PASS_CONTEXT + 64) + 1

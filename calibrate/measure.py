@@ -1,129 +1,185 @@
-"""Time each stage the simulator charges, calling the real engine's own stage functions
-(real.stages) on one full-width decoder layer with random weights. Long-format output: one row per
-(stage, x1, x2, split, repeat). `python -m calibrate.measure --model mixtral-8x7b --out DIR`."""
+"""Time every stage the simulator charges, with the very functions the real engine runs
+(real.stages) and, beside them, Hugging Face's own modules; plus 1-/2-layer passes (overheads),
+merge and pause costs, and optionally full-model decode passes to check predictions against.
+
+Runs where Hydra is not installed (the GPU image): `python3 -m calibrate.measure --model
+mixtral-8x7b --out DIR [--full]`; `python -m calibrate run model=...` wraps it.
+
+Writes DIR/stages.csv (impl, stage, x1, x2, split, repeat, time_s, latency_s, host_s, gpu_s),
+DIR/passes.csv (impl, layers, phase, batch, context, repeat, time_s), DIR/events.csv (event,
+repeat, time_s) and DIR/meta.json. The calibration model has 2 decoder layers (stages time layer 0)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from calibrate.grid import GRIDS, small
-from real import stages
+from calibrate import passes
+from calibrate.benches import BENCHES
+from calibrate.grid import GRIDS, PASS_BATCHES, PASS_CONTEXT, largest, small
+from calibrate.timing import measure as time_point
+from real.engine import Engine
 from real.kv import KVPool
-from real.layout import build_layout
 from real.model import build_model, preset_config
-from real.sequence import Sequence
-from real.timing import timed_ms
 
 
-class StageBench:
-    """Inputs for one stage at one grid point, and the call to time."""
-
-    def __init__(self, model, pool: KVPool, device):
-        self.model, self.pool, self.device = model, pool, device
-        self.hidden_size = model.config.hidden_size
-        self.num_experts = model.model.layers[0].mlp.experts.gate_up_proj.shape[0]
-        self.top_k = model.config.num_experts_per_tok
-        self.run_experts = stages.experts_grouped if device == "cuda" else stages.experts_eager
-
-    def hidden(self, tokens: int) -> torch.Tensor:
-        return torch.randn(tokens, self.hidden_size, device=self.device, dtype=self.model.dtype)
-
-    def call(self, stage: str, x1: int, x2: int):
-        return getattr(self, stage)(x1, x2)
-
-    def attention_decode(self, batch: int, context: int):
-        seqs = [Sequence(i, [1] * context, slot=i, num_cached=context - 1) for i in range(batch)]
-        layout, h = build_layout(seqs, self.device), self.hidden(batch)
-        return lambda: stages.attention(self.model, 0, h, layout, self.pool)
-
-    def attention_prefill(self, num_seqs: int, length: int):
-        seqs = [Sequence(i, [1] * length, slot=i) for i in range(num_seqs)]
-        layout, h = build_layout(seqs, self.device), self.hidden(num_seqs * length)
-        return lambda: stages.attention(self.model, 0, h, layout, self.pool)
-
-    def router(self, tokens: int, _):
-        h = self.hidden(tokens)
-        return lambda: stages.router(self.model, 0, h)
-
-    def expert(self, tokens: int, _):
-        """One expert's FFN on `tokens` queued tokens (the engine's expert-granularity step)."""
-        x, out = self.hidden(tokens), self.hidden(tokens)
-        chosen = torch.zeros(tokens, self.top_k, dtype=torch.long, device=self.device)
-        queued = torch.zeros_like(chosen, dtype=torch.bool)
-        queued[:, 0] = True
-        weights = torch.ones(tokens, self.top_k, device=self.device)
-        return lambda: self.run_experts(self.model, 0, x, weights, chosen, queued, out)
-
-    def experts_layer(self, tokens: int, _):
-        """All experts of a layer on uniformly routed tokens (the engine's layer-granularity step)."""
-        x, out = self.hidden(tokens), self.hidden(tokens)
-        chosen = torch.rand(tokens, self.num_experts, device=self.device).topk(self.top_k, dim=-1).indices
-        weights = torch.full(chosen.shape, 1.0 / self.top_k, device=self.device)
-        queued = torch.ones_like(chosen, dtype=torch.bool)
-        return lambda: self.run_experts(self.model, 0, x, weights, chosen, queued, out)
-
-    def lm_head(self, num_seqs: int, _):
-        h = self.hidden(num_seqs)
-        return lambda: stages.lm_head(self.model, h).argmax(-1)
-
-    def embed(self, tokens: int, _):
-        ids = torch.randint(0, self.model.config.vocab_size, (tokens,), device=self.device)
-        return lambda: stages.embed(self.model, ids)
-
-
-def measure(bench: StageBench, grids: dict, repeats: int, log=print) -> pd.DataFrame:
+def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print) -> list[dict]:
     rows = []
     for stage, splits in grids.items():
-        for split, points in splits.items():
-            for x1, x2 in points:
-                for i, ms in enumerate(timed_ms(bench.call(stage, x1, x2), bench.device, repeats)):
-                    rows.append({"stage": stage, "x1": x1, "x2": x2, "split": split, "repeat": i, "time_s": ms / 1000})
-            log(f"{stage} {split}: {len(points)} points")
-    return pd.DataFrame(rows)
+        if stage not in bench.stages():
+            continue
+        start = time.perf_counter()
+        try:
+            rows += _stage_rows(bench, stage, splits, repeats, inner)
+        except Exception as error:  # noqa: BLE001 - one broken stage must not lose a device run
+            log(f"  {bench.impl} {stage}: FAILED {error!r}")
+            continue
+        log(f"  {bench.impl} {stage}: {sum(len(p) for p in splits.values())} points, "
+            f"{time.perf_counter() - start:.1f} s")
+    return rows
 
 
-def meta(model_name: str, dtype: torch.dtype, device: str) -> dict:
+def _stage_rows(bench, stage: str, splits: dict, repeats: int, inner: int) -> list[dict]:
+    rows = []
+    for split, points in splits.items():
+        for x1, x2 in points:
+            for i, clocks in enumerate(time_point(bench.call(stage, x1, x2), bench.device, repeats, inner)):
+                rows.append({"impl": bench.impl, "stage": stage, "x1": x1, "x2": x2, "split": split, "repeat": i,
+                             **clocks})
+    return rows
+
+
+def _guarded(step, *args, label: str = "") -> None:
+    try:
+        step(*args)
+    except Exception as error:  # noqa: BLE001 - keep what the earlier steps measured
+        import traceback
+
+        traceback.print_exc()
+        print(f"{label or step.__name__} FAILED: {error!r}", flush=True)
+
+
+def meta(args, dtype: torch.dtype) -> dict:
     import transformers
-
-    import os
 
     done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
     revision = os.environ.get("QLLM_GIT_REVISION") or (done.stdout.strip() if done.returncode == 0 else "")
     return {
-        "model": model_name, "dtype": str(dtype).removeprefix("torch."), "device": device,
-        "gpu": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "cuda": torch.version.cuda, "git_revision": revision or "unknown",
+        "model": args.model, "dtype": str(dtype).removeprefix("torch."), "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
+        "git_revision": revision or "unknown",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "layers_measured": 1, "method": "sync, perf_counter per call, 2 warm-up calls",
+        "calibration_layers": 2, "repeats": args.repeats, "inner": args.inner, "impls": args.impls,
+        "method": "calibrate.timing: latency (sync-bracketed call), time (steady state of back-to-back calls), "
+                  "host (issue time behind a sleep kernel), gpu (CUDA events behind it); 3 warm-up calls",
+        "routing": "balanced (token i -> experts (i*k+j) mod E)",
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+class Writer:
+    """Writes the tables after each step, so a run cut short still leaves what it measured."""
+
+    def __init__(self, out: Path, info: dict):
+        self.out, self.info = out, info
+        self.tables: dict[str, list[dict]] = {"stages": [], "passes": [], "events": []}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def add(self, table: str, rows: list[dict]) -> None:
+        self.tables[table] += rows
+        pd.DataFrame(self.tables[table]).to_csv(self.out / f"{table}.csv", index=False)
+        (self.out / "meta.json").write_text(json.dumps(self.info, indent=2))
+
+
+def calibration_model(args, dtype):
+    grids = small(GRIDS) if args.small else GRIDS
+    config = preset_config(args.model, num_hidden_layers=2)
+    model = build_model(config, args.device, dtype)
+    slots, max_len = largest(grids)
+    pool = KVPool.allocate_for(config, slots, max_len, args.device, dtype)
+    return grids, model, pool
+
+
+def run_grids(args, dtype, writer: Writer) -> None:
+    grids, model, pool = calibration_model(args, dtype)
+    hf_experts = "grouped_mm" if args.device == "cuda" else "eager"
+    for impl in args.impls:
+        model.set_experts_implementation(hf_experts)
+        writer.add("stages", measure_grid(BENCHES[impl](model, pool, args.device), grids, args.repeats, args.inner))
+    engine = Engine(model, pool, grouped_experts=args.device == "cuda")
+    impls = [i if i == "engine" else f"hf-{hf_experts}" for i in args.impls]
+    for depth in (1, 2):
+        for impl in impls:
+            with passes.layers(model, depth):
+                _guarded(lambda: writer.add("passes", passes.decode_passes(
+                    model, engine, [impl], PASS_BATCHES, PASS_CONTEXT, args.pass_repeats)), label=f"{impl} passes")
+    _guarded(lambda: writer.add("events", passes.preemption_events(engine, model.config.vocab_size,
+                                                                   args.pass_repeats)), label="events")
+    print(f"  passes and events done", flush=True)
+
+
+def run_full(args, dtype, writer: Writer) -> None:
+    """The whole model, built on the device: decode (and one prefill) passes to predict."""
+    config = preset_config(args.model, **({"num_hidden_layers": 4} if args.small else {}))
+    model = build_model(config, args.device, dtype)
+    pool = KVPool.allocate_for(config, 2 * max(PASS_BATCHES) + 8, PASS_CONTEXT + 128, args.device, dtype)
+    engine = Engine(model, pool, grouped_experts=args.device == "cuda")
+    impls = [i for i in args.full_impls if args.device == "cuda" or i != "hf-grouped_mm"]
+    for impl in impls:
+        _guarded(lambda: writer.add("passes", passes.decode_passes(model, engine, [impl], PASS_BATCHES, PASS_CONTEXT,
+                                                                   args.pass_repeats)), label=f"{impl} full decode")
+    for impl in [i for i in impls if i != "hf-eager"]:
+        _guarded(lambda: writer.add("passes", passes.prefill_passes(model, engine, [impl], 8, PASS_CONTEXT,
+                                                                    max(args.pass_repeats // 2, 2))),
+                 label=f"{impl} full prefill")
+    _guarded(lambda: writer.add("events", [{**row, "event": f"{row['event']}_full"} for row in
+                                           passes.preemption_events(engine, config.vocab_size, args.pass_repeats)]),
+             label="full events")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mixtral-8x7b")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--small", action="store_true", help="a tiny grid (smoke test of the tool)")
+    parser.add_argument("--impls", nargs="+", default=["engine", "hf"], choices=sorted(BENCHES))
+    parser.add_argument("--repeats", type=int, default=10, help="repeats per grid point (one row each)")
+    parser.add_argument("--inner", type=int, default=4, help="back-to-back calls per repeat")
+    parser.add_argument("--pass-repeats", type=int, default=10)
+    parser.add_argument("--small", action="store_true", help="tiny grids (smoke test of the tool)")
+    parser.add_argument("--no-grid", action="store_true", help="skip the stage grids")
+    parser.add_argument("--full", action="store_true", help="also time whole-model passes (needs its memory)")
+    parser.add_argument("--full-impls", nargs="+", default=["engine", "hf-grouped_mm", "hf-eager"])
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    config = preset_config(args.model, num_hidden_layers=1)
-    model = build_model(config, args.device, dtype)
-    grids = small(GRIDS) if args.small else GRIDS
-    pool = KVPool.allocate_for(config, 64, 2049, args.device, dtype)  # the grids' largest batch and context
-    table = measure(StageBench(model, pool, args.device), grids, args.repeats)
-    args.out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out / "stages.csv", index=False)
-    (args.out / "meta.json").write_text(json.dumps(meta(args.model, dtype, args.device), indent=2))
-    print(table.groupby(["stage", "split"]).time_s.median().to_string())
+    writer = Writer(args.out, meta(args, dtype))
+    start = time.perf_counter()
+    if not args.no_grid:
+        print(f"{args.model}: stage grids ({', '.join(args.impls)})", flush=True)
+        _guarded(run_grids, args, dtype, writer)
+        torch.cuda.empty_cache() if args.device == "cuda" else None
+    if args.full:
+        print(f"{args.model}: full-model passes", flush=True)
+        _guarded(run_full, args, dtype, writer)
+    print(f"done in {time.perf_counter() - start:.0f} s -> {args.out}", flush=True)
+    try:  # the roofline and held-out checks, where the simulator's profile code imports
+        import warnings
+
+        from calibrate.check import report
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            report(args.out)
+    except Exception as error:  # noqa: BLE001 - a check must never lose a run's tables
+        print(f"check skipped: {error!r}")
 
 
 if __name__ == "__main__":

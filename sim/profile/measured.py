@@ -1,6 +1,15 @@
-"""A profile measured on a GPU by `python -m calibrate.measure`: medians per grid point of a
-long-format table (stage, x1, x2, split, repeat, time_s), interpolated linearly over log sizes.
-Outside the grid the value is extended (linearly in size above the top, flat below) with a warning."""
+"""A profile measured on a GPU by `calibrate/` (`python -m calibrate run model=...`): medians per
+grid point of a long-format table, interpolated piecewise linearly in the sizes (bilinearly over
+(batch, context) and (sequences, length) for attention). Below the grid a stage keeps its smallest
+measured value; above it, it grows along its last segment; both warn once per stage.
+
+Files in the profile directory:
+- stages.csv: impl, stage, x1, x2, split, repeat, time_s [, latency_s, host_s, gpu_s] (one row per
+  repeat; `split` grid = interpolated, heldout = checks only; no `impl` column = one engine);
+- passes.csv (optional): 1- and 2-layer decode passes, from which the per-stage and per-pass
+  overheads are derived (the per-layer cost of a pass minus its stages);
+- events.csv (optional): merge and pause+resume costs;
+- meta.json: GPU, software versions, git revision, date."""
 
 from __future__ import annotations
 
@@ -15,7 +24,10 @@ import pandas as pd
 from sim.profile.base import AttentionLoad, Overheads
 
 STAGES = {"attention_decode", "attention_prefill", "router", "expert", "experts_layer", "lm_head", "embed"}
+REQUIRED = {"attention_decode", "attention_prefill", "router", "experts_layer", "lm_head"}
 COLUMNS = ["stage", "x1", "x2", "split", "repeat", "time_s"]
+CLOCKS = ("time_s", "latency_s", "host_s", "gpu_s")
+PASS_IMPL = {"engine": "engine", "hf": "hf-grouped_mm"}  # stage set -> the passes that check it
 
 
 class MeasuredProfileError(ValueError):
@@ -24,64 +36,63 @@ class MeasuredProfileError(ValueError):
 
 @dataclass(frozen=True)
 class Curve:
-    """time(x) from grid medians; 1-D (x2 unused) or 2-D on a full (x1, x2) grid."""
+    """time(x1[, x2]) on a rectangular grid of medians: [len(x1), len(x2)] seconds."""
 
     stage: str
     x1: np.ndarray
     x2: np.ndarray
-    table: np.ndarray  # [len(x1), len(x2)] seconds
+    table: np.ndarray
     warned: set = field(default_factory=set, compare=False)
 
     def __call__(self, a: float, b: float = 0.0) -> float:
-        col = [_interp(self.x1, self.table[:, j], a, self._warn) for j in range(len(self.x2))]
-        return col[0] if len(self.x2) == 1 else _interp(self.x2, np.array(col), b, self._warn)
+        column = np.array([self._line(self.x1, self.table[:, j], a) for j in range(len(self.x2))])
+        return float(column[0] if len(self.x2) == 1 else self._line(self.x2, column, b))
 
     def many(self, xs: np.ndarray) -> np.ndarray:
-        """Vectorised 1-D lookup (same rule as a call)."""
-        xs = np.asarray(xs, dtype=float)
-        ys = self.table[:, 0]
-        if xs.size and (xs.min() < self.x1[0] or xs.max() > self.x1[-1]):
-            self._warn(float(xs.max() if xs.max() > self.x1[-1] else xs.min()))
-        inside = np.interp(np.log(np.clip(xs, self.x1[0], self.x1[-1])), np.log(self.x1), ys)
-        slope = max((ys[-1] - ys[-2]) / (self.x1[-1] - self.x1[-2]), 0.0) if len(ys) > 1 else 0.0
-        return inside + slope * np.maximum(xs - self.x1[-1], 0.0)
+        """Vectorised 1-D lookup, same rule as a call."""
+        return self._line(self.x1, self.table[:, 0], np.asarray(xs, dtype=float))
+
+    def _line(self, xs: np.ndarray, ys: np.ndarray, x):
+        if np.any(x < xs[0]) or np.any(x > xs[-1]):
+            self._warn(float(np.max(x)) if np.any(x > xs[-1]) else float(np.min(x)))
+        slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0) if len(xs) > 1 else 0.0
+        return np.interp(x, xs, ys) + slope * np.maximum(np.asarray(x, dtype=float) - xs[-1], 0.0)
 
     def _warn(self, value: float) -> None:
         if self.stage not in self.warned:
             self.warned.add(self.stage)
             warnings.warn(f"profile stage {self.stage}: {value:g} is outside the measured grid; extrapolating",
-                          stacklevel=3)
+                          stacklevel=4)
 
 
-def _interp(xs: np.ndarray, ys: np.ndarray, x: float, warn) -> float:
-    if x < xs[0] or x > xs[-1]:
-        warn(x)
-    if x <= xs[0]:
-        return float(ys[0])
-    if x >= xs[-1]:  # work grows linearly with size past the grid
-        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2]) if len(xs) > 1 else 0.0
-        return float(ys[-1] + max(slope, 0.0) * (x - xs[-1]))
-    return float(np.interp(np.log(x), np.log(xs), ys))
-
-
-def load_table(directory: Path) -> pd.DataFrame:
-    path = Path(directory) / "stages.csv"
+def load_table(directory: Path, name: str = "stages.csv", columns: list[str] = COLUMNS) -> pd.DataFrame:
+    path = Path(directory) / name
     if not path.exists():
-        raise MeasuredProfileError(f"no profile at {path} (measure one: python -m calibrate.measure)")
-    table = pd.read_csv(path)
-    missing = [c for c in COLUMNS if c not in table.columns]
+        raise MeasuredProfileError(f"no profile at {path} (measure one: python -m calibrate run model=...)")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise MeasuredProfileError(f"{path}: not a readable CSV table ({error})") from None
+    missing = [c for c in columns if c not in table.columns]
     if missing:
         raise MeasuredProfileError(f"{path}: missing column(s) {', '.join(missing)}")
-    if table[COLUMNS].isna().any().any() or (table.time_s <= 0).any():
-        raise MeasuredProfileError(f"{path}: empty or non-positive times")
-    unknown = set(table.stage) - STAGES
-    if unknown:
-        raise MeasuredProfileError(f"{path}: unknown stage(s) {', '.join(sorted(unknown))}")
+    clocks = [c for c in CLOCKS if c in table.columns]
+    if table[columns + clocks].isna().any().any():
+        raise MeasuredProfileError(f"{path}: empty (NaN) cells")
+    if "stage" in table and (table[clocks] <= 0).any().any():
+        raise MeasuredProfileError(f"{path}: non-positive times")
+    if "stage" in table:
+        unknown = set(table.stage) - STAGES
+        if unknown:
+            raise MeasuredProfileError(f"{path}: unknown stage(s) {', '.join(sorted(unknown))}")
+        if "impl" not in table:
+            table["impl"] = "engine"
     return table
 
 
-def curves(table: pd.DataFrame, split: str = "grid") -> dict[str, Curve]:
-    medians = table[table.split == split].groupby(["stage", "x1", "x2"]).time_s.median()
+def curves(table: pd.DataFrame, impl: str = "engine", split: str = "grid", clock: str = "time_s") -> dict[str, Curve]:
+    rows = table[(table.impl == impl) & (table.split == split)]
+    medians = rows.groupby(["stage", "x1", "x2"])[clock].median()
     out = {}
     for stage in medians.index.get_level_values(0).unique():
         grid = medians.loc[stage].unstack("x2").sort_index()
@@ -93,33 +104,44 @@ def curves(table: pd.DataFrame, split: str = "grid") -> dict[str, Curve]:
 
 @dataclass
 class MeasuredProfile:
-    """Stage costs of the real engine (layer granularity: all experts of a layer in one grouped
-    call, whose time is shared among experts by load)."""
+    """Stage costs of one implementation (`impl`: engine = real/'s stage functions, hf = Hugging
+    Face's modules). Experts: the layer's grouped call (`experts_layer` at the layer's token count)
+    shared among experts by load. `clock`: which timing column the costs come from (time_s: steady
+    state of back-to-back calls, what a stage costs inside a pipelined pass). `overheads`: None =
+    derived from the measured passes and events."""
 
     directory: Path
     top_k: int = 2
-    overheads: Overheads = field(default_factory=Overheads)
+    impl: str = "engine"
+    clock: str = "time_s"
+    overheads: Overheads | None = None
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
-        self.curves = curves(load_table(self.directory))
-        missing = {"attention_decode", "attention_prefill", "router", "experts_layer", "lm_head"} - set(self.curves)
+        self.table = load_table(self.directory)
+        if self.clock not in self.table:
+            raise MeasuredProfileError(f"{self.directory}: no {self.clock} column (clocks: {', '.join(CLOCKS)})")
+        self.curves = curves(self.table, self.impl, clock=self.clock)
+        missing = REQUIRED - set(self.curves)
         if missing:
-            raise MeasuredProfileError(f"{self.directory}: no measurements for {', '.join(sorted(missing))}")
+            raise MeasuredProfileError(f"{self.directory}: no {self.impl} measurements for {', '.join(sorted(missing))}")
         meta = self.directory / "meta.json"
         self.meta = json.loads(meta.read_text()) if meta.exists() else {}
+        if self.overheads is None:
+            self.overheads = measured_overheads(self)
 
     @property
     def name(self) -> str:
-        return f"measured/{self.directory.parent.name}/{self.directory.name}"
+        suffix = "" if self.impl == "engine" else f"-{self.impl}"
+        return f"measured/{self.directory.parent.name}/{self.directory.name}{suffix}"
 
     def attention_s(self, load: AttentionLoad) -> float:
         total = 0.0
         if load.num_decode_seqs:
             total += self.curves["attention_decode"](load.num_decode_seqs, load.decode_ctx_tokens / load.num_decode_seqs)
-        if load.num_prefill_seqs:
-            mean_len = load.num_prefill_tokens / load.num_prefill_seqs
-            total += self.curves["attention_prefill"](load.num_prefill_seqs, mean_len)
+        if load.num_prefill_seqs:  # root-mean-square length: exact for the linear and the quadratic work
+            length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
+            total += self.curves["attention_prefill"](load.num_prefill_tokens / length, length)
         return total
 
     def router_s(self, num_tokens: int) -> float:
@@ -135,3 +157,34 @@ class MeasuredProfile:
     def lm_head_s(self, num_seqs: int) -> float:
         embed = self.curves["embed"](num_seqs) if "embed" in self.curves else 0.0
         return self.curves["lm_head"](num_seqs) + embed
+
+    def layer_s(self, batch: int, context: int) -> float:
+        """Stages of one decode layer (uniform loads), no overheads."""
+        attention = self.attention_s(AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * context))
+        return attention + self.router_s(batch) + float(self.curves["experts_layer"](batch))
+
+
+def measured_overheads(profile: MeasuredProfile) -> Overheads:
+    """stage_s: per-layer cost of a decode pass (2-layer minus 1-layer pass) minus the layer's stages,
+    halved (two charged stages per layer); iteration_s: the 1-layer pass minus one layer, embedding
+    and LM head. Medians over the measured batch sizes, floored at 0. Merge and pause+resume from
+    events.csv. All zero where the files are absent."""
+    stage_s = iteration_s = 0.0
+    if (profile.directory / "passes.csv").exists():
+        passes = load_table(profile.directory, "passes.csv", ["impl", "layers", "phase", "batch", "context", "time_s"])
+        small = passes[(passes.impl == PASS_IMPL.get(profile.impl, profile.impl)) & (passes.phase == "decode")
+                       & passes.layers.isin([1, 2])]
+        med = small.groupby(["batch", "context", "layers"]).time_s.median().unstack("layers")
+        if {1, 2} <= set(med.columns):
+            layer = med[2] - med[1]
+            stages = np.array([profile.layer_s(b, c) for b, c in med.index])
+            ends = np.array([profile.lm_head_s(b) for b, _ in med.index])
+            stage_s = max(float(np.median((layer.to_numpy() - stages) / 2)), 0.0)
+            iteration_s = max(float(np.median(med[1].to_numpy() - layer.to_numpy() - ends)), 0.0)
+    events = {}
+    if (profile.directory / "events.csv").exists():
+        table = load_table(profile.directory, "events.csv", ["event", "repeat", "time_s"])
+        events = table.groupby("event").time_s.median().to_dict()
+    pause = max(events.get("pause_resume", 0.0), 0.0)
+    return Overheads(stage_s=stage_s, iteration_s=iteration_s, pause_s=pause / 2, resume_s=pause / 2,
+                     merge_s=max(events.get("merge", 0.0), 0.0))

@@ -1,0 +1,144 @@
+"""Whole passes and preemption events, timed in the same run as the stage grids:
+
+- decode passes of 1 and 2 layers of the calibration model (engine and HF): their difference is the
+  per-layer cost inside a pipelined pass, which gives the per-stage and per-pass host overheads that
+  the stage functions alone do not include;
+- decode passes of the full model (HF eager, HF grouped_mm, the engine): what the simulator must predict;
+- merge and pause+resume of the engine's batches."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers import DynamicCache
+
+from calibrate.timing import timed_s
+from policies import Granularity, Position, Stage
+from real.batch import merge
+from real.engine import Engine
+
+
+@contextmanager
+def layers(model, num_layers: int):
+    """Run only the first `num_layers` decoder layers (HF forward and the engine read the config)."""
+    full = model.config.num_hidden_layers
+    model.config.num_hidden_layers = num_layers
+    try:
+        yield
+    finally:
+        model.config.num_hidden_layers = full
+
+
+def prompts(batch: int, length: int, vocab: int, seed: int) -> torch.Tensor:
+    return torch.randint(3, vocab, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.inference_mode()
+def hf_decode(model, ids: torch.Tensor, repeats: int) -> list[float]:
+    try:
+        cache = DynamicCache(config=model.config)
+    except TypeError:  # older transformers 5.x signature
+        cache = DynamicCache()
+    out = model(ids.to(model.device), past_key_values=cache, use_cache=True)
+    token = out.logits[:, -1:].argmax(-1)
+    return timed_s(lambda: model(token, past_key_values=cache, use_cache=True), _device(model), repeats, warmup=2)
+
+
+@torch.inference_mode()
+def hf_prefill(model, ids: torch.Tensor, repeats: int) -> list[float]:
+    ids = ids.to(model.device)
+    return timed_s(lambda: model(ids, use_cache=False), _device(model), repeats)
+
+
+def engine_decode(engine: Engine, ids: torch.Tensor, repeats: int) -> list[float]:
+    seqs = [engine.add_sequence(i, row.tolist()) for i, row in enumerate(ids)]
+    engine.run_pass(seqs)  # prefill
+    times = timed_s(lambda: engine.run_pass(seqs, Granularity.LAYER), engine.device.type, repeats, warmup=2)
+    for seq in seqs:
+        engine.release(seq)
+    return times
+
+
+def engine_prefill(engine: Engine, ids: torch.Tensor, repeats: int) -> list[float]:
+    def once():
+        seqs = [engine.add_sequence(i, row.tolist()) for i, row in enumerate(ids)]
+        engine.run_pass(seqs, Granularity.LAYER)
+        for seq in seqs:
+            engine.release(seq)
+    return timed_s(once, engine.device.type, repeats)
+
+
+def decode_passes(model, engine: Engine, impls: list[str], batches, context: int, repeats: int) -> list[dict]:
+    """Rows (impl, layers, phase, batch, context, repeat, time_s) at the model's current depth."""
+    rows, depth = [], model.config.num_hidden_layers
+    for batch in batches:
+        ids = prompts(batch, context, model.config.vocab_size, seed=batch)
+        for impl in impls:
+            if impl == "engine":
+                times = engine_decode(engine, ids, repeats)
+            else:
+                model.set_experts_implementation(impl.removeprefix("hf-"))
+                times = hf_decode(model, ids, repeats)
+            rows += [{"impl": impl, "layers": depth, "phase": "decode", "batch": batch, "context": context,
+                      "repeat": i, "time_s": t} for i, t in enumerate(times)]
+    return rows
+
+
+def prefill_passes(model, engine: Engine, impls: list[str], batch: int, length: int, repeats: int) -> list[dict]:
+    rows, ids = [], prompts(batch, length, model.config.vocab_size, seed=99)
+    for impl in impls:
+        if impl == "engine":
+            times = engine_prefill(engine, ids, repeats)
+        else:
+            model.set_experts_implementation(impl.removeprefix("hf-"))
+            times = hf_prefill(model, ids, repeats)
+        rows += [{"impl": impl, "layers": model.config.num_hidden_layers, "phase": "prefill", "batch": batch,
+                  "context": length, "repeat": i, "time_s": t} for i, t in enumerate(times)]
+    return rows
+
+
+def preemption_events(engine: Engine, vocab: int, repeats: int, batch: int = 4, context: int = 128) -> list[dict]:
+    """Merge: folding a batch paused at the middle layer into another there (sync-bracketed).
+    pause_resume: a decode pass stopped at the middle layer (device synced, control on the host)
+    and continued, minus the same pass uninterrupted (paired repeats)."""
+    ids = prompts(2 * batch, context, vocab, seed=5)
+    a = [engine.add_sequence(i, row.tolist()) for i, row in enumerate(ids[:batch])]
+    b = [engine.add_sequence(100 + i, row.tolist()) for i, row in enumerate(ids[batch:])]
+    engine.run_pass(a + b)
+    middle = Position(max(engine.num_layers // 2, 1), Stage.ATTENTION)
+    device = engine.device.type
+
+    def to_middle(batch_state):
+        while batch_state.position < middle:
+            engine.advance(batch_state, Granularity.LAYER)
+
+    def finish(batch_state):
+        while not engine.advance(batch_state):
+            pass
+        engine.finish(batch_state)
+
+    def paused_pass():
+        state = engine.start(a)
+        to_middle(state)
+        torch.cuda.synchronize() if device == "cuda" else None
+        finish(state)
+
+    rows = []
+    for i in range(repeats):
+        plain = timed_s(lambda: engine.run_pass(a), device, 1, warmup=0)[0]
+        paused = timed_s(paused_pass, device, 1, warmup=0)[0]
+        left, right = engine.start(a), engine.start(b)
+        to_middle(left), to_middle(right)
+        holder = []
+        merged = timed_s(lambda: holder.append(merge(right, left)), device, 1, warmup=0)[0]
+        finish(holder[0])
+        rows += [{"event": "pause_resume", "repeat": i, "time_s": paused - plain},
+                 {"event": "merge", "repeat": i, "time_s": merged}]
+    for seq in a + b:
+        engine.release(seq)
+    return rows
+
+
+def _device(model) -> str:
+    return next(model.parameters()).device.type
