@@ -1,0 +1,94 @@
+"""One serving run on the real engine: trace in, the simulator's tables out (source=real)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from policies import Policy, Request, SchedulerState
+from real.engine import Engine
+from real.kv import KVPool
+from real.model import build_model, preset_config
+from real.server import ReplayServer
+from sim.results import requests_table, summarize
+from sim.workload import WorkloadConfig, generate_trace, read_trace, to_requests, write_trace
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """`num_slots=None` sizes the KV pool from free GPU memory (`kv_memory_fraction` of it)."""
+
+    model: str = "tiny-mixtral"
+    device: str = "cpu"
+    dtype: str = "float32"
+    num_slots: int | None = 64
+    kv_memory_fraction: float = 0.9
+    grouped_experts: bool | None = None  # None: grouped on CUDA, eager on CPU
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("engine.device=cuda but no CUDA device is available")
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    policy: Policy
+    policy_name: str
+    workload: WorkloadConfig
+    engine: EngineSettings
+    seed: int = 0
+    max_batch_size: int = 32
+    slo_s: float = 3.0
+    trace_path: str | None = None
+
+
+def build_engine(settings: EngineSettings, max_len: int) -> Engine:
+    model = build_model(preset_config(settings.model), settings.device, DTYPES[settings.dtype])
+    num_slots = settings.num_slots or slots_that_fit(model.config, max_len, settings)
+    pool = KVPool.allocate_for(model.config, num_slots, max_len, settings.device, DTYPES[settings.dtype])
+    grouped = settings.device.startswith("cuda") if settings.grouped_experts is None else settings.grouped_experts
+    return Engine(model, pool, grouped_experts=grouped)
+
+
+def slots_that_fit(config, max_len: int, settings: EngineSettings) -> int:
+    """KV slots of `max_len` tokens in the free GPU memory left after the weights."""
+    free, _ = torch.cuda.mem_get_info()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_slot = 2 * config.num_hidden_layers * max_len * config.num_key_value_heads * head_dim
+    per_slot *= torch.finfo(DTYPES[settings.dtype]).bits // 8
+    return max(int(free * settings.kv_memory_fraction // per_slot), 1)
+
+
+def prompt_token_ids(seed: int, vocab_size: int):
+    """Random prompt tokens of each request's length, fixed by (seed, request id)."""
+    def ids(request: Request) -> list[int]:
+        rng = np.random.default_rng([seed, request.request_id])
+        return rng.integers(3, vocab_size, size=request.num_prompt_tokens).tolist()
+    return ids
+
+
+def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
+    trace = read_trace(spec.trace_path) if spec.trace_path else generate_trace(spec.workload, spec.seed)
+    write_trace(trace, out_dir / "trace.csv")  # the simulator replays exactly this
+    max_len = int((trace.prompt_tokens + trace.output_tokens).max())
+    engine = build_engine(spec.engine, max_len)
+    requests = to_requests(trace)
+    for request in requests:
+        request.kv_unit_tokens = max_len  # one slot per request: the policy's KV budget counts slots
+    state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * max_len, max_batch_size=spec.max_batch_size)
+    server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size))
+    outcome = server.run(requests)
+    table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
+    summary = summarize(table, spec.slo_s, outcome.busy_s)
+    summary["run"] = {"policy": spec.policy_name, "rate": spec.workload.rate, "seed": spec.seed,
+                      "engine": spec.engine.model, "device": spec.engine.device, "num_slots": engine.pool.k[0].shape[0],
+                      "num_consults": outcome.num_consults}
+    return table, summary
