@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,8 @@ class ServeSpec:
 
 def build_engine(settings: EngineSettings, max_len: int) -> Engine:
     model = build_model(preset_config(settings.model), settings.device, DTYPES[settings.dtype])
+    if settings.num_slots is None and not settings.device.startswith("cuda"):
+        raise ValueError("engine.num_slots=null sizes the KV pool from GPU memory: set a number on the CPU")
     num_slots = settings.num_slots or slots_that_fit(model.config, max_len, settings)
     pool = KVPool.allocate_for(model.config, num_slots, max_len, settings.device, DTYPES[settings.dtype])
     grouped = settings.device.startswith("cuda") if settings.grouped_experts is None else settings.grouped_experts
@@ -86,9 +89,14 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * max_len, max_batch_size=spec.max_batch_size)
     server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size))
     outcome = server.run(requests)
+    num_slots = engine.pool.k[0].shape[0]
+    del server, engine  # free the weights before another run in this process builds its own
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
     summary["run"] = {"policy": spec.policy_name, "rate": spec.workload.rate, "seed": spec.seed,
-                      "engine": spec.engine.model, "device": spec.engine.device, "num_slots": engine.pool.k[0].shape[0],
+                      "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults}
     return table, summary
