@@ -1,0 +1,69 @@
+"""Sim vs real: replay each real run's own trace through the simulator with the profile of the same
+GPU and compare latency percentiles and throughput.
+`python -m sim.validate results/real/h200 --hardware h200-measured --model mixtral-8x7b`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from sim.compose import compose_spec
+from sim.plan import CostModel
+from sim.profile.select import build_profile
+from sim.results import class_metrics, requests_table, throughput
+from sim.routing import ExpertRouter
+from sim.simulate import simulate
+from sim.workload import read_trace, to_requests
+
+METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"), ("LS", "turnaround_p99_s"),
+           ("BE", "ttft_p50_s"), ("BE", "ttft_p99_s"), ("BE", "turnaround_p50_s"), ("BE", "turnaround_p99_s")]
+
+
+def simulate_like(run_dir: Path, hardware: str, model: str) -> pd.DataFrame:
+    """The simulator on the real run's trace, policy, batch size and KV slots."""
+    summary = json.loads((run_dir / "summary.json").read_text())["run"]
+    spec = compose_spec([f"policy={summary['policy']}", f"hardware={hardware}", f"model={model}",
+                         f"seed={summary['seed']}", "progress=false"])
+    requests = to_requests(read_trace(run_dir / "trace.csv"))
+    for request in requests:
+        request.kv_unit_tokens = summary["kv_slot_tokens"]
+    router = ExpertRouter(spec.model.num_layers, spec.model.num_experts, spec.model.top_k, seed=spec.seed)
+    costs = CostModel(spec.model, build_profile(spec.profile, spec.model, spec.hardware), router)
+    outcome = simulate(requests, spec.policy, costs, summary["num_slots"] * summary["kv_slot_tokens"],
+                       spec.max_batch_size)
+    return requests_table(outcome.requests, "sim", summary["policy"], summary["rate"], summary["seed"])
+
+
+def compare(real: pd.DataFrame, sim: pd.DataFrame, slo_s: float = 3.0) -> dict[str, float]:
+    row = {"policy": real.policy.iloc[0], "rate": real.rate.iloc[0]}
+    for cls, metric in METRICS:
+        r = class_metrics(real[real.priority == cls], slo_s)[metric]
+        s = class_metrics(sim[sim.priority == cls], slo_s)[metric]
+        row[f"{cls} {metric} real"], row[f"{cls} {metric} err %"] = r, 100 * (s - r) / r
+    r, s = throughput(real, 0.0)["tokens_per_s"], throughput(sim, 0.0)["tokens_per_s"]
+    row["tokens/s real"], row["tokens/s err %"] = r, 100 * (s - r) / r
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runs", type=Path, help="folder of real run folders (each with trace.csv, requests.parquet)")
+    parser.add_argument("--hardware", default="h200-measured")
+    parser.add_argument("--model", default="mixtral-8x7b")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
+    if not runs:
+        raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
+    rows = [compare(pd.read_parquet(r / "requests.parquet"), simulate_like(r, args.hardware, args.model)) for r in runs]
+    table = pd.DataFrame(rows).sort_values(["policy", "rate"])
+    if args.out:
+        table.to_csv(args.out, index=False)
+    print(table.T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
+
+
+if __name__ == "__main__":
+    main()
