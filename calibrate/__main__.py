@@ -45,7 +45,8 @@ def argv_for(config: CalibrateConfig) -> list[str]:
     import torch
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    hardware = config.hardware or ("cpu" if device == "cpu" else torch.cuda.get_device_name().split()[-1].lower())
+    gpu = torch.cuda.get_device_name().lower() if device == "cuda" else "cpu"
+    hardware = config.hardware or next((n for n in ("h100", "h200", "a100") if n in gpu), gpu.replace(" ", "-"))
     dtype = "bf16" if device == "cuda" else "fp32"
     out = config.out or str(ROOT / "calibrate" / "profiles" / hardware / f"{config.model}-{dtype}")
     argv = ["--model", config.model, "--device", device, "--impls", *config.impls, "--repeats", str(config.repeats),

@@ -34,8 +34,8 @@ def hardware_spec(directory: Path) -> HardwareSpec:
     else named after the GPU in meta.json."""
     name = Path(directory).parent.name
     if not (CONF / "hardware" / f"{name}.yaml").exists():
-        meta = json.loads((Path(directory) / "meta.json").read_text())
-        name = meta["gpu"].split()[-1].lower()
+        gpu = json.loads((Path(directory) / "meta.json").read_text())["gpu"].lower()
+        name = next((n for n in ("h100", "h200", "a100") if n in gpu), gpu)
     values = yaml.safe_load((CONF / "hardware" / f"{name}.yaml").read_text())
     return HardwareSpec(**{k: v for k, v in values.items() if k != "profile"})
 

@@ -67,6 +67,15 @@ def _guarded(step, *args, label: str = "") -> None:
         print(f"{label or step.__name__} FAILED: {error!r}", flush=True)
 
 
+def _free_memory(device: str) -> None:
+    import gc
+
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        print(f"  GPU memory in use: {torch.cuda.memory_allocated() / 2**30:.1f} GiB", flush=True)
+
+
 def meta(args, dtype: torch.dtype) -> dict:
     import transformers
 
@@ -162,13 +171,14 @@ def main(argv: list[str] | None = None) -> None:
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     writer = Writer(args.out, meta(args, dtype))
     start = time.perf_counter()
-    if not args.no_grid:
-        print(f"{args.model}: stage grids ({', '.join(args.impls)})", flush=True)
-        _guarded(run_grids, args, dtype, writer)
-        torch.cuda.empty_cache() if args.device == "cuda" else None
-    if args.full:
-        print(f"{args.model}: full-model passes", flush=True)
-        _guarded(run_full, args, dtype, writer)
+    with torch.inference_mode():  # no autograd history: in-place KV writes would otherwise chain every call
+        if not args.no_grid:
+            print(f"{args.model}: stage grids ({', '.join(args.impls)})", flush=True)
+            _guarded(run_grids, args, dtype, writer)
+            _free_memory(args.device)
+        if args.full:
+            print(f"{args.model}: full-model passes", flush=True)
+            _guarded(run_full, args, dtype, writer)
     print(f"done in {time.perf_counter() - start:.0f} s -> {args.out}", flush=True)
     try:  # the roofline and held-out checks, where the simulator's profile code imports
         import warnings

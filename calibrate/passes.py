@@ -40,7 +40,7 @@ def hf_decode(model, ids: torch.Tensor, repeats: int) -> list[float]:
         cache = DynamicCache(config=model.config)
     except TypeError:  # older transformers 5.x signature
         cache = DynamicCache()
-    out = model(ids.to(model.device), past_key_values=cache, use_cache=True)
+    out = model(ids.to(model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1:].argmax(-1)
     return timed_s(lambda: model(token, past_key_values=cache, use_cache=True), _device(model), repeats, warmup=2)
 
@@ -48,24 +48,27 @@ def hf_decode(model, ids: torch.Tensor, repeats: int) -> list[float]:
 @torch.inference_mode()
 def hf_prefill(model, ids: torch.Tensor, repeats: int) -> list[float]:
     ids = ids.to(model.device)
-    return timed_s(lambda: model(ids, use_cache=False), _device(model), repeats)
+    return timed_s(lambda: model(ids, use_cache=False, logits_to_keep=1), _device(model), repeats)  # as generate
 
 
 def engine_decode(engine: Engine, ids: torch.Tensor, repeats: int) -> list[float]:
     seqs = [engine.add_sequence(i, row.tolist()) for i, row in enumerate(ids)]
-    engine.run_pass(seqs)  # prefill
-    times = timed_s(lambda: engine.run_pass(seqs, Granularity.LAYER), engine.device.type, repeats, warmup=2)
-    for seq in seqs:
-        engine.release(seq)
-    return times
+    try:
+        engine.run_pass(seqs)  # prefill
+        return timed_s(lambda: engine.run_pass(seqs, Granularity.LAYER), engine.device.type, repeats, warmup=2)
+    finally:
+        for seq in seqs:
+            engine.release(seq)
 
 
 def engine_prefill(engine: Engine, ids: torch.Tensor, repeats: int) -> list[float]:
     def once():
         seqs = [engine.add_sequence(i, row.tolist()) for i, row in enumerate(ids)]
-        engine.run_pass(seqs, Granularity.LAYER)
-        for seq in seqs:
-            engine.release(seq)
+        try:
+            engine.run_pass(seqs, Granularity.LAYER)
+        finally:
+            for seq in seqs:
+                engine.release(seq)
     return timed_s(once, engine.device.type, repeats)
 
 
@@ -105,6 +108,14 @@ def preemption_events(engine: Engine, vocab: int, repeats: int, batch: int = 4, 
     ids = prompts(2 * batch, context, vocab, seed=5)
     a = [engine.add_sequence(i, row.tolist()) for i, row in enumerate(ids[:batch])]
     b = [engine.add_sequence(100 + i, row.tolist()) for i, row in enumerate(ids[batch:])]
+    try:
+        return _preemption_rows(engine, a, b, repeats)
+    finally:
+        for seq in a + b:
+            engine.release(seq)
+
+
+def _preemption_rows(engine: Engine, a: list, b: list, repeats: int) -> list[dict]:
     engine.run_pass(a + b)
     middle = Position(max(engine.num_layers // 2, 1), Stage.ATTENTION)
     device = engine.device.type
@@ -135,8 +146,6 @@ def preemption_events(engine: Engine, vocab: int, repeats: int, batch: int = 4, 
         finish(holder[0])
         rows += [{"event": "pause_resume", "repeat": i, "time_s": paused - plain},
                  {"event": "merge", "repeat": i, "time_s": merged}]
-    for seq in a + b:
-        engine.release(seq)
     return rows
 
 
