@@ -1,21 +1,26 @@
 """Drives decoder layers one stage at a time and stops where a scheduler may act.
 
-A driver (the trace replayer, a benchmark, a test) does: `start(seqs)`, then `advance(batch,
-granularity)` until it returns True (pass complete), `finish(batch)` for the next tokens. Between
-advances it may leave a batch paused (it keeps all its state), run others, `merge` two batches at
-the same position, or `split` one."""
+A driver (the trace replayer, a benchmark, a test) does: `add_sequence` per request, `start(seqs)`
+for a pass at layer 0, then `advance(batch, granularity)` until it returns True (pass complete), and
+`finish(batch)` for the next tokens. Between advances it may leave a batch paused (it keeps all its
+state: nothing to call), run others, resume it (advance it again), `merge` a paused batch into the
+running one at the same position or `split` one (real.batch); `release` frees a sequence's KV slot.
+
+With `graphs=True`, decode batches at layer boundaries run whole layers as CUDA graphs (real.graphs)
+and everything else (prefill, mixed batches, expert-level stepping) stage by stage."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from policies import Granularity, Position, Stage
 from real import stages
 from real.batch import BatchState, MoEState
+from real.graphs import DecodeRunner
 from real.kv import KVPool
-from real.layout import build_layout
+from real.layout import build_layout, to_device
 from real.sequence import Sequence
 
 
@@ -23,7 +28,17 @@ from real.sequence import Sequence
 class Engine:
     model: torch.nn.Module
     pool: KVPool
-    grouped_experts: bool = False  # torch._grouped_mm (CUDA) instead of the eager per-expert loop
+    grouped_experts: bool = False  # sync-free experts (grouped_mm; dense GEMMs for decode) instead of HF's loop
+    graphs: bool = False  # decode layers through per-bucket CUDA graphs (run eagerly on CPU)
+    dense_tokens: tuple[int, int] = (8, 256)  # batches of this many tokens run all experts densely
+    runner: DecodeRunner | None = field(init=False, default=None)
+
+    def __post_init__(self):
+        on_cuda = self.device.type == "cuda"
+        if self.graphs and on_cuda and not self.grouped_experts:
+            raise ValueError("CUDA graphs need sync-free experts: set grouped_experts=True")
+        if self.graphs:
+            self.runner = DecodeRunner(self.model, self.pool, self.experts_for, capture=on_cuda)
 
     @property
     def num_layers(self) -> int:
@@ -37,6 +52,13 @@ class Engine:
     def device(self) -> torch.device:
         return self.pool.k[0].device
 
+    def experts_for(self, num_tokens: int, one_expert: bool = False):
+        """The experts stage function for a batch of `num_tokens` tokens."""
+        if not self.grouped_experts:
+            return stages.experts_eager
+        low, high = self.dense_tokens
+        return stages.experts_dense if low <= num_tokens <= high and not one_expert else stages.experts_grouped
+
     def add_sequence(self, seq_id: int, prompt_ids: list[int]) -> Sequence:
         if len(prompt_ids) > self.pool.max_len:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the KV slot length {self.pool.max_len}")
@@ -49,14 +71,17 @@ class Engine:
     @torch.inference_mode()
     def start(self, seqs: list[Sequence]) -> BatchState:
         """A new pass at layer 0 for the tokens each sequence has not yet fed through the model."""
-        ids = torch.tensor([t for s in seqs for t in s.token_ids[s.num_cached:]], device=self.device)
+        ids = to_device([torch.tensor([t for s in seqs for t in s.token_ids[s.num_cached:]])], self.device)[0]
         return BatchState(list(seqs), stages.embed(self.model, ids), build_layout(seqs, self.device), Position())
 
     @torch.inference_mode()
     def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
         """Run stages up to the next scheduling point of `granularity`; True once only the LM head is left."""
         while True:
-            self.step(batch, one_expert=granularity >= Granularity.EXPERT)
+            if self.runner is not None and granularity <= Granularity.LAYER and self.runner.fits(batch):
+                self.runner.run_layer(batch)
+            else:
+                self.step(batch, one_expert=granularity >= Granularity.EXPERT)
             if batch.position.layer >= self.num_layers:
                 return True
             if batch.position.is_scheduling_point(granularity):
@@ -82,7 +107,7 @@ class Engine:
         moe = batch.moe
         start = torch.clamp(moe.first_expert, min=e)[:, None]  # [T, 1]
         queued = (moe.experts == e) & (start <= e) if one_expert else moe.experts >= start  # [T, k]
-        run = stages.experts_grouped if self.grouped_experts else stages.experts_eager
+        run = self.experts_for(moe.x.shape[0], one_expert)
         run(self.model, layer, moe.x, moe.weights, moe.experts, queued, moe.out)
         if one_expert and e + 1 < self.num_experts:
             batch.position = Position(layer, Stage.EXPERTS, e + 1)

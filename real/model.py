@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, MixtralConfig, PreTrainedModel, Qwen3MoeConfig
+from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, PreTrainedModel, Qwen3MoeConfig
 
 MIXTRAL_8X7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
@@ -23,8 +23,13 @@ QWEN3_MOE_30B_A3B = dict(hidden_size=2048, intermediate_size=6144, moe_intermedi
                          num_experts_per_tok=8, vocab_size=151936, max_position_embeddings=32768,
                          norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[])
 
-PRESETS = {"qwen3-moe-30b-a3b": (Qwen3MoeConfig, QWEN3_MOE_30B_A3B), "mixtral-8x7b": (MixtralConfig, MIXTRAL_8X7B), "tiny-mixtral": (MixtralConfig, TINY_MIXTRAL),
-           "tiny-qwen3-moe": (Qwen3MoeConfig, TINY_QWEN3_MOE)}
+TINY_OLMOE = dict(hidden_size=64, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                  num_key_value_heads=2, num_experts=8, num_experts_per_tok=2, vocab_size=128,
+                  max_position_embeddings=512)  # q/k norms over all heads (Qwen3's are per head)
+
+PRESETS = {"mixtral-8x7b": (MixtralConfig, MIXTRAL_8X7B), "qwen3-moe-30b-a3b": (Qwen3MoeConfig, QWEN3_MOE_30B_A3B),
+           "tiny-mixtral": (MixtralConfig, TINY_MIXTRAL), "tiny-qwen3-moe": (Qwen3MoeConfig, TINY_QWEN3_MOE),
+           "tiny-olmoe": (OlmoeConfig, TINY_OLMOE)}
 
 
 def preset_config(name: str, **overrides):

@@ -1,8 +1,11 @@
 """The stages of one decoder layer, each callable on its own (calibration times these very
 functions): attention over per-sequence KV, the router, experts from their queues, the LM head.
+None of them synchronises with the device except `experts_eager` (HF's loop, kept as the exact
+reference), so a layer built from the others can be captured in a CUDA graph.
 
-Shapes: T = packed tokens of a batch, D = hidden, B = sequences, Q = padded queries, K = keys,
-E = experts, k = experts per token (top-k), V = vocabulary.
+Shapes: T = packed tokens of a batch, D = hidden, H = query heads, KVH = key/value heads, G = H / KVH,
+Dh = head dim, B = sequences, Q = padded queries, K = keys, E = experts, k = experts per token (top-k),
+P = queued (token, expert) pairs, I = expert intermediate size, V = vocabulary.
 """
 
 from __future__ import annotations
@@ -11,43 +14,72 @@ import torch
 import torch.nn.functional as F
 
 from real.kv import KVPool
-from real.layout import AttentionGroup, Layout
+from real.layout import Layout
 
 
-class PoolView:
-    """Stands in for an HF Cache during one attention call: stores the new K/V rows of the group's
-    sequences in their slots and hands back each sequence's whole K/V (a view by slot index)."""
+def embed(model, token_ids: torch.Tensor) -> torch.Tensor:
+    return model.model.embed_tokens(token_ids)
 
-    def __init__(self, pool: KVPool, group: AttentionGroup):
-        self.pool, self.group = pool, group
 
-    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        g = self.group  # key, value: [B, KVH, Q, Dh]
-        k_pool, v_pool = self.pool.k[layer_idx], self.pool.v[layer_idx]  # [S, L, KVH, Dh]
-        k_pool[g.write_slot, g.write_pos] = _real_queries(key.transpose(1, 2), g).to(k_pool.dtype)  # [N, KVH, Dh]
-        v_pool[g.write_slot, g.write_pos] = _real_queries(value.transpose(1, 2), g).to(v_pool.dtype)
-        keys = k_pool[g.slots, : g.num_keys].transpose(1, 2)  # [B, KVH, K, Dh]
-        values = v_pool[g.slots, : g.num_keys].transpose(1, 2)
-        return keys, values
+def rope(model, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, 1, Dh] for packed tokens at `positions` [T] (the model's own rotary module)."""
+    cos, sin = model.model.rotary_emb(x, positions[None])  # [1, T, Dh]
+    return cos[0, :, None], sin[0, :, None]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's apply_rotary_pos_emb on one tensor (same operations, same rounding)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def _head_norm(norm, y: torch.Tensor) -> torch.Tensor:
+    """Qwen3 normalises q/k per head, OLMoE over all heads: the norm's size says which."""
+    return norm(y.view(*y.shape[:-1], -1, norm.weight.shape[0])).view_as(y)
+
+
+def qkv(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """Projections (+ q/k norms where the family has them) and rotary: x [T, D] ->
+    q [T, H, Dh], k [T, KVH, Dh], v [T, KVH, Dh]."""
+    q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+    if hasattr(attn, "q_norm"):
+        q, k = _head_norm(attn.q_norm, q), _head_norm(attn.k_norm, k)
+    shape = (x.shape[0], -1, attn.head_dim)
+    return _rotate(q.view(shape), cos, sin), _rotate(k.view(shape), cos, sin), v.view(shape)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal GQA attention of queries q [B, Q, H, Dh] at `positions` [B, Q] over keys k, v [B, K, KVH, Dh].
+
+    The G query heads sharing a KV head are folded into the query axis, so K/V are never repeated
+    (one read of the cache, any SDPA kernel). A query sees the keys at positions <= its own."""
+    B, Q, H, Dh = q.shape
+    K, KVH = k.shape[1], k.shape[2]
+    G = H // KVH
+    q = q.view(B, Q, KVH, G, Dh).permute(0, 2, 3, 1, 4).reshape(B, KVH, G * Q, Dh)
+    mask = torch.arange(K, device=q.device) <= positions[:, :, None]  # [B, Q, K]
+    mask = mask[:, None, None].expand(B, 1, G, Q, K).reshape(B, 1, G * Q, K)
+    out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    return out.view(B, KVH, G, Q, Dh).permute(0, 3, 1, 2, 4).reshape(B, Q, H, Dh)
 
 
 def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool: KVPool) -> torch.Tensor:
-    """Pre-norm self-attention with its residual: hidden [T, D] -> [T, D]."""
+    """Pre-norm self-attention with its residual: hidden [T, D] -> [T, D]. Writes the new K/V into
+    each sequence's slot, then attends group by group over the slots (a gather by slot index)."""
     layer = model.model.layers[layer_idx]
+    attn = layer.self_attn
     x = layer.input_layernorm(hidden)  # [T, D]
-    out = torch.empty_like(hidden)
-    for group in layout.groups:
-        x_pad = x[group.rows]  # [B, Q, D]
-        cos_sin = model.model.rotary_emb(x_pad, group.positions)
-        attn, _ = layer.self_attn(hidden_states=x_pad, position_embeddings=cos_sin, attention_mask=group.mask,
-                                  past_key_values=PoolView(pool, group))
-        out[group.valid_rows] = _real_queries(attn, group)  # [N, D]
-    return hidden + out
-
-
-def _real_queries(padded: torch.Tensor, group: AttentionGroup) -> torch.Tensor:
-    """[B, Q, ...] -> [N, ...]: the real (unpadded) query rows, by integer index (no device sync)."""
-    return padded.reshape(-1, *padded.shape[2:])[group.valid_flat]
+    q, k, v = qkv(attn, x, *rope(model, x, layout.positions))
+    k_pool, v_pool = pool.k[layer_idx], pool.v[layer_idx]  # [S, L, KVH, Dh]
+    k_pool[layout.slots, layout.positions] = k.to(k_pool.dtype)
+    v_pool[layout.slots, layout.positions] = v.to(v_pool.dtype)
+    out = torch.empty_like(q)  # [T, H, Dh]
+    for g in layout.groups:
+        keys, values = k_pool[g.slots, : g.num_keys], v_pool[g.slots, : g.num_keys]  # [B, K, KVH, Dh]
+        o = attend(q[g.rows], keys.to(q.dtype), values.to(q.dtype), g.positions, attn.scaling)  # [B, Q, H, Dh]
+        out[g.valid_rows] = o.flatten(0, 1)[g.valid_flat]
+    return hidden + attn.o_proj(out.flatten(1))
 
 
 def router(model, layer_idx: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -61,7 +93,8 @@ def router(model, layer_idx: int, hidden: torch.Tensor) -> tuple[torch.Tensor, t
 def experts_eager(model, layer_idx: int, x, weights, experts, queued, out) -> None:
     """Run every expert on its queue (pairs where `queued` [T, k]); accumulate into out [T, D].
 
-    Same operations and order as HF's eager experts, so results match it bit for bit."""
+    Same operations and order as HF's eager experts, so results match it bit for bit (but it
+    synchronises with the device to find the non-empty queues)."""
     module = model.model.layers[layer_idx].mlp.experts
     chosen = torch.where(queued, experts, -1)  # [T, k]
     for e in torch.unique(chosen[chosen >= 0]).tolist():
@@ -73,27 +106,46 @@ def experts_eager(model, layer_idx: int, x, weights, experts, queued, out) -> No
 
 
 def experts_grouped(model, layer_idx: int, x, weights, experts, queued, out) -> None:
-    """Same result via two grouped GEMMs over expert-sorted pairs: no host sync, graph-capturable."""
+    """The queues as expert-sorted segments of (token, expert) pairs and two grouped GEMMs over them:
+    weights of experts with empty queues are never read; no host sync, graph-capturable."""
     module = model.model.layers[layer_idx].mlp.experts
     num_experts, top_k = module.gate_up_proj.shape[0], experts.shape[1]
-    ids = torch.where(queued, experts, num_experts).reshape(-1)  # [T*k], sentinel E = not queued
+    ids = torch.where(queued, experts, num_experts).flatten()  # [T*k], E = not queued
     ids_sorted, perm = torch.sort(ids)
-    tokens = perm // top_k
-    ids_hist = ids_sorted.int() if ids_sorted.is_cuda else ids_sorted.float()  # histc dtype support differs
-    counts = torch.histc(ids_hist, bins=num_experts, min=0, max=num_experts - 1)
-    offs = torch.cumsum(counts, dim=0, dtype=torch.int32)  # [E]
+    ends = torch.arange(1, num_experts + 1, device=ids.device)
+    offs = torch.searchsorted(ids_sorted, ends, out_int32=True)  # [E] end of each expert's segment
+    tokens = perm // top_k  # [P]
     h = torch._grouped_mm(x[tokens], module.gate_up_proj.transpose(-2, -1), offs=offs)  # [P, 2I]
     gate, up = h.chunk(2, dim=-1)
     h = torch._grouped_mm(module.act_fn(gate) * up, module.down_proj.transpose(-2, -1), offs=offs)  # [P, D]
-    h = h * weights.reshape(-1)[perm, None]
-    h = torch.where((ids_sorted < num_experts)[:, None], h, 0)  # rows past offs[-1] are garbage
+    h = h * weights.flatten()[perm, None]
+    h = torch.where((ids_sorted < num_experts)[:, None], h, 0)  # rows past offs[-1] are not computed
     out.index_add_(0, tokens, h.to(out.dtype))
+
+
+def experts_dense(model, layer_idx: int, x, weights, experts, queued, out) -> None:
+    """Every expert on every token, each output weighted by its routing weight where the pair is
+    queued (0 elsewhere): static shapes and plain batched GEMMs. At decode sizes all experts are hit
+    anyway, and reading the weights, not the extra arithmetic, is the cost."""
+    module = model.model.layers[layer_idx].mlp.experts
+    num_experts = module.gate_up_proj.shape[0]
+    w = torch.zeros(x.shape[0], num_experts, dtype=weights.dtype, device=x.device)  # [T, E]
+    w.scatter_add_(1, experts, torch.where(queued, weights, 0))
+    h = torch.matmul(x, module.gate_up_proj.transpose(-2, -1))  # [E, T, 2I]
+    gate, up = h.chunk(2, dim=-1)
+    h = torch.matmul(module.act_fn(gate) * up, module.down_proj.transpose(-2, -1))  # [E, T, D]
+    out += (h * w.T[:, :, None]).sum(0).to(out.dtype)
+
+
+def layer(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool: KVPool, run_experts) -> torch.Tensor:
+    """A whole decoder layer (attention, router, all experts): hidden [T, D] -> [T, D]."""
+    hidden = attention(model, layer_idx, hidden, layout, pool)
+    x, weights, experts = router(model, layer_idx, hidden)
+    out = torch.zeros_like(hidden)
+    run_experts(model, layer_idx, x, weights, experts, torch.ones_like(experts, dtype=torch.bool), out)
+    return hidden + out
 
 
 def lm_head(model, hidden_last: torch.Tensor) -> torch.Tensor:
     """Final norm and LM head on each sequence's last token: [B, D] -> logits [B, V] (float32)."""
     return model.lm_head(model.model.norm(hidden_last)).float()
-
-
-def embed(model, token_ids: torch.Tensor) -> torch.Tensor:
-    return model.model.embed_tokens(token_ids)

@@ -19,7 +19,13 @@ from real.model import build_model, load_model, preset_config  # noqa: E402
 
 TOL = 1e-5
 DEVICE = os.environ.get("QLLM_TEST_DEVICE", "cpu")  # set to cuda to run this suite on a GPU (fp32)
-FAMILIES = ["tiny-mixtral", "tiny-qwen3-moe"]
+FAMILIES = ["tiny-mixtral", "tiny-qwen3-moe", "tiny-olmoe"]
+
+
+# eager: HF's expert loop; grouped: sync-free experts (grouped_mm, dense GEMMs from 2 tokens);
+# graphs: those plus decode layers through the static-bucket runner (CUDA graphs on a GPU)
+KINDS = {"eager": {}, "grouped": dict(grouped_experts=True, dense_tokens=(2, 64)),
+         "graphs": dict(grouped_experts=True, graphs=True, dense_tokens=(2, 64))}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -27,8 +33,13 @@ def model(request):
     return build_model(preset_config(request.param), DEVICE, seed=1)
 
 
-def new_engine(model) -> Engine:
-    return Engine(model, KVPool.allocate_for(model.config, 16, 96, DEVICE, torch.float32))
+@pytest.fixture(params=list(KINDS))
+def kind(request):
+    return request.param
+
+
+def new_engine(model, kind: str = "eager") -> Engine:
+    return Engine(model, KVPool.allocate_for(model.config, 16, 96, DEVICE, torch.float32), **KINDS[kind])
 
 
 def hf_last_logits(model, token_ids: list[int]) -> torch.Tensor:
@@ -48,8 +59,8 @@ def prompts(n: int, seed: int) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("granularity", [Granularity.LAYER, Granularity.EXPERT])
-def test_greedy_tokens_equal_generate(model, granularity):
-    engine = new_engine(model)
+def test_greedy_tokens_equal_generate(model, kind, granularity):
+    engine = new_engine(model, kind)
     prompt = prompts(1, 0)[0]
     seq = engine.add_sequence(0, prompt)
     for _ in range(6):
@@ -61,8 +72,8 @@ def test_greedy_tokens_equal_generate(model, granularity):
     assert seq.token_ids == ref[0].tolist()
 
 
-def test_batch_of_different_prompt_lengths(model):
-    engine = new_engine(model)
+def test_batch_of_different_prompt_lengths(model, kind):
+    engine = new_engine(model, kind)
     seqs = [engine.add_sequence(i, p) for i, p in enumerate(prompts(4, 1))]
     for _ in range(3):  # one prefill pass, then decode passes, all four together
         logits, _ = engine.run_pass(seqs)
@@ -83,9 +94,9 @@ def run_to(engine: Engine, batch, target: Position, granularity=Granularity.EXPE
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_pause_interleave_merge_split(model, seed):
+def test_pause_interleave_merge_split(model, kind, seed):
     rng = random.Random(seed)
-    engine = new_engine(model)
+    engine = new_engine(model, kind)
     be = [engine.add_sequence(i, p) for i, p in enumerate(prompts(3, seed))]
     ls = [engine.add_sequence(10 + i, p) for i, p in enumerate(prompts(2, seed + 100))]
     # BE prefill pauses at a random layer or expert; an LS prefill runs meanwhile and merges there
@@ -111,8 +122,8 @@ def test_pause_interleave_merge_split(model, seed):
         check_against_hf(model, half.seqs, logits)
 
 
-def test_an_interleaved_batch_does_not_disturb_a_paused_one(model):
-    engine = new_engine(model)
+def test_an_interleaved_batch_does_not_disturb_a_paused_one(model, kind):
+    engine = new_engine(model, kind)
     a, b = (engine.add_sequence(i, p) for i, p in enumerate(prompts(2, 7)))
     engine.run_pass([a])
     paused = engine.start([a])  # a decode pass, paused at layer 2

@@ -1,0 +1,140 @@
+"""Decode layers as CUDA graphs: one graph per (layer, bucket), a bucket being a padded batch size
+and a key length. A decode layer is ~30 small kernels for ~1 ms of GPU work; launched from Python
+they cost more host time than the GPU needs, so a layer-steppable engine would be host-bound.
+Replaying a graph costs one launch, so the engine can return to the scheduler after every layer.
+
+A bucket owns static buffers (hidden [Bb, D], positions [Bb], slots [Bb]) that its graphs read and
+write. A batch running in a bucket keeps its residual stream *in* the bucket (a view) between layers;
+when another batch needs the bucket, the first one's rows are copied out (`_evict`), so pausing costs
+nothing until the bucket is actually shared. Padding rows have position 0 and the pool's scratch slot:
+they never touch a real sequence's KV. On CPU the same code runs eagerly (tests check it).
+
+Shapes: Bb = bucket size, B = sequences in the batch (<= Bb), D = hidden.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from policies import Position, Stage
+from real import stages
+from real.batch import BatchState
+from real.kv import KVPool
+from real.layout import AttentionGroup, Layout
+
+BUCKET_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+KEY_STEP = 256  # key lengths are rounded up to a multiple of this (one graph set per rounded length)
+
+
+@dataclass(eq=False)
+class Bucket:
+    hidden: torch.Tensor  # [Bb, D]
+    layout: Layout  # static: positions, slots [Bb]; one decode group over all Bb rows
+    graphs: list = field(default_factory=list)  # one torch.cuda.CUDAGraph per layer (empty on CPU)
+    holder: BatchState | None = None  # the batch whose residual stream lives in `hidden`
+    loaded: Layout | None = None  # the batch layout whose positions and slots are in the buffers
+
+    @property
+    def size(self) -> int:
+        return self.hidden.shape[0]
+
+
+@dataclass(eq=False)
+class DecodeRunner:
+    """Runs whole layers of pure-decode batches at layer boundaries, in padded buckets."""
+
+    model: torch.nn.Module
+    pool: KVPool
+    experts_for: Callable[[int], Callable]  # bucket size -> experts stage function
+    capture: bool  # CUDA graphs (on CUDA) or the same static-shape code run eagerly (CPU)
+    buckets: dict[tuple[int, int], Bucket] = field(default_factory=dict)
+    mempool: object = None
+
+    def fits(self, batch: BatchState) -> bool:
+        """Pure decode, at a layer boundary, not larger than the largest bucket."""
+        return (batch.position.stage == Stage.ATTENTION and len(batch.seqs) <= BUCKET_SIZES[-1]
+                and batch.layout.num_tokens == len(batch.seqs))
+
+    def run_layer(self, batch: BatchState) -> None:
+        """Layer `batch.position.layer` for the whole batch; the batch moves to the next layer."""
+        bucket = self._bucket(batch)
+        self._load(bucket, batch)
+        layer = batch.position.layer
+        if bucket.graphs:
+            bucket.graphs[layer].replay()
+        else:
+            self._layer(bucket, layer)
+        batch.position = Position(layer + 1, Stage.ATTENTION)
+
+    def _key(self, batch: BatchState) -> tuple[int, int]:
+        size = BUCKET_SIZES[bisect_left(BUCKET_SIZES, len(batch.seqs))]
+        context = max(s.num_cached + 1 for s in batch.seqs)
+        return size, min(-(-context // KEY_STEP) * KEY_STEP, self.pool.max_len)
+
+    def _bucket(self, batch: BatchState) -> Bucket:
+        key = self._key(batch)
+        if key not in self.buckets:
+            self.buckets[key] = self._new_bucket(*key)
+        return self.buckets[key]
+
+    def _new_bucket(self, size: int, num_keys: int) -> Bucket:
+        device = self.pool.k[0].device
+        dim = self.model.config.hidden_size
+        hidden = torch.zeros(size, dim, device=device, dtype=self.model.dtype)
+        positions = torch.zeros(size, dtype=torch.long, device=device)
+        slots = torch.full((size,), self.pool.scratch_slot, dtype=torch.long, device=device)
+        rows = torch.arange(size, device=device)
+        group = AttentionGroup(rows[:, None], positions[:, None], slots, rows, rows, num_keys)
+        bucket = Bucket(hidden, Layout(size, positions, slots, rows, (group,)))
+        if self.capture:
+            self._capture(bucket)
+        return bucket
+
+    def _layer(self, bucket: Bucket, layer: int) -> None:
+        run_experts = self.experts_for(bucket.size)
+        out = stages.layer(self.model, layer, bucket.hidden, bucket.layout, self.pool, run_experts)
+        bucket.hidden.copy_(out)
+
+    def _capture(self, bucket: Bucket) -> None:
+        """Warm up once on a side stream (library workspaces), then capture each layer. All graphs share
+        one memory pool: they only ever run one at a time, on one stream."""
+        if self.mempool is None:
+            self.mempool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._layer(bucket, 0)  # buffers hold padding only: writes go to the scratch slot
+        torch.cuda.current_stream().wait_stream(side)
+        for layer in range(self.model.config.num_hidden_layers):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self.mempool):
+                self._layer(bucket, layer)
+            bucket.graphs.append(graph)
+
+    def _load(self, bucket: Bucket, batch: BatchState) -> None:
+        """Put the batch's residual stream and metadata into the bucket unless they are there already."""
+        num = len(batch.seqs)
+        if bucket.holder is not batch or batch.hidden.data_ptr() != bucket.hidden.data_ptr():
+            self._evict(bucket)
+            bucket.hidden[:num].copy_(batch.hidden)
+            bucket.hidden[num:].zero_()
+            batch.hidden, bucket.holder = bucket.hidden[:num], batch
+        if bucket.loaded is not batch.layout:
+            static = bucket.layout
+            static.positions[:num].copy_(batch.layout.positions)
+            static.positions[num:].zero_()
+            static.slots[:num].copy_(batch.layout.slots)
+            static.slots[num:].fill_(self.pool.scratch_slot)
+            bucket.loaded = batch.layout
+
+    @staticmethod
+    def _evict(bucket: Bucket) -> None:
+        """The holder keeps its rows: copy them out before another batch overwrites the buffer."""
+        holder = bucket.holder
+        if holder is not None and holder.hidden.data_ptr() == bucket.hidden.data_ptr():
+            holder.hidden = holder.hidden.clone()
+        bucket.holder = None

@@ -1,0 +1,130 @@
+"""Decode layers through the static-bucket runner (real.graphs): padded buckets, buffers shared by
+paused and running batches, merges at a layer boundary, key-length buckets growing with the context.
+On CPU the runner executes its layer function eagerly; on a GPU (marked tests) as CUDA graphs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from policies import Granularity, Position, Stage  # noqa: E402
+from real import graphs  # noqa: E402
+from real.batch import merge, split  # noqa: E402
+from real.engine import Engine  # noqa: E402
+from real.kv import KVPool  # noqa: E402
+from real.model import build_model, preset_config  # noqa: E402
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module", params=["tiny-mixtral", "tiny-qwen3-moe"])
+def model(request):
+    return build_model(preset_config(request.param), "cpu", seed=3)
+
+
+def new_engine(model, device="cpu", dtype=torch.float32) -> Engine:
+    pool = KVPool.allocate_for(model.config, 16, 96, device, dtype)
+    return Engine(model, pool, grouped_experts=True, graphs=True, dense_tokens=(4, 64))
+
+
+def hf_last_logits(model, token_ids: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.tensor([token_ids], device=model.device)).logits[0, -1].float()
+
+
+def check_against_hf(model, seqs, logits, tol=TOL) -> None:
+    for seq, row in zip(seqs, logits):
+        assert (row - hf_last_logits(model, seq.token_ids[:-1])).abs().max() <= tol
+
+
+def decoding(engine: Engine, first_id: int, num: int, seed: int):
+    """`num` sequences with different prompt lengths, prefilled: ready for decode passes."""
+    rng = random.Random(seed)
+    seqs = [engine.add_sequence(first_id + i, [rng.randrange(3, 120) for _ in range(rng.randrange(2, 14))])
+            for i in range(num)]
+    engine.run_pass(seqs)
+    return seqs
+
+
+def to_layer(engine: Engine, batch, layer: int) -> None:
+    while batch.position < Position(layer, Stage.ATTENTION):
+        engine.advance(batch, Granularity.LAYER)
+
+
+def finish(engine: Engine, batch):
+    while not engine.advance(batch, Granularity.LAYER):
+        pass
+    return engine.finish(batch)[0]
+
+
+def test_decode_runs_in_padded_buckets(model):
+    engine = new_engine(model)
+    seqs = decoding(engine, 0, 3, seed=0)
+    for _ in range(3):
+        check_against_hf(model, seqs, engine.run_pass(seqs, Granularity.LAYER)[0])
+    assert {size for size, _ in engine.runner.buckets} == {4}  # 3 sequences padded to a bucket of 4
+
+
+def test_paused_batch_survives_a_batch_that_shares_its_bucket(model):
+    engine = new_engine(model)
+    a, c = decoding(engine, 0, 2, seed=1), decoding(engine, 10, 2, seed=2)
+    paused = engine.start(a)
+    to_layer(engine, paused, 2)  # a's residual stream now lives in the bucket's buffer
+    for _ in range(2):
+        check_against_hf(model, c, engine.run_pass(c, Granularity.LAYER)[0])  # same bucket: evicts a
+    check_against_hf(model, a, finish(engine, paused))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_decode_batches_merge_and_split_at_a_layer(model, seed):
+    engine = new_engine(model)
+    rng = random.Random(seed)
+    be, ls = decoding(engine, 0, 3, seed), decoding(engine, 10, 2, seed + 50)
+    layer = rng.randrange(1, engine.num_layers)
+    paused = engine.start(be)
+    to_layer(engine, paused, layer)
+    running = engine.start(ls)
+    to_layer(engine, running, layer)
+    merged = merge(running, paused)  # 5 sequences: a new bucket from here on
+    check_against_hf(model, merged.seqs, finish(engine, merged))
+    batch = engine.start(merged.seqs)
+    to_layer(engine, batch, rng.randrange(1, engine.num_layers))
+    first, second = split(batch, {0, 10})
+    for half in (second, first):
+        check_against_hf(model, half.seqs, finish(engine, half))
+
+
+def test_key_buckets_grow_with_the_context(model, monkeypatch):
+    monkeypatch.setattr(graphs, "KEY_STEP", 4)
+    engine = new_engine(model)
+    seqs = decoding(engine, 0, 2, seed=4)
+    for _ in range(6):
+        check_against_hf(model, seqs, engine.run_pass(seqs, Granularity.LAYER)[0])
+    assert len({keys for _, keys in engine.runner.buckets}) >= 2
+
+
+def test_expert_granularity_bypasses_the_runner(model):
+    engine = new_engine(model)
+    seqs = decoding(engine, 0, 2, seed=5)
+    check_against_hf(model, seqs, engine.run_pass(seqs, Granularity.EXPERT)[0])
+    assert not engine.runner.buckets
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_equal_the_stepwise_engine():
+    """bf16 on the GPU: graph replay vs the same stages launched one by one (same kernels)."""
+    model = build_model(preset_config("tiny-mixtral"), "cuda", torch.bfloat16, seed=3)
+    graphed = new_engine(model, "cuda", torch.bfloat16)
+    plain = Engine(model, KVPool.allocate_for(model.config, 16, 96, "cuda", torch.bfloat16), grouped_experts=True,
+                   dense_tokens=(4, 64))
+    outs = []
+    for engine in (graphed, plain):
+        seqs = decoding(engine, 0, 5, seed=6)
+        outs.append(torch.stack([engine.run_pass(seqs, Granularity.LAYER)[0] for _ in range(3)]))
+    assert graphed.runner.buckets and all(b.graphs for b in graphed.runner.buckets.values())
+    assert (outs[0] - outs[1]).abs().max() <= 1e-2 * outs[1].abs().max()
