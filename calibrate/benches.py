@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from real import stages
+from real.engine import Engine
 from real.kv import KVPool
 from real.layout import build_layout
 from real.sequence import Sequence
@@ -54,7 +55,7 @@ class EngineBench(_Bench):
 
     def __init__(self, model, pool: KVPool, device: str):
         super().__init__(model, pool, device)
-        self.run_experts = stages.experts_grouped if device == "cuda" else stages.experts_eager
+        self.engine = Engine(model, pool, grouped_experts=device == "cuda")  # picks the experts function
 
     def attention_decode(self, batch: int, context: int):
         seqs = [Sequence(i, [1] * context, slot=i, num_cached=context - 1) for i in range(batch)]
@@ -77,14 +78,17 @@ class EngineBench(_Bench):
         queued = torch.zeros_like(chosen, dtype=torch.bool)
         queued[:, 0] = True
         weights = torch.ones(tokens, self.top_k, device=self.device, dtype=self.weight_dtype)
-        return lambda: self.run_experts(self.model, 0, x, weights, chosen, queued, out)
+        run = self.engine.experts_for(tokens, one_expert=True)
+        return lambda: run(self.model, 0, x, weights, chosen, queued, out)
 
     def experts_layer(self, tokens: int, _):
-        """All experts of a layer in one call (the engine's layer-granularity step)."""
+        """All experts of a layer in one call (the engine's layer-granularity step: dense GEMMs at
+        decode sizes, grouped GEMMs otherwise, as Engine.experts_for picks)."""
         x, out = self.hidden(tokens), self.hidden(tokens)
         chosen, weights = self.routing(tokens)
         queued = torch.ones_like(chosen, dtype=torch.bool)
-        return lambda: self.run_experts(self.model, 0, x, weights, chosen, queued, out)
+        run = self.engine.experts_for(tokens)
+        return lambda: run(self.model, 0, x, weights, chosen, queued, out)
 
     def lm_head(self, num_seqs: int, _):
         h = self.hidden(num_seqs)

@@ -26,7 +26,6 @@ from calibrate import passes
 from calibrate.benches import BENCHES
 from calibrate.grid import GRIDS, PASS_BATCHES, PASS_CONTEXT, largest, small
 from calibrate.timing import measure as time_point
-from real.engine import Engine
 from real.kv import KVPool
 from real.model import build_model, preset_config
 
@@ -123,13 +122,14 @@ def run_grids(args, dtype, writer: Writer) -> None:
     for impl in args.impls:
         model.set_experts_implementation(hf_experts)
         writer.add("stages", measure_grid(BENCHES[impl](model, pool, args.device), grids, args.repeats, args.inner))
-    engine = Engine(model, pool, grouped_experts=args.device == "cuda")
     impls = [i if i == "engine" else f"hf-{hf_experts}" for i in args.impls]
+    impls += ["engine-graphs"] * ("engine" in impls and args.device == "cuda")
     for depth in (1, 2):
         for impl in impls:
             with passes.layers(model, depth):
                 _guarded(lambda: writer.add("passes", passes.decode_passes(
-                    model, engine, [impl], PASS_BATCHES, PASS_CONTEXT, args.pass_repeats)), label=f"{impl} passes")
+                    model, pool, [impl], PASS_BATCHES, PASS_CONTEXT, args.pass_repeats)), label=f"{impl} passes")
+    engine = passes.make_engine(model, pool, "engine")
     _guarded(lambda: writer.add("events", passes.preemption_events(engine, model.config.vocab_size,
                                                                    args.pass_repeats)), label="events")
     print(f"  passes and events done", flush=True)
@@ -140,13 +140,13 @@ def run_full(args, dtype, writer: Writer) -> None:
     config = preset_config(args.model, **({"num_hidden_layers": 4} if args.small else {}))
     model = build_model(config, args.device, dtype)
     pool = KVPool.allocate_for(config, 2 * max(PASS_BATCHES) + 8, PASS_CONTEXT + 128, args.device, dtype)
-    engine = Engine(model, pool, grouped_experts=args.device == "cuda")
+    engine = passes.make_engine(model, pool, "engine")
     impls = [i for i in args.full_impls if args.device == "cuda" or i != "hf-grouped_mm"]
     for impl in impls:
-        _guarded(lambda: writer.add("passes", passes.decode_passes(model, engine, [impl], PASS_BATCHES, PASS_CONTEXT,
+        _guarded(lambda: writer.add("passes", passes.decode_passes(model, pool, [impl], PASS_BATCHES, PASS_CONTEXT,
                                                                    args.pass_repeats)), label=f"{impl} full decode")
-    for impl in [i for i in impls if i != "hf-eager"]:
-        _guarded(lambda: writer.add("passes", passes.prefill_passes(model, engine, [impl], 8, PASS_CONTEXT,
+    for impl in [i for i in impls if i in ("engine", "hf-grouped_mm")]:
+        _guarded(lambda: writer.add("passes", passes.prefill_passes(model, pool, [impl], 8, PASS_CONTEXT,
                                                                     max(args.pass_repeats // 2, 2))),
                  label=f"{impl} full prefill")
     _guarded(lambda: writer.add("events", [{**row, "event": f"{row['event']}_full"} for row in
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true", help="tiny grids (smoke test of the tool)")
     parser.add_argument("--no-grid", action="store_true", help="skip the stage grids")
     parser.add_argument("--full", action="store_true", help="also time whole-model passes (needs its memory)")
-    parser.add_argument("--full-impls", nargs="+", default=["engine", "hf-grouped_mm", "hf-eager"])
+    parser.add_argument("--full-impls", nargs="+", default=["engine", "engine-graphs", "hf-grouped_mm", "hf-eager"])
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32

@@ -72,14 +72,21 @@ def engine_prefill(engine: Engine, ids: torch.Tensor, repeats: int) -> list[floa
     return timed_s(once, engine.device.type, repeats)
 
 
-def decode_passes(model, engine: Engine, impls: list[str], batches, context: int, repeats: int) -> list[dict]:
+def make_engine(model, pool, impl: str) -> Engine:
+    """engine: stage by stage (real.run's default); engine-graphs: decode layers as CUDA graphs."""
+    on_cuda = pool.k[0].device.type == "cuda"
+    return Engine(model, pool, grouped_experts=on_cuda, graphs=impl == "engine-graphs" and on_cuda)
+
+
+def decode_passes(model, pool, impls: list[str], batches, context: int, repeats: int) -> list[dict]:
     """Rows (impl, layers, phase, batch, context, repeat, time_s) at the model's current depth."""
     rows, depth = [], model.config.num_hidden_layers
+    engines = {impl: make_engine(model, pool, impl) for impl in impls if impl.startswith("engine")}
     for batch in batches:
         ids = prompts(batch, context, model.config.vocab_size, seed=batch)
         for impl in impls:
-            if impl == "engine":
-                times = engine_decode(engine, ids, repeats)
+            if impl in engines:
+                times = engine_decode(engines[impl], ids, repeats)
             else:
                 model.set_experts_implementation(impl.removeprefix("hf-"))
                 times = hf_decode(model, ids, repeats)
@@ -88,11 +95,11 @@ def decode_passes(model, engine: Engine, impls: list[str], batches, context: int
     return rows
 
 
-def prefill_passes(model, engine: Engine, impls: list[str], batch: int, length: int, repeats: int) -> list[dict]:
+def prefill_passes(model, pool, impls: list[str], batch: int, length: int, repeats: int) -> list[dict]:
     rows, ids = [], prompts(batch, length, model.config.vocab_size, seed=99)
     for impl in impls:
-        if impl == "engine":
-            times = engine_prefill(engine, ids, repeats)
+        if impl.startswith("engine"):
+            times = engine_prefill(make_engine(model, pool, impl), ids, repeats)
         else:
             model.set_experts_implementation(impl.removeprefix("hf-"))
             times = hf_prefill(model, ids, repeats)

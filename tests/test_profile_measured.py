@@ -1,4 +1,5 @@
-"""Measured profiles: loading, interpolation, extrapolation warning, malformed files rejected."""
+"""Measured profiles: loading, interpolation, extrapolation warning, measured overheads, malformed
+files rejected with a message, the scaled kind, and the committed GPU profiles."""
 
 from __future__ import annotations
 
@@ -9,61 +10,105 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sim.profile.base import AttentionLoad
-from sim.profile.measured import MeasuredProfile, MeasuredProfileError
-from sim.profile.select import ProfileError, ProfileSpec, build_profile
 from sim.hardware import HardwareSpec
 from sim.model import ModelSpec
+from sim.profile.base import AttentionLoad
+from sim.profile.derive import decode_step_s
+from sim.profile.measured import MeasuredProfile, MeasuredProfileError
+from sim.profile.select import PROFILES_DIR, ProfileError, ProfileSpec, build_profile
 
-ROOT = Path(__file__).resolve().parents[1]
+GRID = {"attention_decode": [(b, c) for b in (1, 4, 16) for c in (100, 1000)],
+        "attention_prefill": [(n, p) for n in (1, 4) for p in (10, 100)],
+        "router": [(t, 0) for t in (1, 10, 100)], "expert": [(t, 0) for t in (1, 10, 100)],
+        "experts_layer": [(t, 0) for t in (1, 10, 100)], "lm_head": [(n, 0) for n in (1, 10, 100)]}
 
 
-def synthetic(tmp_path: Path, **edits) -> Path:
-    """A profile where each stage costs 1 ms + 1 us per unit of x1 (+ 2 us per unit of x2)."""
-    rows = []
-    for stage, pts in {"attention_decode": [(b, c) for b in (1, 4, 16) for c in (100, 1000)],
-                       "attention_prefill": [(n, p) for n in (1, 4) for p in (10, 100)],
-                       "router": [(t, 0) for t in (1, 10, 100)], "expert": [(t, 0) for t in (1, 10, 100)],
-                       "experts_layer": [(t, 0) for t in (1, 10, 100)], "lm_head": [(n, 0) for n in (1, 10, 100)]}.items():
-        for x1, x2 in pts:
-            for r in range(3):
-                rows.append({"stage": stage, "x1": x1, "x2": x2, "split": "grid", "repeat": r,
-                             "time_s": 1e-3 + 1e-6 * x1 + 2e-6 * x2 + 1e-7 * r})
+def cost_s(x1: float, x2: float) -> float:
+    """Every synthetic stage: 1 ms + 1 us per unit of x1 + 2 us per unit of x2."""
+    return 1e-3 + 1e-6 * x1 + 2e-6 * x2
+
+
+def synthetic(tmp_path: Path, passes: bool = False, **edits) -> Path:
+    rows = [{"impl": "engine", "stage": stage, "x1": x1, "x2": x2, "split": "grid", "repeat": r,
+             "time_s": cost_s(x1, x2) + 1e-7 * r, "gpu_s": 0.5 * cost_s(x1, x2)}
+            for stage, pts in GRID.items() for x1, x2 in pts for r in range(3)]
     table = pd.DataFrame(rows)
     for column, value in edits.items():
         table.loc[0, column] = value
     tmp_path.mkdir(exist_ok=True)
     table.to_csv(tmp_path / "stages.csv", index=False)
+    if passes:  # per layer: stages + 2 x 50 us; per pass: one layer + head + 300 us
+        layer = lambda b: cost_s(b, 100) + cost_s(b, 0) * 2 + 2 * 50e-6  # noqa: E731
+        one = lambda b: layer(b) + cost_s(b, 0) + 1e-7 + 300e-6  # noqa: E731
+        pd.DataFrame([{"impl": "engine", "layers": n, "phase": "decode", "batch": b, "context": 100, "repeat": 0,
+                       "time_s": one(b) + (n - 1) * layer(b)} for n in (1, 2) for b in (1, 4, 16)]
+                     ).to_csv(tmp_path / "passes.csv", index=False)
+        pd.DataFrame([{"event": "merge", "repeat": 0, "time_s": 4e-4}, {"event": "pause_resume", "repeat": 0,
+                      "time_s": 2e-4}]).to_csv(tmp_path / "events.csv", index=False)
     return tmp_path
 
 
-def test_interpolates_between_grid_points(tmp_path):
+def test_interpolates_piecewise_linearly(tmp_path):
     p = MeasuredProfile(synthetic(tmp_path))
-    assert p.router_s(10) == pytest.approx(1e-3 + 10e-6 + 1e-7)
-    assert 1e-3 + 10e-6 < p.router_s(30) < 1e-3 + 100e-6  # between its neighbours
-    decode = p.attention_s(AttentionLoad(num_decode_seqs=4, decode_ctx_tokens=4 * 100))
-    assert decode == pytest.approx(1e-3 + 4e-6 + 200e-6 + 1e-7)
+    assert p.router_s(10) == pytest.approx(cost_s(10, 0) + 1e-7)
+    assert p.router_s(30) == pytest.approx(cost_s(30, 0) + 1e-7)  # exact for a cost linear in size
+    decode = p.attention_s(AttentionLoad(num_decode_seqs=7, decode_ctx_tokens=7 * 550))
+    assert decode == pytest.approx(cost_s(7, 550) + 1e-7)  # bilinear between grid points
+    prefill = p.attention_s(AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=100, prefill_sq_tokens=2 * 50**2))
+    assert prefill == pytest.approx(cost_s(2, 50) + 1e-7)
     loads = np.array([[10, 10, 0, 0]])  # 10 tokens x top-2 -> the layer's grouped time, split by load
-    assert p.experts_s(loads).sum() == pytest.approx(1e-3 + 10e-6 + 1e-7)
+    assert p.experts_s(loads).sum() == pytest.approx(cost_s(10, 0) + 1e-7)
     assert p.experts_s(loads)[0, 2] == 0
 
 
-def test_warns_when_extrapolating(tmp_path):
+def test_clock_column_selects_the_timing(tmp_path):
+    p = MeasuredProfile(synthetic(tmp_path), clock="gpu_s")
+    assert p.router_s(10) == pytest.approx(0.5 * cost_s(10, 0))
+    with pytest.raises(MeasuredProfileError, match="no latency_s column"):
+        MeasuredProfile(tmp_path, clock="latency_s")
+
+
+def test_warns_once_per_stage_when_extrapolating(tmp_path):
     p = MeasuredProfile(synthetic(tmp_path))
-    with pytest.warns(UserWarning, match="outside the measured grid"):
+    with pytest.warns(UserWarning, match="router: 1000 is outside the measured grid"):
         beyond = p.router_s(1000)
-    assert beyond == pytest.approx(1e-3 + 1000e-6 + 1e-7, rel=1e-3)  # linear past the top
+    assert beyond == pytest.approx(cost_s(1000, 0) + 1e-7, rel=1e-3)  # linear past the top
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        p.router_s(1000)  # warned once per stage, not on every call
+        p.router_s(2000)  # warned once per stage, not on every call
+    with pytest.warns(UserWarning, match="attention_decode"):
+        p.attention_s(AttentionLoad(num_decode_seqs=4, decode_ctx_tokens=4 * 5000))
+
+
+def test_overheads_come_from_the_measured_passes_and_events(tmp_path):
+    p = MeasuredProfile(synthetic(tmp_path, passes=True))
+    assert p.overheads.stage_s == pytest.approx(50e-6, rel=1e-2)
+    assert p.overheads.iteration_s == pytest.approx(300e-6, rel=1e-2)
+    assert p.overheads.merge_s == pytest.approx(4e-4)
+    assert p.overheads.pause_s + p.overheads.resume_s == pytest.approx(2e-4)
+    assert MeasuredProfile(synthetic(tmp_path / "bare")).overheads.stage_s == 0
 
 
 @pytest.mark.parametrize("edit,message", [
-    ({"time_s": -1.0}, "non-positive"), ({"stage": "warp_drive"}, "unknown stage"), ({"x1": np.nan}, "empty"),
+    ({"time_s": -1.0}, "non-positive"), ({"stage": "warp_drive"}, "unknown stage"), ({"x1": np.nan}, "NaN"),
+    ({"gpu_s": 0.0}, "non-positive"),
 ])
 def test_malformed_profiles_are_rejected(tmp_path, edit, message):
     with pytest.raises(MeasuredProfileError, match=message):
         MeasuredProfile(synthetic(tmp_path, **edit))
+
+
+def test_missing_columns_and_stages_are_named(tmp_path):
+    directory = synthetic(tmp_path)
+    table = pd.read_csv(directory / "stages.csv")
+    table.drop(columns=["split"]).to_csv(directory / "stages.csv", index=False)
+    with pytest.raises(MeasuredProfileError, match="missing column.*split"):
+        MeasuredProfile(directory)
+    table[table.stage != "router"].to_csv(directory / "stages.csv", index=False)
+    with pytest.raises(MeasuredProfileError, match="no engine measurements for router"):
+        MeasuredProfile(directory)
+    with pytest.raises(MeasuredProfileError, match="no hf measurements"):
+        MeasuredProfile(synthetic(tmp_path / "other"), impl="hf")
 
 
 def test_missing_profile_gives_a_clear_error(tmp_path):
@@ -72,7 +117,26 @@ def test_missing_profile_gives_a_clear_error(tmp_path):
         build_profile(spec, ModelSpec(), HardwareSpec())
 
 
-def test_committed_h200_profile_loads_by_name():
-    profile = build_profile(ProfileSpec(kind="measured"), ModelSpec(), HardwareSpec(name="h200"))
-    assert profile.name == "measured/h200/mixtral-8x7b-bf16"
-    assert 0 < profile.attention_s(AttentionLoad(num_decode_seqs=32, decode_ctx_tokens=32 * 512)) < 0.1
+def test_scaled_kind_wraps_a_measured_base(tmp_path):
+    model = ModelSpec(num_experts=4, num_layers=2)
+    base = {"directory": str(synthetic(tmp_path, passes=True))}
+    profile = build_profile(ProfileSpec(kind="scaled", base=base, decode_step_ms=50.0), model, HardwareSpec())
+    assert decode_step_s(profile, model, 32, 512) == pytest.approx(0.050)
+    assert profile.name.startswith("scaled(measured/")
+    doubled = build_profile(ProfileSpec(kind="scaled", base=base, factor=2.0), model, HardwareSpec())
+    assert doubled.overheads.merge_s == pytest.approx(8e-4)
+    with pytest.raises(ProfileError, match="factor or decode_step_ms"):
+        build_profile(ProfileSpec(kind="scaled", base=base), model, HardwareSpec())
+
+
+COMMITTED = sorted(p.parent for p in PROFILES_DIR.glob("*/*/stages.csv"))
+
+
+@pytest.mark.parametrize("directory", COMMITTED, ids=lambda d: f"{d.parent.name}/{d.name}")
+@pytest.mark.parametrize("impl", ["engine", "hf"])
+def test_committed_profiles_load_and_predict_a_plausible_decode_step(directory, impl):
+    profile = MeasuredProfile(directory, impl=impl)
+    model = ModelSpec(num_experts=8 if "mixtral" in directory.name else 128,
+                      top_k=2 if "mixtral" in directory.name else 8)
+    assert {"gpu", "torch", "transformers", "cuda", "git_revision", "date"} <= set(profile.meta)
+    assert 0.005 < decode_step_s(profile, model, 32, 512) < 1.0
