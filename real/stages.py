@@ -115,12 +115,25 @@ def experts_grouped(model, layer_idx: int, x, weights, experts, queued, out) -> 
     ends = torch.arange(1, num_experts + 1, device=ids.device)
     offs = torch.searchsorted(ids_sorted, ends, out_int32=True)  # [E] end of each expert's segment
     tokens = perm // top_k  # [P]
-    h = torch._grouped_mm(x[tokens], module.gate_up_proj.transpose(-2, -1), offs=offs)  # [P, 2I]
+    h = _grouped_mm(x[tokens], module.gate_up_proj.transpose(-2, -1), offs)  # [P, 2I]
     gate, up = h.chunk(2, dim=-1)
-    h = torch._grouped_mm(module.act_fn(gate) * up, module.down_proj.transpose(-2, -1), offs=offs)  # [P, D]
+    h = _grouped_mm(module.act_fn(gate) * up, module.down_proj.transpose(-2, -1), offs)  # [P, D]
     h = h * weights.flatten()[perm, None]
     h = torch.where((ids_sorted < num_experts)[:, None], h, 0)  # rows past offs[-1] are not computed
     out.index_add_(0, tokens, h.to(out.dtype))
+
+
+def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+    """x [P, in] @ w[e] [in, out] for the rows of each segment e. torch's grouped GEMM runs bf16 on CUDA
+    (any dtype on CPU); for other CUDA dtypes (fp32 tests) a per-segment loop, which syncs."""
+    if x.is_cuda and x.dtype != torch.bfloat16:
+        bounds = [0] + offs.tolist()
+        out = x.new_zeros(x.shape[0], w.shape[-1])
+        for e, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+            out[lo:hi] = x[lo:hi] @ w[e]
+        return out
+    grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm
+    return grouped_mm(x, w, offs=offs)
 
 
 def experts_dense(model, layer_idx: int, x, weights, experts, queued, out) -> None:
