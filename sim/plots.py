@@ -17,8 +17,9 @@ STYLE = {"fcfs": dict(color="tab:red", marker="o"), "qllm": dict(color="tab:blue
          "qllm_expert": dict(color="tab:green", marker="^")}
 
 
-def results_dir() -> Path:
-    return Path(os.environ.get("QLLM_RESULTS", Path(__file__).resolve().parents[1] / "results" / "paper"))
+def results_dir(default: str = "paper") -> Path:
+    """`$QLLM_RESULTS` if set, else `results/<default>` (a consolidated sweep from `sim.collect`)."""
+    return Path(os.environ.get("QLLM_RESULTS", Path(__file__).resolve().parents[1] / "results" / default))
 
 
 def figures_dir() -> Path:

@@ -53,12 +53,19 @@ def main() -> None:
     parser.add_argument("runs", type=Path, help="folder of real run folders (each with trace.csv, requests.parquet)")
     parser.add_argument("--hardware", default="h200-measured")
     parser.add_argument("--model", default="mixtral-8x7b")
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="CSV of the error table")
+    parser.add_argument("--sim-out", type=Path, default=None, help="folder for the simulated runs' tables")
     args = parser.parse_args()
     runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
     if not runs:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
-    rows = [compare(pd.read_parquet(r / "requests.parquet"), simulate_like(r, args.hardware, args.model)) for r in runs]
+    rows = []
+    for run in runs:
+        simulated = simulate_like(run, args.hardware, args.model)
+        if args.sim_out is not None:
+            (args.sim_out / run.name).mkdir(parents=True, exist_ok=True)
+            simulated.to_parquet(args.sim_out / run.name / "requests.parquet", index=False)
+        rows.append(compare(pd.read_parquet(run / "requests.parquet"), simulated))
     table = pd.DataFrame(rows).sort_values(["policy", "rate"])
     if args.out:
         table.to_csv(args.out, index=False)

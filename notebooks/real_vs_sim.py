@@ -1,0 +1,26 @@
+# %% [markdown]
+# # The real engine vs the simulator (H200, Mixtral-8x7B bf16)
+# `python -m real run` replayed ShareGPT traces (32-token outputs) for fcfs and qllm at 3, 6 and 10 req/s on an
+# H200; `python -m sim.validate` replayed the same traces in the simulator with the H200 profile. Solid: sim,
+# dashed: real. Reads `results/h200_serving` (or `$QLLM_RESULTS`); writes `figures/real_vs_sim.png`.
+
+# %%
+import matplotlib.pyplot as plt
+
+from sim.collect import load_results, metrics_table
+from sim.plots import plot_vs_rate, results_dir, save
+
+requests, runs = load_results(results_dir("h200_serving"))
+metrics = metrics_table(requests, runs)
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+panels = [("ttft_p50_s", "LS", "LS TTFT p50 (s)"), ("turnaround_p50_s", "BE", "BE turnaround p50 (s)"),
+          ("tokens_per_s", "ALL", "generated tokens / s")]
+for ax, (value, priority, label) in zip(axes, panels):
+    plot_vs_rate(ax, metrics, value, priority)
+    ax.set_ylabel(label)
+axes[0].axhline(3.0, color="black", linestyle=":", label="SLO 3 s")
+axes[0].set_yscale("log")
+axes[0].legend()
+print(save(fig, "real_vs_sim"))
