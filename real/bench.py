@@ -28,9 +28,9 @@ from real.model import build_model, preset_config
 from real.timing import copy_bandwidth_bytes_s, sync, timed_ms
 
 ENGINES = {  # name -> Engine settings; all share one KV pool
-    "engine-graphs": dict(grouped_experts=True, graphs=True),  # dense experts for 8..256 tokens, grouped_mm else
-    "engine-graphs-grouped_mm": dict(grouped_experts=True, graphs=True, dense_tokens=(0, 0)),
-    "engine-stepwise": dict(grouped_experts=True),  # the same stages, launched one by one
+    "engine-graphs": {"grouped_experts": True, "graphs": True},  # dense experts for 8..256 tokens, else grouped_mm
+    "engine-graphs-grouped_mm": {"grouped_experts": True, "graphs": True, "dense_tokens": (0, 0)},
+    "engine-stepwise": {"grouped_experts": True},  # the same stages, launched one by one
 }
 
 
@@ -78,7 +78,7 @@ def hf_decode_ms(model, prompts: torch.Tensor, repeats: int) -> list[float]:
         cache = DynamicCache()
     out = model(prompts.to(model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1:].argmax(-1)
-    step = lambda: model(token, past_key_values=cache, use_cache=True).logits.argmax(-1).tolist()  # noqa: E731
+    step = lambda: model(token, past_key_values=cache, use_cache=True).logits.argmax(-1).tolist()
     return timed_ms(step, model.device, repeats)
 
 
@@ -107,6 +107,19 @@ def run_out(engine: Engine, batch) -> None:
     engine.finish(batch)
 
 
+def merge_once(engine: Engine, a_seqs, b_seqs, layer: int) -> tuple[float, float]:
+    """(ms of merging B into A with both at `layer`, ms of the merged batch's remaining layers), synced."""
+    a, b = engine.start(a_seqs), engine.start(b_seqs)
+    run_to(engine, a, layer), run_to(engine, b, layer)
+    sync(engine.device)
+    start = time.perf_counter()
+    merged = merge(b, a)
+    sync(engine.device)
+    middle = time.perf_counter()
+    run_out(engine, merged)
+    return (middle - start) * 1000, (time.perf_counter() - middle) * 1000
+
+
 def preemption_costs_ms(engine: Engine, a_seqs, b_seqs, repeats: int) -> dict[str, float]:
     """Decode batches A and B of equal size (so they share a graph bucket), stopped at layer L/2.
     - pause_resume: A stopped at L/2, device drained (the host holds the batch), resumed; minus A's pass.
@@ -129,11 +142,8 @@ def preemption_costs_ms(engine: Engine, a_seqs, b_seqs, repeats: int) -> dict[st
     shared = timed_ms(lambda: paused(True), dev, repeats)
     merges, merged_rest = [], []
     for _ in range(repeats):
-        a, b = engine.start(a_seqs), engine.start(b_seqs)
-        run_to(engine, a, middle), run_to(engine, b, middle)
-        holder = []
-        merges += timed_ms(lambda: holder.append(merge(b, a)), dev, 1, warmup=0)
-        merged_rest += timed_ms(lambda: run_out(engine, holder[0]), dev, 1, warmup=0)
+        merge_ms, rest_ms = merge_once(engine, a_seqs, b_seqs, middle)
+        merges.append(merge_ms), merged_rest.append(rest_ms)
     return {"pass_a_ms": median(plain_a), "pass_b_ms": median(plain_b),
             "pause_resume_ms": median(pause) - median(plain_a),
             "shared_bucket_pause_resume_ms": median(shared) - median(plain_a) - median(plain_b),
@@ -192,7 +202,7 @@ def run(args) -> tuple[pd.DataFrame, dict]:
     pool = KVPool.allocate_for(model.config, 2 * max(args.batches) + 8, args.context + 128, args.device, dtype)
     engines = {name: Engine(model, pool, **settings) for name, settings in ENGINES.items()}
     rows = []
-    record = lambda impl, phase, b, ms: rows.extend(  # noqa: E731
+    record = lambda impl, phase, b, ms: rows.extend(
         {"impl": impl, "phase": phase, "batch": b, "context": args.context, "repeat": i, "ms": t} for i, t in enumerate(ms))
     decode_rows(model, engines, args, record)
     prompts = random_prompts(args.prefill_batch, args.context, vocab, seed=99)

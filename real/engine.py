@@ -40,6 +40,13 @@ class Engine:
         if self.graphs:
             self.runner = DecodeRunner(self.model, self.pool, self.experts_for, capture=on_cuda)
 
+    @classmethod
+    def for_device(cls, model, pool: KVPool) -> Engine:
+        """The fast configuration on a GPU (sync-free experts, decode layers as CUDA graphs); on a CPU
+        HF's own expert loop, which reproduces HF bit for bit."""
+        on_cuda = pool.k[0].device.type == "cuda"
+        return cls(model, pool, grouped_experts=on_cuda, graphs=on_cuda)
+
     @property
     def num_layers(self) -> int:
         return self.model.config.num_hidden_layers

@@ -10,6 +10,8 @@ P = queued (token, expert) pairs, I = expert intermediate size, V = vocabulary.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 import torch.nn.functional as F
 
@@ -129,7 +131,7 @@ def _grouped_mm(x: torch.Tensor, w: torch.Tensor, offs: torch.Tensor) -> torch.T
     if x.is_cuda and x.dtype != torch.bfloat16:
         bounds = [0] + offs.tolist()
         out = x.new_zeros(x.shape[0], w.shape[-1])
-        for e, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+        for e, (lo, hi) in enumerate(pairwise(bounds)):
             out[lo:hi] = x[lo:hi] @ w[e]
         return out
     grouped_mm = getattr(F, "grouped_mm", None) or torch._grouped_mm

@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from policies import Granularity, Position, Stage  # noqa: E402
-from real.batch import merge, split  # noqa: E402
-from real.engine import Engine  # noqa: E402
-from real.kv import KVPool  # noqa: E402
-from real.model import build_model, load_model, preset_config  # noqa: E402
+from policies import Granularity, Position, Stage
+from real.batch import merge, split
+from real.engine import Engine
+from real.kv import KVPool
+from real.model import build_model, load_model, preset_config
 
 TOL = 1e-5
 DEVICE = os.environ.get("QLLM_TEST_DEVICE", "cpu")  # set to cuda to run this suite on a GPU (fp32)
@@ -24,8 +24,8 @@ FAMILIES = ["tiny-mixtral", "tiny-qwen3-moe", "tiny-olmoe"]
 
 # eager: HF's expert loop; grouped: sync-free experts (grouped_mm, dense GEMMs from 2 tokens);
 # graphs: decode layers through the static-bucket runner (CUDA graphs on a GPU) with dense experts
-KINDS = {"eager": {}, "grouped": dict(grouped_experts=True, dense_tokens=(2, 64)),
-         "graphs": dict(grouped_experts=True, graphs=True, dense_tokens=(1, 64))}
+KINDS = {"eager": {}, "grouped": {"grouped_experts": True, "dense_tokens": (2, 64)},
+         "graphs": {"grouped_experts": True, "graphs": True, "dense_tokens": (1, 64)}}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -11,12 +11,12 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from policies import Granularity, Position, Stage  # noqa: E402
-from real import graphs  # noqa: E402
-from real.batch import merge, split  # noqa: E402
-from real.engine import Engine  # noqa: E402
-from real.kv import KVPool  # noqa: E402
-from real.model import build_model, preset_config  # noqa: E402
+from policies import Granularity, Position, Stage
+from real import graphs
+from real.batch import merge, split
+from real.engine import Engine
+from real.kv import KVPool
+from real.model import build_model, preset_config
 
 TOL = 1e-5
 
