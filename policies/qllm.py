@@ -17,13 +17,15 @@ class QLLM:
 
     Mid-iteration, a batch with no LS request is paused as soon as LS work waits; the new LS batch
     absorbs the paused batch when it reaches the paused position (nothing recomputed). Between
-    iterations, Algorithm 1 forms the next batch. `fill_ls_prefill=False` keeps LS prefill batches
-    LS-only (shorter TTFT, not in the paper).
+    iterations, Algorithm 1 forms the next batch. Beyond the paper: `fill_ls_prefill=False` keeps
+    LS prefill batches LS-only; `preempt_ls_decode=True` also pauses batches of LS decodes (but never
+    LS prefills) for a waiting LS prefill, so a new LS request starts within one layer.
     """
 
     max_batch_size: int = 32
     granularity: Granularity = Granularity.LAYER
     fill_ls_prefill: bool = True
+    preempt_ls_decode: bool = False
 
     def __post_init__(self) -> None:
         self.granularity = Granularity.parse(self.granularity)
@@ -36,7 +38,7 @@ class QLLM:
             mergeable = tuple(b.batch_id for b in view.paused if running.position.can_absorb(b.position))
             if mergeable:
                 return Merge(mergeable)
-            if running.has_ls or not view.queues.has_ls:
+            if not self._preemptible(running, view):
                 return CONTINUE
             batch = self.next_batch(view)
             return RunBatch(batch) if any(r.is_ls for r in batch) else CONTINUE
@@ -46,6 +48,11 @@ class QLLM:
         if batch:
             return RunBatch(batch)
         return Resume(view.paused[0].batch_id) if view.paused else CONTINUE
+
+    def _preemptible(self, running, view: SchedulerView) -> bool:
+        if self.preempt_ls_decode:
+            return bool(view.queues.ls_prefill) and not any(r.is_ls and r.is_prefill for r in running.requests)
+        return view.queues.has_ls and not running.has_ls
 
     def next_batch(self, view: SchedulerView) -> tuple[Request, ...]:
         """Algorithm 1 (GetNextBatch); prefills also respect the free KV budget."""

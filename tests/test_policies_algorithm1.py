@@ -90,6 +90,29 @@ def test_preemption_rule(name, sizes, has_ls, expected):
     assert isinstance(QLLM(max_batch_size=B).schedule(state.view(0.0)), expected)
 
 
+EAGER = [
+    # (name, queues, running batch has LS (decoding), expected decision type) with preempt_ls_decode=True
+    ("LS decode batch, LS prefill waits -> preempt", (1, 0, 0, 0), True, RunBatch),
+    ("LS decode batch, only LS decode waits -> continue", (0, 1, 0, 0), True, type(CONTINUE)),
+    ("BE batch, only LS decode waits -> continue", (0, 1, 0, 0), False, type(CONTINUE)),
+    ("BE batch, LS prefill waits -> preempt", (1, 0, 0, 0), False, RunBatch),
+]
+
+
+@pytest.mark.parametrize("name,sizes,has_ls,expected", EAGER, ids=[c[0] for c in EAGER])
+def test_eager_preemption_rule(name, sizes, has_ls, expected):
+    state = running_state(sizes, has_ls, Position(3, Stage.ATTENTION))
+    decision = QLLM(max_batch_size=B, preempt_ls_decode=True).schedule(state.view(0.0))
+    assert isinstance(decision, expected)
+
+
+def test_eager_never_pauses_an_ls_prefill():
+    state = state_with(1, 0, 0, 0)
+    prefill = [Request(950, 0.0, 10, 5, Priority.LS)]
+    state.running = Batch(98, prefill, Position(2, Stage.ATTENTION))
+    assert QLLM(preempt_ls_decode=True).schedule(state.view(0.0)) == CONTINUE
+
+
 def test_merge_when_running_batch_reaches_paused_position():
     state = running_state((0, 0, 0, 0), True, Position(3, Stage.ATTENTION))
     state.paused.append(Batch(7, [Request(800, 0.0, 10, 5)], Position(3, Stage.ATTENTION)))
