@@ -31,6 +31,7 @@ GRIDS = {
 
 PASS_BATCHES = (1, 8, 32)  # decode passes (whole model and 1-/2-layer) at this context
 PASS_CONTEXT = 512
+PASS_DEPTHS = (1, 2, 4)  # decoder layers of the calibration passes (overheads from the 2- and 4-layer ones)
 
 
 def small(grids: dict) -> dict:

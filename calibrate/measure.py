@@ -7,7 +7,7 @@ mixtral-8x7b --out DIR [--full]`; `python -m calibrate run model=...` wraps it.
 
 Writes DIR/stages.csv (impl, stage, x1, x2, split, repeat, time_s, latency_s, host_s, gpu_s),
 DIR/passes.csv (impl, layers, phase, batch, context, repeat, time_s), DIR/events.csv (event,
-repeat, time_s) and DIR/meta.json. The calibration model has 2 decoder layers (stages time layer 0)."""
+repeat, time_s) and DIR/meta.json. The calibration model has 4 decoder layers (stages time layer 0; passes run 1, 2 and 4 of them)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 
 from calibrate import passes
 from calibrate.benches import BENCHES
-from calibrate.grid import GRIDS, PASS_BATCHES, PASS_CONTEXT, largest, small
+from calibrate.grid import GRIDS, PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, largest, small
 from calibrate.timing import measure as time_point
 from real.kv import KVPool
 from real.model import build_model, preset_config
@@ -86,7 +86,7 @@ def meta(args, dtype: torch.dtype) -> dict:
         "torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
         "git_revision": revision or "unknown",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "calibration_layers": 2, "repeats": args.repeats, "inner": args.inner, "impls": args.impls,
+        "calibration_layers": max(PASS_DEPTHS), "repeats": args.repeats, "inner": args.inner, "impls": args.impls,
         "method": "calibrate.timing: latency (sync-bracketed call), time (steady state of back-to-back calls), "
                   "host (issue time behind a sleep kernel), gpu (CUDA events behind it); 3 warm-up calls",
         "routing": "balanced (token i -> experts (i*k+j) mod E)",
@@ -109,7 +109,7 @@ class Writer:
 
 def calibration_model(args, dtype):
     grids = small(GRIDS) if args.small else GRIDS
-    config = preset_config(args.model, num_hidden_layers=2)
+    config = preset_config(args.model, num_hidden_layers=max(PASS_DEPTHS))
     model = build_model(config, args.device, dtype)
     slots, max_len = largest(grids)
     pool = KVPool.allocate_for(config, slots, max_len, args.device, dtype)
@@ -119,12 +119,12 @@ def calibration_model(args, dtype):
 def run_grids(args, dtype, writer: Writer) -> None:
     grids, model, pool = calibration_model(args, dtype)
     hf_experts = "grouped_mm" if args.device == "cuda" else "eager"
-    for impl in args.impls:
+    for impl in [] if args.passes_only else args.impls:
         model.set_experts_implementation(hf_experts)
         writer.add("stages", measure_grid(BENCHES[impl](model, pool, args.device), grids, args.repeats, args.inner))
     impls = [i if i == "engine" else f"hf-{hf_experts}" for i in args.impls]
     impls += ["engine-graphs"] * ("engine" in impls and args.device == "cuda")
-    for depth in (1, 2):
+    for depth in PASS_DEPTHS:
         for impl in impls:
             with passes.layers(model, depth):
                 _guarded(lambda: writer.add("passes", passes.decode_passes(
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--inner", type=int, default=4, help="back-to-back calls per repeat")
     parser.add_argument("--pass-repeats", type=int, default=10)
     parser.add_argument("--small", action="store_true", help="tiny grids (smoke test of the tool)")
-    parser.add_argument("--no-grid", action="store_true", help="skip the stage grids")
+    parser.add_argument("--no-grid", action="store_true", help="skip the calibration model (grids and passes)")
+    parser.add_argument("--passes-only", action="store_true", help="calibration model: passes and events only")
     parser.add_argument("--full", action="store_true", help="also time whole-model passes (needs its memory)")
     parser.add_argument("--full-impls", nargs="+", default=["engine", "engine-graphs", "hf-grouped_mm", "hf-eager"])
     parser.add_argument("--out", type=Path, required=True)
