@@ -21,7 +21,7 @@ from sim.profile.derive import decode_step_s, prefill_s
 from sim.profile.measured import MeasuredProfile, curves, load_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-PASS_IMPLS = {"engine": ["engine"], "hf": ["hf-grouped_mm", "hf-eager"]}
+PASS_IMPLS = {"engine": ["engine"], "engine-graphs": ["engine-graphs"], "hf": ["hf-grouped_mm", "hf-eager"]}
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -92,7 +92,7 @@ def roofline(directory: Path, model: ModelSpec, hardware: HardwareSpec, impl: st
     return out
 
 
-def pass_predictions(directory: Path, model: ModelSpec, impl: str = "engine", clock: str = "time_s") -> pd.DataFrame:
+def pass_predictions(directory: Path, model: ModelSpec, impl: str = "engine", clock: str = "pipelined") -> pd.DataFrame:
     """Whole-model passes timed in the run vs the simulator's prediction from the stage profile."""
     if not (Path(directory) / "passes.csv").exists():
         return pd.DataFrame()
@@ -111,20 +111,32 @@ def pass_predictions(directory: Path, model: ModelSpec, impl: str = "engine", cl
     return out
 
 
-def report(directory: Path, impls: list[str] | None = None, clock: str = "time_s") -> None:
+def heldout_summary(directory: Path, impl: str) -> pd.DataFrame:
+    """Median and max held-out error (%) per stage, for each timing column."""
+    table = load_table(directory)
+    parts = {clock.removesuffix("_s"): heldout_errors(directory, impl, clock).groupby("stage").error_pct
+             .agg(["median", "max"]) for clock in ("time_s", "host_s", "gpu_s") if clock in table}
+    out = pd.concat(parts, axis=1)
+    out.loc["all"] = [heldout_errors(directory, impl, c + "_s").error_pct.agg(m) for c, m in out.columns]
+    return out
+
+
+def report(directory: Path, impls: list[str] | None = None, clock: str = "pipelined") -> None:
     directory = Path(directory)
     model = model_spec(directory.name.rsplit("-", 1)[0])
     impls = impls or sorted(set(load_table(directory).impl))
+    if "engine" in impls and (directory / "passes.csv").exists() and \
+            "engine-graphs" in set(pd.read_csv(directory / "passes.csv").impl):
+        impls = [*impls, "engine-graphs"]
     fmt = lambda v: f"{v:.3f}"  # noqa: E731
     for impl in impls:
         profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock)
-        print(f"\n== {profile.name} ({clock}); overheads: {profile.overheads}")
-        errors = heldout_errors(directory, impl, clock)
-        print("held-out interpolation error (%):")
-        print(errors.groupby("stage").error_pct.agg(["median", "max", "count"]).to_string(float_format=fmt))
-        print(f"all stages: median {errors.error_pct.median():.2f}%, max {errors.error_pct.max():.2f}%")
-        print("measured vs roofline floor (one layer):")
-        print(roofline(directory, model, hardware_spec(directory), impl).to_string(index=False, float_format=fmt))
+        print(f"\n== {profile.name} ({profile.clock}); overheads: {profile.overheads}")
+        if impl != "engine-graphs":
+            print("held-out interpolation error (%):")
+            print(heldout_summary(directory, impl).to_string(float_format=fmt))
+            print("measured vs roofline floor (one layer):")
+            print(roofline(directory, model, hardware_spec(directory), impl).to_string(index=False, float_format=fmt))
         predictions = pass_predictions(directory, model, impl, clock)
         if not predictions.empty:
             print("whole passes: prediction vs measured:")
@@ -134,8 +146,8 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "time_s
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--impl", nargs="+", default=None, choices=["engine", "hf"])
-    parser.add_argument("--clock", default="time_s", choices=["time_s", "latency_s", "host_s", "gpu_s"])
+    parser.add_argument("--impl", nargs="+", default=None, choices=["engine", "engine-graphs", "hf"])
+    parser.add_argument("--clock", default="pipelined", choices=["pipelined", "time_s", "latency_s", "host_s", "gpu_s"])
     args = parser.parse_args(argv)
     report(args.directory, args.impl, args.clock)
 

@@ -27,7 +27,7 @@ STAGES = {"attention_decode", "attention_prefill", "router", "expert", "experts_
 REQUIRED = {"attention_decode", "attention_prefill", "router", "experts_layer", "lm_head"}
 COLUMNS = ["stage", "x1", "x2", "split", "repeat", "time_s"]
 CLOCKS = ("time_s", "latency_s", "host_s", "gpu_s")
-PASS_IMPL = {"engine": "engine", "hf": "hf-grouped_mm"}  # stage set -> the passes that check it
+PASS_IMPL = {"engine": "engine", "engine-graphs": "engine-graphs", "hf": "hf-grouped_mm"}  # stage set -> the passes that check it
 
 
 class MeasuredProfileError(ValueError):
@@ -104,31 +104,47 @@ def curves(table: pd.DataFrame, impl: str = "engine", split: str = "grid", clock
 
 @dataclass
 class MeasuredProfile:
-    """Stage costs of one implementation (`impl`: engine = real/'s stage functions, hf = Hugging
-    Face's modules). Experts: the layer's grouped call (`experts_layer` at the layer's token count)
-    shared among experts by load. `clock`: which timing column the costs come from (time_s: steady
-    state of back-to-back calls, what a stage costs inside a pipelined pass). `overheads`: None =
-    derived from the measured passes and events."""
+    """Stage costs of one implementation: `impl` engine (real/'s stage functions, stage by stage),
+    engine-graphs (the same engine with decode layers replayed as CUDA graphs: GPU time only) or hf
+    (Hugging Face's modules). Experts: the layer's one call (`experts_layer` at the layer's token
+    count) shared among experts by load.
+
+    `clock` pipelined (default): a layer costs max(host path, GPU path), the host path being the
+    stages' issue times plus the engine's per-stage overhead and the GPU path their device times (a
+    pass that never waits on the device overlaps the two); router and experts are charged their
+    steady-state time and attention carries the rest of the layer. Any timing column (time_s,
+    latency_s, host_s, gpu_s) instead charges each stage that column. `overheads`: None = derived
+    from the measured passes and events."""
 
     directory: Path
     top_k: int = 2
     impl: str = "engine"
-    clock: str = "time_s"
+    clock: str = "pipelined"
     overheads: Overheads | None = None
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
         self.table = load_table(self.directory)
-        if self.clock not in self.table:
-            raise MeasuredProfileError(f"{self.directory}: no {self.clock} column (clocks: {', '.join(CLOCKS)})")
-        self.curves = curves(self.table, self.impl, clock=self.clock)
+        graphs = self.impl == "engine-graphs"
+        self.stage_impl = "engine" if graphs else self.impl
+        if graphs and self.clock == "pipelined":
+            self.clock = "gpu_s"  # a replayed layer has no host path to speak of
+        needed = ("host_s", "gpu_s", "time_s") if self.clock == "pipelined" else (self.clock,)
+        missing = [c for c in needed if c not in self.table]
+        if missing:
+            raise MeasuredProfileError(f"{self.directory}: no {', '.join(missing)} column "
+                                       f"(clocks: pipelined, {', '.join(CLOCKS)})")
+        self.clocks = {c: curves(self.table, self.stage_impl, clock=c) for c in needed}
+        self.curves = self.clocks["time_s" if self.clock == "pipelined" else self.clock]
         missing = REQUIRED - set(self.curves)
         if missing:
             raise MeasuredProfileError(f"{self.directory}: no {self.impl} measurements for {', '.join(sorted(missing))}")
         meta = self.directory / "meta.json"
         self.meta = json.loads(meta.read_text()) if meta.exists() else {}
+        self._stage_s = 0.0
         if self.overheads is None:
             self.overheads = measured_overheads(self)
+        self._stage_s = self.overheads.stage_s
 
     @property
     def name(self) -> str:
@@ -136,13 +152,14 @@ class MeasuredProfile:
         return f"measured/{self.directory.parent.name}/{self.directory.name}{suffix}"
 
     def attention_s(self, load: AttentionLoad) -> float:
-        total = 0.0
-        if load.num_decode_seqs:
-            total += self.curves["attention_decode"](load.num_decode_seqs, load.decode_ctx_tokens / load.num_decode_seqs)
-        if load.num_prefill_seqs:  # root-mean-square length: exact for the linear and the quadratic work
-            length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
-            total += self.curves["attention_prefill"](load.num_prefill_tokens / length, length)
-        return total
+        if self.clock != "pipelined":
+            return _attention(self.curves, load)
+        host, gpu = self.clocks["host_s"], self.clocks["gpu_s"]
+        tokens = max(load.num_tokens, 1)
+        host_path = _attention(host, load) + host["router"](tokens) + host["experts_layer"](tokens) + 2 * self._stage_s
+        gpu_path = _attention(gpu, load) + gpu["router"](tokens) + gpu["experts_layer"](tokens)
+        others = self.router_s(tokens) + self.curves["experts_layer"](tokens) + 2 * self._stage_s
+        return max(max(host_path, gpu_path) - others, 0.0)
 
     def router_s(self, num_tokens: int) -> float:
         return self.curves["router"](num_tokens)
@@ -159,28 +176,55 @@ class MeasuredProfile:
         return self.curves["lm_head"](num_seqs) + embed
 
     def layer_s(self, batch: int, context: int) -> float:
-        """Stages of one decode layer (uniform loads), no overheads."""
+        """One decode layer (uniform loads) with its per-stage overheads."""
         attention = self.attention_s(AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * context))
-        return attention + self.router_s(batch) + float(self.curves["experts_layer"](batch))
+        return attention + self.router_s(batch) + float(self.curves["experts_layer"](batch)) + 2 * self._stage_s
+
+
+def _attention(curves: dict[str, Curve], load: AttentionLoad) -> float:
+    total = 0.0
+    if load.num_decode_seqs:
+        total += curves["attention_decode"](load.num_decode_seqs, load.decode_ctx_tokens / load.num_decode_seqs)
+    if load.num_prefill_seqs:  # root-mean-square length: exact for both the linear and the quadratic work
+        length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
+        total += curves["attention_prefill"](load.num_prefill_tokens / length, length)
+    return total
+
+
+def pass_medians(profile: MeasuredProfile) -> pd.DataFrame:
+    """Median decode-pass seconds of the calibration model: rows (batch, context), columns layers."""
+    if not (profile.directory / "passes.csv").exists():
+        return pd.DataFrame()
+    passes = load_table(profile.directory, "passes.csv", ["impl", "layers", "phase", "batch", "context", "time_s"])
+    rows = passes[(passes.impl == PASS_IMPL.get(profile.impl, profile.impl)) & (passes.phase == "decode")
+                  & (passes.layers <= 4)]
+    return rows.groupby(["batch", "context", "layers"]).time_s.median().unstack("layers")
 
 
 def measured_overheads(profile: MeasuredProfile) -> Overheads:
-    """stage_s: per-layer cost of a decode pass (2-layer minus 1-layer pass) minus the layer's stages,
-    halved (two charged stages per layer); iteration_s: the 1-layer pass minus one layer, embedding
-    and LM head. Medians over the measured batch sizes, floored at 0. Merge and pause+resume from
-    events.csv. All zero where the files are absent."""
+    """From the calibration model's decode passes at its two largest depths a < b (2 and 4 layers):
+    a layer costs (F_b - F_a) / (b - a); stage_s is what that adds to the layer's stages, per
+    charged stage (two a layer; pipelined: only where the layer is host-bound); iteration_s is F_a
+    minus its a layers and the embedding and LM head. Medians over the batch sizes, floored at 0.
+    Merge and pause+resume from events.csv. Zero where the files are absent."""
     stage_s = iteration_s = 0.0
-    if (profile.directory / "passes.csv").exists():
-        passes = load_table(profile.directory, "passes.csv", ["impl", "layers", "phase", "batch", "context", "time_s"])
-        small = passes[(passes.impl == PASS_IMPL.get(profile.impl, profile.impl)) & (passes.phase == "decode")
-                       & passes.layers.isin([1, 2])]
-        med = small.groupby(["batch", "context", "layers"]).time_s.median().unstack("layers")
-        if {1, 2} <= set(med.columns):
-            layer = med[2] - med[1]
-            stages = np.array([profile.layer_s(b, c) for b, c in med.index])
-            ends = np.array([profile.lm_head_s(b) for b, _ in med.index])
-            stage_s = max(float(np.median((layer.to_numpy() - stages) / 2)), 0.0)
-            iteration_s = max(float(np.median(med[1].to_numpy() - layer.to_numpy() - ends)), 0.0)
+    med = pass_medians(profile)
+    depths = sorted(med.columns)[-2:]
+    if len(depths) == 2:
+        a, b = depths
+        layer = ((med[b] - med[a]) / (b - a)).to_numpy()
+        index = list(med.index)
+        bare = np.array([profile.layer_s(n, c) for n, c in index])  # stage_s is still 0 here
+        if profile.clock == "pipelined":
+            host = np.array([_host_path(profile, n, c) for n, c in index])
+            gaps = [(x - h) / 2 for x, h, g in zip(layer, host, bare) if x > 1.02 * g]
+        else:
+            gaps = list((layer - bare) / 2)
+        stage_s = max(float(np.median(gaps)), 0.0) if gaps else 0.0
+        profile._stage_s = stage_s
+        ends = np.array([profile.lm_head_s(n) for n, _ in index])
+        predicted = np.array([profile.layer_s(n, c) for n, c in index])
+        iteration_s = max(float(np.median(med[a].to_numpy() - a * predicted - ends)), 0.0)
     events = {}
     if (profile.directory / "events.csv").exists():
         table = load_table(profile.directory, "events.csv", ["event", "repeat", "time_s"])
@@ -188,3 +232,9 @@ def measured_overheads(profile: MeasuredProfile) -> Overheads:
     pause = max(events.get("pause_resume", 0.0), 0.0)
     return Overheads(stage_s=stage_s, iteration_s=iteration_s, pause_s=pause / 2, resume_s=pause / 2,
                      merge_s=max(events.get("merge", 0.0), 0.0))
+
+
+def _host_path(profile: MeasuredProfile, batch: int, context: int) -> float:
+    host = profile.clocks["host_s"]
+    load = AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * context)
+    return _attention(host, load) + host["router"](batch) + host["experts_layer"](batch)
