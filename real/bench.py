@@ -27,11 +27,14 @@ from real.kv import KVPool
 from real.model import build_model, preset_config
 from real.timing import copy_bandwidth_bytes_s, sync, timed_ms
 
-ENGINES = {  # name -> Engine settings; all share one KV pool
-    "engine-graphs": {"grouped_experts": True, "graphs": True},  # dense experts for 8..256 tokens, else grouped_mm
-    "engine-graphs-grouped_mm": {"grouped_experts": True, "graphs": True, "dense_tokens": (0, 0)},
-    "engine-stepwise": {"grouped_experts": True},  # the same stages, launched one by one
+ENGINES = {  # name -> (Engine settings, where the host regains control); all share one KV pool
+    "engine-graphs": ({"grouped_experts": True, "graphs": True}, Granularity.LAYER),  # dense experts or grouped_mm
+    "engine-graphs-grouped_mm": ({"grouped_experts": True, "graphs": True, "dense_tokens": (0, 0)}, Granularity.LAYER),
+    "engine-graphs-dense": ({"grouped_experts": True, "graphs": True, "dense_tokens": (1, 4096)}, Granularity.LAYER),
+    "engine-stepwise": ({"grouped_experts": True}, Granularity.LAYER),  # the same stages, launched one by one
+    "engine-expert-points": ({"grouped_experts": True, "graphs": True}, Granularity.EXPERT),  # stops between experts
 }
+PHASES = ("decode", "prefill", "preempt", "agree")
 
 
 def weight_bytes(model) -> int:
@@ -51,22 +54,23 @@ def release(engine: Engine, seqs) -> None:
         engine.release(seq)
 
 
-def engine_pass_ms(engine: Engine, seqs) -> tuple[float, float]:
-    """(host ms until the last layer was handed to the GPU, total ms) of one pass, stepping layer by layer."""
+def engine_pass_ms(engine: Engine, seqs, granularity: Granularity) -> tuple[float, float]:
+    """(host ms until the last stage was handed to the GPU, total ms) of one pass, with the host taking
+    control back at every scheduling point of `granularity`."""
     sync(engine.device)
     start = time.perf_counter()
     batch = engine.start(seqs)
-    while not engine.advance(batch, Granularity.LAYER):
+    while not engine.advance(batch, granularity):
         pass
     host = time.perf_counter()
     engine.finish(batch)  # .tolist() of the tokens: synchronises
     return (host - start) * 1000, (time.perf_counter() - start) * 1000
 
 
-def engine_decode_ms(engine: Engine, seqs, repeats: int) -> tuple[list[float], list[float]]:
+def engine_decode_ms(engine: Engine, seqs, repeats: int, granularity: Granularity) -> tuple[list, list]:
     for _ in range(2):  # warm-up (CUDA graph capture for a new bucket happens here)
-        engine_pass_ms(engine, seqs)
-    runs = [engine_pass_ms(engine, seqs) for _ in range(repeats)]
+        engine_pass_ms(engine, seqs, granularity)
+    runs = [engine_pass_ms(engine, seqs, granularity) for _ in range(repeats)]
     return [h for h, _ in runs], [t for _, t in runs]
 
 
@@ -173,7 +177,9 @@ def agreement(model, engines: dict[str, Engine], prompts: torch.Tensor, forced: 
         if name != "hf-eager":
             out[f"{name}_vs_hf-eager_max_diff"] = float((row - ref).abs().max())
             out[f"{name}_vs_hf-eager_greedy_agree"] = float((row.argmax(-1) == ref.argmax(-1)).float().mean())
-    out["engine-graphs_vs_engine-stepwise_max_diff"] = float((logits["engine-graphs"] - logits["engine-stepwise"]).abs().max())
+    if "engine-stepwise" in logits:
+        graphed, stepwise = logits["engine-graphs"], logits["engine-stepwise"]
+        out["engine-graphs_vs_engine-stepwise_max_diff"] = float((graphed - stepwise).abs().max())
     return out
 
 
@@ -184,13 +190,22 @@ def decode_rows(model, engines: dict[str, Engine], args, record) -> None:
         seqs = add_sequences(first, prompts)
         first.run_pass(seqs)  # one prefill; every engine then decodes the same sequences
         for name, engine in engines.items():
-            host, total = engine_decode_ms(engine, seqs, args.repeats)
+            host, total = engine_decode_ms(engine, seqs, args.repeats, ENGINES[name][1])
             record(name, "decode", b, total)
             record(name, "decode_host", b, host)
         release(first, seqs)
         for impl in args.hf_impls:
             model.set_experts_implementation(impl)
             record(f"hf-{impl}", "decode", b, hf_decode_ms(model, prompts, args.repeats))
+
+
+def prefill_rows(model, engine: Engine, args, record) -> None:
+    prompts = random_prompts(args.prefill_batch, args.context, model.config.vocab_size, seed=99)
+    repeats = max(args.repeats // 2, 2)
+    record("engine-graphs", "prefill", args.prefill_batch, engine_prefill_ms(engine, prompts, repeats))
+    for impl in args.hf_impls:
+        model.set_experts_implementation(impl)
+        record(f"hf-{impl}", "prefill", args.prefill_batch, hf_prefill_ms(model, prompts, repeats))
 
 
 def run(args) -> tuple[pd.DataFrame, dict]:
@@ -200,26 +215,25 @@ def run(args) -> tuple[pd.DataFrame, dict]:
     vocab = model.config.vocab_size
     bandwidth = copy_bandwidth_bytes_s(args.device, 1 << 31 if args.device == "cuda" else 1 << 24)
     pool = KVPool.allocate_for(model.config, 2 * max(args.batches) + 8, args.context + 128, args.device, dtype)
-    engines = {name: Engine(model, pool, **settings) for name, settings in ENGINES.items()}
+    engines = {name: Engine(model, pool, **ENGINES[name][0]) for name in ["engine-graphs", *args.engines]}
     rows = []
     record = lambda impl, phase, b, ms: rows.extend(
         {"impl": impl, "phase": phase, "batch": b, "context": args.context, "repeat": i, "ms": t} for i, t in enumerate(ms))
-    decode_rows(model, engines, args, record)
-    prompts = random_prompts(args.prefill_batch, args.context, vocab, seed=99)
-    repeats = max(args.repeats // 2, 2)
-    record("engine-graphs", "prefill", args.prefill_batch, engine_prefill_ms(engines["engine-graphs"], prompts, repeats))
-    for impl in args.hf_impls:
-        model.set_experts_implementation(impl)
-        record(f"hf-{impl}", "prefill", args.prefill_batch, hf_prefill_ms(model, prompts, repeats))
-    graphs = engines["engine-graphs"]
-    half = args.preempt_batch
-    a_seqs = add_sequences(graphs, random_prompts(half, args.context, vocab, 5), 1000)
-    b_seqs = add_sequences(graphs, random_prompts(half, args.context, vocab, 6), 2000)
-    graphs.run_pass(a_seqs), graphs.run_pass(b_seqs)
     extra = {"weight_bytes": weight_bytes(model), "copy_bandwidth_bytes_s": bandwidth,
-             "hbm_floor_ms": weight_bytes(model) / bandwidth * 1000, "preempt_batch": half,
-             **preemption_costs_ms(graphs, a_seqs, b_seqs, args.repeats),
-             **agreement(model, engines, random_prompts(4, 64, vocab, 7))}
+             "hbm_floor_ms": weight_bytes(model) / bandwidth * 1000}
+    if "decode" in args.phases:
+        decode_rows(model, engines, args, record)
+    if "prefill" in args.phases:
+        prefill_rows(model, engines["engine-graphs"], args, record)
+    graphs = engines["engine-graphs"]
+    if "preempt" in args.phases:
+        half = args.preempt_batch
+        a_seqs = add_sequences(graphs, random_prompts(half, args.context, vocab, 5), 1000)
+        b_seqs = add_sequences(graphs, random_prompts(half, args.context, vocab, 6), 2000)
+        graphs.run_pass(a_seqs), graphs.run_pass(b_seqs)
+        extra.update(preempt_batch=half, **preemption_costs_ms(graphs, a_seqs, b_seqs, args.repeats))
+    if "agree" in args.phases:
+        extra.update(agreement(model, engines, random_prompts(4, 64, vocab, 7)))
     extra.update(torch=torch.__version__, transformers=__import__("transformers").__version__, model=args.model,
                  layers=model.config.num_hidden_layers, gpu=torch.cuda.get_device_name() if args.device == "cuda" else "cpu")
     return pd.DataFrame(rows), extra
@@ -242,7 +256,10 @@ def main() -> None:
     parser.add_argument("--prefill-batch", type=int, default=8)
     parser.add_argument("--preempt-batch", type=int, default=16, help="size of each of the two batches paused/merged")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--hf-impls", nargs="+", default=["eager", "grouped_mm"])
+    parser.add_argument("--hf-impls", nargs="*", default=["eager", "grouped_mm"])
+    parser.add_argument("--engines", nargs="*", default=["engine-graphs-grouped_mm", "engine-stepwise"],
+                        choices=list(ENGINES), help="engine variants besides engine-graphs")
+    parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     parser.add_argument("--out", type=Path, default=Path("bench_out"))
     args = parser.parse_args()
     df, extra = run(args)
