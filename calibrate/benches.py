@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from policies import Granularity, Position, Stage
 from real import stages
 from real.engine import Engine
 from real.kv import KVPool
@@ -45,7 +46,7 @@ class _Bench:
 
     def stages(self) -> set[str]:
         return {name for name in ("attention_decode", "attention_prefill", "router", "expert", "experts_layer",
-                                  "lm_head", "embed") if hasattr(self, name)}
+                                  "lm_head", "embed", "layer_decode") if hasattr(self, name)}
 
 
 class EngineBench(_Bench):
@@ -93,6 +94,18 @@ class EngineBench(_Bench):
     def lm_head(self, num_seqs: int, _):
         h = self.hidden(num_seqs)
         return lambda: stages.lm_head(self.model, h).argmax(-1)
+
+    def layer_decode(self, batch: int, context: int):
+        """One whole decode layer as the engine steps it (Engine.advance to the next layer boundary):
+        the stages plus the engine's own per-stage work, which the stage functions alone miss."""
+        seqs = [Sequence(i, [1] * context, slot=i, num_cached=context - 1) for i in range(batch)]
+        state = self.engine.start(seqs)
+        h = state.hidden
+
+        def run():
+            state.hidden, state.position = h, Position(0, Stage.ATTENTION)
+            self.engine.advance(state, Granularity.LAYER)
+        return run
 
     def embed(self, num_seqs: int, _):
         """Engine.start for decode sequences: packed layout (host) and token embedding."""
@@ -151,6 +164,18 @@ class HFBench(_Bench):
     def lm_head(self, num_seqs: int, _):
         h = self.hidden(num_seqs, 1)
         return lambda: self.model.lm_head(self.model.model.norm(h)).argmax(-1)
+
+    def layer_decode(self, batch: int, context: int):
+        """HF's whole decoder layer (its __call__, hooks and kwargs included), as its forward calls it."""
+        kv_heads, head_dim = self.model.config.num_key_value_heads, self.layer.self_attn.head_dim
+        shape = (batch, kv_heads, context - 1, head_dim)
+        cache = FixedCache(torch.randn(shape, device=self.device, dtype=self.model.dtype),
+                           torch.randn(shape, device=self.device, dtype=self.model.dtype))
+        positions = torch.full((batch, 1), context - 1, device=self.device)
+        h = self.hidden(batch, 1)
+        cos_sin = self.model.model.rotary_emb(h, positions)
+        return lambda: self.layer(h, position_embeddings=cos_sin, attention_mask=None, position_ids=positions,
+                                  past_key_values=cache, use_cache=True)
 
     def embed(self, num_seqs: int, _):
         ids = torch.randint(0, self.model.config.vocab_size, (num_seqs, 1), device=self.device)

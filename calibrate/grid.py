@@ -27,6 +27,7 @@ GRIDS = {
     "experts_layer": _one_d(POW2[:15], [3, 6, 12, 24, 48, 96, 384, 1536, 6144]),
     "lm_head": _one_d(POW2[:9], [3, 12, 48, 192]),
     "embed": _one_d(POW2[:7], [3, 12, 48]),
+    "layer_decode": {"grid": [(b, 512) for b in (1, 2, 4, 8, 16, 32, 64)], "heldout": [(b, 512) for b in (3, 12, 48)]},
 }
 
 PASS_BATCHES = (1, 8, 32)  # decode passes (whole model and 1-/2-layer) at this context

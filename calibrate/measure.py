@@ -109,9 +109,11 @@ class Writer:
 
 def calibration_model(args, dtype):
     grids = small(GRIDS) if args.small else GRIDS
+    slots, max_len = largest(grids)
+    if args.stages:
+        grids = {stage: grids[stage] for stage in args.stages}
     config = preset_config(args.model, num_hidden_layers=max(PASS_DEPTHS))
     model = build_model(config, args.device, dtype)
-    slots, max_len = largest(grids)
     pool = KVPool.allocate_for(config, slots, max_len, args.device, dtype)
     return grids, model, pool
 
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true", help="tiny grids (smoke test of the tool)")
     parser.add_argument("--no-grid", action="store_true", help="skip the calibration model (grids and passes)")
     parser.add_argument("--passes-only", action="store_true", help="calibration model: passes and events only")
+    parser.add_argument("--stages", nargs="+", default=None, help="time only these stages (default: all)")
     parser.add_argument("--full", action="store_true", help="also time whole-model passes (needs its memory)")
     parser.add_argument("--full-impls", nargs="+", default=["engine", "engine-graphs", "hf-grouped_mm", "hf-eager"])
     parser.add_argument("--out", type=Path, required=True)

@@ -30,7 +30,7 @@ def cost_s(x1: float, x2: float) -> float:
 
 def synthetic(tmp_path: Path, passes: bool = False, **edits) -> Path:
     rows = [{"impl": "engine", "stage": stage, "x1": x1, "x2": x2, "split": "grid", "repeat": r,
-             "time_s": cost_s(x1, x2) + 1e-7 * r, "gpu_s": 0.5 * cost_s(x1, x2)}
+             "time_s": cost_s(x1, x2) + 1e-7 * r, "host_s": cost_s(x1, x2), "gpu_s": 0.5 * cost_s(x1, x2)}
             for stage, pts in GRID.items() for x1, x2 in pts for r in range(3)]
     table = pd.DataFrame(rows)
     for column, value in edits.items():
@@ -49,7 +49,7 @@ def synthetic(tmp_path: Path, passes: bool = False, **edits) -> Path:
 
 
 def test_interpolates_piecewise_linearly(tmp_path):
-    p = MeasuredProfile(synthetic(tmp_path))
+    p = MeasuredProfile(synthetic(tmp_path), clock="time_s")
     assert p.router_s(10) == pytest.approx(cost_s(10, 0) + 1e-7)
     assert p.router_s(30) == pytest.approx(cost_s(30, 0) + 1e-7)  # exact for a cost linear in size
     decode = p.attention_s(AttentionLoad(num_decode_seqs=7, decode_ctx_tokens=7 * 550))
@@ -66,10 +66,13 @@ def test_clock_column_selects_the_timing(tmp_path):
     assert p.router_s(10) == pytest.approx(0.5 * cost_s(10, 0))
     with pytest.raises(MeasuredProfileError, match="no latency_s column"):
         MeasuredProfile(tmp_path, clock="latency_s")
+    pd.read_csv(tmp_path / "stages.csv").drop(columns=["host_s"]).to_csv(tmp_path / "stages.csv", index=False)
+    with pytest.raises(MeasuredProfileError, match="no host_s column"):
+        MeasuredProfile(tmp_path)  # the pipelined clock needs host and GPU times
 
 
 def test_warns_once_per_stage_when_extrapolating(tmp_path):
-    p = MeasuredProfile(synthetic(tmp_path))
+    p = MeasuredProfile(synthetic(tmp_path), clock="time_s")
     with pytest.warns(UserWarning, match="router: 1000 is outside the measured grid"):
         beyond = p.router_s(1000)
     assert beyond == pytest.approx(cost_s(1000, 0) + 1e-7, rel=1e-3)  # linear past the top
@@ -80,8 +83,20 @@ def test_warns_once_per_stage_when_extrapolating(tmp_path):
         p.attention_s(AttentionLoad(num_decode_seqs=4, decode_ctx_tokens=4 * 5000))
 
 
+def test_pipelined_layer_is_the_slower_of_host_and_gpu_paths(tmp_path):
+    p = MeasuredProfile(synthetic(tmp_path))  # host = time = 2 x gpu: host-bound everywhere
+    layer = p.layer_s(4, 100)
+    assert layer == pytest.approx(cost_s(4, 100) + 2 * cost_s(4, 0), rel=1e-3)
+    table = pd.read_csv(tmp_path / "stages.csv")
+    table["gpu_s"] = 3 * table.host_s  # now GPU-bound: the layer is the GPU path
+    table.to_csv(tmp_path / "stages.csv", index=False)
+    p = MeasuredProfile(tmp_path)
+    assert p.layer_s(4, 100) == pytest.approx(3 * layer, rel=1e-3)
+    assert p.router_s(4) == pytest.approx(cost_s(4, 0) + 1e-7)  # router and experts keep their own time
+
+
 def test_overheads_come_from_the_measured_passes_and_events(tmp_path):
-    p = MeasuredProfile(synthetic(tmp_path, passes=True))
+    p = MeasuredProfile(synthetic(tmp_path, passes=True), clock="time_s")
     assert p.overheads.stage_s == pytest.approx(50e-6, rel=1e-2)
     assert p.overheads.iteration_s == pytest.approx(300e-6, rel=1e-2)
     assert p.overheads.merge_s == pytest.approx(4e-4)
@@ -119,7 +134,7 @@ def test_missing_profile_gives_a_clear_error(tmp_path):
 
 def test_scaled_kind_wraps_a_measured_base(tmp_path):
     model = ModelSpec(num_experts=4, num_layers=2)
-    base = {"directory": str(synthetic(tmp_path, passes=True))}
+    base = {"directory": str(synthetic(tmp_path, passes=True)), "clock": "time_s"}
     profile = build_profile(ProfileSpec(kind="scaled", base=base, decode_step_ms=50.0), model, HardwareSpec())
     assert decode_step_s(profile, model, 32, 512) == pytest.approx(0.050)
     assert profile.name.startswith("scaled(measured/")
@@ -133,7 +148,7 @@ COMMITTED = sorted(p.parent for p in PROFILES_DIR.glob("*/*/stages.csv"))
 
 
 @pytest.mark.parametrize("directory", COMMITTED, ids=lambda d: f"{d.parent.name}/{d.name}")
-@pytest.mark.parametrize("impl", ["engine", "hf"])
+@pytest.mark.parametrize("impl", ["engine", "hf", "engine-graphs"])
 def test_committed_profiles_load_and_predict_a_plausible_decode_step(directory, impl):
     profile = MeasuredProfile(directory, impl=impl)
     model = ModelSpec(num_experts=8 if "mixtral" in directory.name else 128,
