@@ -28,7 +28,7 @@ from real.model import build_model, preset_config
 from real.timing import copy_bandwidth_bytes_s, sync, timed_ms
 
 ENGINES = {  # name -> (Engine settings, where the host regains control); all share one KV pool
-    "engine-graphs": ({"grouped_experts": True, "graphs": True}, Granularity.LAYER),  # dense experts or grouped_mm
+    "engine-graphs": ({"grouped_experts": True, "graphs": True}, Granularity.LAYER),  # dense from E/k tokens
     "engine-graphs-grouped_mm": ({"grouped_experts": True, "graphs": True, "dense_tokens": (0, 0)}, Granularity.LAYER),
     "engine-graphs-dense": ({"grouped_experts": True, "graphs": True, "dense_tokens": (1, 4096)}, Granularity.LAYER),
     "engine-stepwise": ({"grouped_experts": True}, Granularity.LAYER),  # the same stages, launched one by one
@@ -257,7 +257,8 @@ def main() -> None:
     parser.add_argument("--preempt-batch", type=int, default=16, help="size of each of the two batches paused/merged")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--hf-impls", nargs="*", default=["eager", "grouped_mm"])
-    parser.add_argument("--engines", nargs="*", default=["engine-graphs-grouped_mm", "engine-stepwise"],
+    parser.add_argument("--engines", nargs="*", default=["engine-graphs-grouped_mm", "engine-stepwise",
+                                                          "engine-expert-points"],
                         choices=list(ENGINES), help="engine variants besides engine-graphs")
     parser.add_argument("--phases", nargs="+", default=list(PHASES), choices=PHASES)
     parser.add_argument("--out", type=Path, default=Path("bench_out"))

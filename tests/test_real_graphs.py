@@ -128,3 +128,15 @@ def test_cuda_graphs_equal_the_stepwise_engine():
         outs.append(torch.stack([engine.run_pass(seqs, Granularity.LAYER)[0] for _ in range(3)]))
     assert graphed.runner.buckets and all(b.graphs for b in graphed.runner.buckets.values())
     assert (outs[0] - outs[1]).abs().max() <= 1e-2 * outs[1].abs().max()
+
+
+def test_experts_choice_follows_the_queue_fill(model):
+    """Dense once there are as many (token, expert) pairs as experts; grouped_mm below that and for
+    one-expert steps; HF's loop unless sync-free experts are asked for (and on CPU by default)."""
+    from real import stages
+    engine = Engine(model, KVPool.allocate_for(model.config, 2, 16, "cpu", torch.float32), grouped_experts=True)
+    low = -(-engine.num_experts // model.config.num_experts_per_tok)
+    assert engine.experts_for(low - 1) is stages.experts_grouped
+    assert engine.experts_for(low) is stages.experts_dense
+    assert engine.experts_for(low, one_expert=True) is stages.experts_grouped
+    assert Engine.for_device(model, engine.pool).experts_for(low) is stages.experts_eager
