@@ -18,6 +18,7 @@ class ModelSpec:
     vocab_size: int = 32000
     weight_bits: int = 16
     kv_bits: int = 16
+    head_size: int | None = None  # when a model's heads are not hidden_size / num_heads wide (Qwen3)
 
     def __post_init__(self) -> None:
         if self.top_k > self.num_experts or min(self.num_layers, self.num_experts, self.top_k) < 1:
@@ -25,7 +26,7 @@ class ModelSpec:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_heads
+        return self.head_size or self.hidden_size // self.num_heads
 
     @property
     def kv_dim(self) -> int:
@@ -33,7 +34,8 @@ class ModelSpec:
 
     @property
     def attention_params(self) -> int:
-        return 2 * self.hidden_size * self.hidden_size + 2 * self.hidden_size * self.kv_dim
+        q_dim = self.num_heads * self.head_dim
+        return 2 * self.hidden_size * q_dim + 2 * self.hidden_size * self.kv_dim
 
     @property
     def expert_params(self) -> int:
