@@ -32,6 +32,11 @@ class KVPool:
         return self.k[0].shape[1]
 
     @property
+    def num_slots(self) -> int:
+        """Slots that sequences can hold (the scratch slot excluded)."""
+        return self.k[0].shape[0] - 1
+
+    @property
     def scratch_slot(self) -> int:
         return self.k[0].shape[0] - 1
 
