@@ -92,7 +92,19 @@ def test_pipelined_layer_is_the_slower_of_host_and_gpu_paths(tmp_path):
     table.to_csv(tmp_path / "stages.csv", index=False)
     p = MeasuredProfile(tmp_path)
     assert p.layer_s(4, 100) == pytest.approx(3 * layer, rel=1e-3)
-    assert p.router_s(4) == pytest.approx(cost_s(4, 0) + 1e-7)  # router and experts keep their own time
+    assert p.router_s(4) == pytest.approx(3 * cost_s(4, 0))  # router and experts: their device time
+
+
+def test_stage_overhead_from_a_measured_decode_layer(tmp_path):
+    directory = synthetic(tmp_path)
+    table = pd.read_csv(directory / "stages.csv")
+    layer = [{"impl": "engine", "stage": "layer_decode", "x1": b, "x2": 512, "split": "grid", "repeat": 0,
+              "time_s": cost_s(b, 512) + 2 * cost_s(b, 0) + 2 * 80e-6, "host_s": 1.0, "gpu_s": 1e-4} for b in (1, 4)]
+    pd.concat([table, pd.DataFrame(layer)]).to_csv(directory / "stages.csv", index=False)
+    p = MeasuredProfile(directory)  # pipelined: the host path needs 80 us per stage to explain the layer
+    assert p.stage_overhead_s == pytest.approx(80e-6, rel=1e-2)
+    assert p.overheads.stage_s == 0  # carried by attention, so the layer total stays exact
+    assert p.layer_s(4, 512) == pytest.approx(layer[1]["time_s"], rel=1e-3)
 
 
 def test_overheads_come_from_the_measured_passes_and_events(tmp_path):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -113,7 +113,7 @@ class MeasuredProfile:
     `clock` pipelined (default): a layer costs max(host path, GPU path), the host path being the
     stages' issue times plus the engine's per-stage overhead and the GPU path their device times (a
     pass that never waits on the device overlaps the two); router and experts are charged their
-    steady-state time and attention carries the rest of the layer. Any timing column (time_s,
+    device time and attention carries the rest of the layer. Any timing column (time_s,
     latency_s, host_s, gpu_s) instead charges each stage that column. `overheads`: None = derived
     from the measured passes and events."""
 
@@ -137,15 +137,20 @@ class MeasuredProfile:
                                        f"(clocks: pipelined, {', '.join(CLOCKS)})")
         self.clocks = {c: curves(self.table, self.stage_impl, clock=c) for c in needed}
         self.curves = self.clocks["time_s" if self.clock == "pipelined" else self.clock]
+        self.device_curves = self.clocks["gpu_s" if self.clock == "pipelined" else self.clock]  # router, experts
         missing = REQUIRED - set(self.curves)
         if missing:
             raise MeasuredProfileError(f"{self.directory}: no {self.impl} measurements for {', '.join(sorted(missing))}")
         meta = self.directory / "meta.json"
         self.meta = json.loads(meta.read_text()) if meta.exists() else {}
-        self._stage_s = 0.0
+        self._stage_s = 0.0  # the engine's own work per stage (pipelined: inside the layer's host path)
         if self.overheads is None:
             self.overheads = measured_overheads(self)
-        self._stage_s = self.overheads.stage_s
+        if self.clock == "pipelined":  # attention carries it, so that a layer costs exactly the pipelined total
+            self.stage_overhead_s = self._stage_s
+            self.overheads = replace(self.overheads, stage_s=0.0)
+        else:
+            self._stage_s = self.overheads.stage_s
 
     @property
     def name(self) -> str:
@@ -159,16 +164,16 @@ class MeasuredProfile:
         tokens = max(load.num_tokens, 1)
         host_path = _attention(host, load) + host["router"](tokens) + host["experts_layer"](tokens) + 2 * self._stage_s
         gpu_path = _attention(gpu, load) + gpu["router"](tokens) + gpu["experts_layer"](tokens)
-        others = self.router_s(tokens) + self.curves["experts_layer"](tokens) + 2 * self._stage_s
-        return max(max(host_path, gpu_path) - others, 0.0)
+        others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
+        return max(host_path, gpu_path) - others  # >= the attention's own GPU time
 
     def router_s(self, num_tokens: int) -> float:
-        return self.curves["router"](num_tokens)
+        return self.device_curves["router"](num_tokens)
 
     def experts_s(self, loads: np.ndarray) -> np.ndarray:
         loads = np.asarray(loads, dtype=float)
         totals = loads.sum(axis=-1, keepdims=True)
-        layer = self.curves["experts_layer"].many(np.maximum(totals / self.top_k, 1.0))  # tokens in the layer
+        layer = self.device_curves["experts_layer"].many(np.maximum(totals / self.top_k, 1.0))  # tokens in the layer
         share = np.divide(loads, totals, out=np.zeros_like(loads), where=totals > 0)
         return layer * share
 
@@ -176,10 +181,15 @@ class MeasuredProfile:
         embed = self.curves["embed"](num_seqs) if "embed" in self.curves else 0.0
         return self.curves["lm_head"](num_seqs) + embed
 
+    @property
+    def overheads_stage_s(self) -> float:
+        return 0.0 if self.clock == "pipelined" else self._stage_s
+
     def layer_s(self, batch: int, context: int) -> float:
         """One decode layer (uniform loads) with its per-stage overheads."""
         attention = self.attention_s(AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * context))
-        return attention + self.router_s(batch) + float(self.curves["experts_layer"](batch)) + 2 * self._stage_s
+        return attention + self.router_s(batch) + float(self.device_curves["experts_layer"](batch)) + \
+            2 * self.overheads_stage_s
 
 
 def _attention(curves: dict[str, Curve], load: AttentionLoad) -> float:
@@ -203,39 +213,74 @@ def pass_medians(profile: MeasuredProfile) -> pd.DataFrame:
 
 
 def measured_overheads(profile: MeasuredProfile) -> Overheads:
-    """From the calibration model's decode passes at its two largest depths a < b (2 and 4 layers):
-    a layer costs (F_b - F_a) / (b - a); stage_s is what that adds to the layer's stages, per
-    charged stage (two a layer; pipelined: only where the layer is host-bound); iteration_s is F_a
-    minus its a layers and the embedding and LM head. Medians over the batch sizes, floored at 0.
-    Merge and pause+resume from events.csv. Zero where the files are absent."""
-    stage_s = iteration_s = 0.0
+    """stage_s: the engine's own work per charged stage (two a layer) that the stage functions miss,
+    from `layer_decode` (one whole decode layer as the engine steps it) minus the layer's stages
+    (pipelined: host times; else the chosen column), median over batch sizes; without that stage,
+    from the calibration passes (`_pass_stage_s`). iteration_s: a 2-layer pass minus its layers,
+    embedding and LM head. Merge and pause+resume: events.csv. Floored at 0; 0 where not measured."""
+    stage_s = _layer_stage_s(profile) if "layer_decode" in profile.curves else _pass_stage_s(profile)
+    profile._stage_s = stage_s
+    iteration_s = 0.0
     med = pass_medians(profile)
-    depths = sorted(med.columns)[-2:]
-    if len(depths) == 2:
-        a, b = depths
-        layer = ((med[b] - med[a]) / (b - a)).to_numpy()
+    if 2 in med.columns:
         index = list(med.index)
-        bare = np.array([profile.layer_s(n, c) for n, c in index])  # stage_s is still 0 here
-        if profile.clock == "pipelined":
-            host = np.array([_host_path(profile, n, c) for n, c in index])
-            gaps = [(x - h) / 2 for x, h, g in zip(layer, host, bare) if x > 1.02 * g]
-        else:
-            gaps = list((layer - bare) / 2)
-        stage_s = max(float(np.median(gaps)), 0.0) if gaps else 0.0
-        profile._stage_s = stage_s
         ends = np.array([profile.lm_head_s(n) for n, _ in index])
         predicted = np.array([profile.layer_s(n, c) for n, c in index])
-        iteration_s = max(float(np.median(med[a].to_numpy() - a * predicted - ends)), 0.0)
-    events = {}
-    if (profile.directory / "events.csv").exists():
-        table = load_table(profile.directory, "events.csv", ["event", "repeat", "time_s"])
-        events = table.groupby("event").time_s.median().to_dict()
-    pause = max(events.get("pause_resume", 0.0), 0.0)
+        iteration_s = max(float(np.median(med[2].to_numpy() - 2 * predicted - ends)), 0.0)
+    events = _event_costs(profile.directory)
+    pause = events.get("pause_resume", 0.0)
     return Overheads(stage_s=stage_s, iteration_s=iteration_s, pause_s=pause / 2, resume_s=pause / 2,
                      merge_s=max(events.get("merge", 0.0), 0.0))
 
 
-def _host_path(profile: MeasuredProfile, batch: int, context: int) -> float:
-    host = profile.clocks["host_s"]
+def _event_costs(directory: Path) -> dict[str, float]:
+    """Median cost of each event; 0 where it does not stand out of its own noise (median below two
+    standard errors: pause+resume is a difference of two whole passes)."""
+    if not (directory / "events.csv").exists():
+        return {}
+    table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
+    stats = table.groupby("event").time_s.agg(["median", "std", "count"]).fillna(0.0)
+    significant = stats["median"] > 2 * stats["std"] / np.sqrt(stats["count"])
+    return stats["median"].where(significant, 0.0).clip(lower=0.0).to_dict()
+
+
+def _layer_stage_s(profile: MeasuredProfile) -> float:
+    """Pipelined: the host-path addition that makes max(host path, GPU path) equal the measured
+    steady-state layer, (layer - host stages) / 2, over the batch sizes where the layer is not
+    GPU-bound (it also covers host work slowing down while the GPU runs, which the issue times,
+    taken while the GPU sleeps, miss). Other clocks: (layer - stages) / 2 on that clock."""
+    if profile.impl == "engine-graphs":
+        return 0.0  # a replayed layer runs no Python between its stages
+    if profile.clock == "pipelined":
+        host, gpu, steady = (profile.clocks[c] for c in ("host_s", "gpu_s", "time_s"))
+        layers = [(steady["layer_decode"](b, 512), _path(host, b, 512), _path(gpu, b, 512))
+                  for b in steady["layer_decode"].x1]
+        gaps = [(x - h) / 2 for x, h, g in layers if x > 1.02 * g]
+    else:
+        fit = profile.curves
+        gaps = [(fit["layer_decode"](b, 512) - _path(fit, b, 512)) / 2 for b in fit["layer_decode"].x1]
+    return max(float(np.median(gaps)), 0.0) if gaps else 0.0
+
+
+def _pass_stage_s(profile: MeasuredProfile) -> float:
+    """Per-layer cost of the calibration passes at their two largest depths a < b, (F_b - F_a) / (b - a),
+    minus the layer's stages (pipelined: only where the layer is host-bound), halved."""
+    med = pass_medians(profile)
+    depths = sorted(med.columns)[-2:]
+    if len(depths) < 2:
+        return 0.0
+    a, b = depths
+    layer = ((med[b] - med[a]) / (b - a)).to_numpy()
+    bare = np.array([profile.layer_s(n, c) for n, c in med.index])
+    if profile.clock == "pipelined":
+        host = np.array([_path(profile.clocks["host_s"], n, c) for n, c in med.index])
+        gaps = [(x - h) / 2 for x, h, g in zip(layer, host, bare) if x > 1.02 * g]
+    else:
+        gaps = list((layer - bare) / 2)
+    return max(float(np.median(gaps)), 0.0) if gaps else 0.0
+
+
+def _path(fit: dict[str, Curve], batch: int, context: int) -> float:
+    """Sum of one decode layer's stages on one clock (uniform loads)."""
     load = AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * context)
-    return _attention(host, load) + host["router"](batch) + host["experts_layer"](batch)
+    return _attention(fit, load) + fit["router"](batch) + fit["experts_layer"](batch)

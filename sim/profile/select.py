@@ -31,7 +31,8 @@ class ProfileSpec:
     derated: lowers the analytic profile's weight-streaming bandwidth until a decode pass at batch
     `reference_batch`, context `reference_context` takes `decode_step_ms` (prefill keeps the FLOP rate).
     measured: `calibrate/profiles/<directory>` (default `<hardware>/<model>-<dtype>`); `impl` engine
-    (real/'s stages) or hf (Hugging Face's modules); `clock` the timing column; `merge_ms` /
+    (real/'s stages, run stage by stage), engine-graphs (decode layers as CUDA graphs) or hf (Hugging
+    Face's modules); `clock` pipelined (host and GPU paths of a layer overlap) or one timing column; `merge_ms` /
     `pause_resume_ms` override the measured event costs.
     scaled: the profile `base` describes (a dict of these fields; default: measured) with every
     stage multiplied by `factor`, or by the factor that makes the reference decode pass take
@@ -40,7 +41,7 @@ class ProfileSpec:
     kind: str = "analytic"
     directory: str | None = None
     impl: str = "engine"
-    clock: str = "time_s"
+    clock: str = "pipelined"
     merge_ms: float | None = None
     pause_resume_ms: float | None = None
     decode_step_ms: float | None = None

@@ -1,0 +1,67 @@
+"""The calibration tool end to end on CPU with a tiny model: it writes a profile the simulator loads,
+and its checks (held-out error, roofline, pass predictions) run on it."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from calibrate import check
+from calibrate.__main__ import CalibrateConfig, argv_for, compose
+from calibrate.benches import balanced_routing
+from calibrate.measure import main as measure
+from sim.model import ModelSpec
+from sim.profile.measured import MeasuredProfile
+
+TINY = ModelSpec(name="tiny-mixtral", num_layers=4, hidden_size=64, intermediate_size=96, num_heads=4,
+                 num_kv_heads=2, num_experts=4, top_k=2, vocab_size=128)
+
+
+@pytest.fixture(scope="module")
+def profile_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("profiles") / "cpu" / "tiny-mixtral-fp32"
+    measure(["--model", "tiny-mixtral", "--device", "cpu", "--small", "--repeats", "2", "--inner", "1",
+             "--pass-repeats", "2", "--full", "--full-impls", "engine", "--out", str(out)])
+    return out
+
+
+def test_tool_writes_long_tables_and_meta(profile_dir):
+    stages = pd.read_csv(profile_dir / "stages.csv")
+    assert {"impl", "stage", "x1", "x2", "split", "repeat", "time_s", "host_s", "gpu_s", "latency_s"} <= set(stages)
+    assert set(stages.impl) == {"engine", "hf"} and set(stages.split) == {"grid", "heldout"}
+    assert stages.groupby(["impl", "stage", "x1", "x2", "split"]).size().min() >= 2  # one row per repeat
+    passes = pd.read_csv(profile_dir / "passes.csv")
+    assert {1, 2, 4} <= set(passes.layers) and "prefill" in set(passes.phase)
+    assert {"merge", "pause_resume", "merge_full"} <= set(pd.read_csv(profile_dir / "events.csv").event)
+    meta = json.loads((profile_dir / "meta.json").read_text())
+    assert {"gpu", "torch", "transformers", "cuda", "git_revision", "date"} <= set(meta)
+
+
+@pytest.mark.parametrize("impl", ["engine", "hf"])
+def test_simulator_loads_what_the_tool_wrote(profile_dir, impl):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny grid is narrow: lookups extrapolate
+        profile = MeasuredProfile(profile_dir, top_k=2, impl=impl)
+        errors = check.heldout_errors(profile_dir, impl)
+        predictions = check.pass_predictions(profile_dir, TINY, impl)
+    assert profile.name.endswith("tiny-mixtral-fp32" + ("" if impl == "engine" else "-hf"))
+    assert profile.layer_s(2, 32) > 0 and (errors.error_pct >= 0).all()
+    if impl == "engine":
+        assert set(predictions.index.get_level_values("phase")) == {"decode", "prefill"}
+
+
+def test_balanced_routing_spreads_pairs_evenly():
+    experts = balanced_routing(3, num_experts=8, top_k=2, device="cpu")
+    assert experts.tolist() == [[0, 1], [2, 3], [4, 5]]  # 3 tokens -> 6 distinct experts
+
+
+def test_hydra_entry_composes_overrides_into_tool_arguments():
+    config = compose(["model=qwen3-moe-30b-a3b", "device=cpu", "repeats=3", "full=true", "small=true"])
+    assert config == CalibrateConfig(model="qwen3-moe-30b-a3b", device="cpu", repeats=3, full=True, small=True)
+    argv = argv_for(config)
+    assert argv[argv.index("--model") + 1] == "qwen3-moe-30b-a3b" and "--full" in argv and "--small" in argv
+    assert argv[argv.index("--out") + 1].endswith("calibrate/profiles/cpu/qwen3-moe-30b-a3b-fp32")
