@@ -33,7 +33,8 @@ class CalibrateConfig:
 
 
 def compose(overrides: list[str]) -> CalibrateConfig:
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(ROOT / "calibrate" / "conf"), version_base="1.3"):

@@ -128,7 +128,7 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
     if "engine" in impls and (directory / "passes.csv").exists() and \
             "engine-graphs" in set(pd.read_csv(directory / "passes.csv").impl):
         impls = [*impls, "engine-graphs"]
-    fmt = lambda v: f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: f"{v:.3f}"
     for impl in impls:
         profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock)
         print(f"\n== {profile.name} ({profile.clock}); overheads: {profile.overheads}")

@@ -78,7 +78,7 @@ def _free_memory(device: str) -> None:
 def meta(args, dtype: torch.dtype) -> dict:
     import transformers
 
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
+    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     revision = os.environ.get("QLLM_GIT_REVISION") or (done.stdout.strip() if done.returncode == 0 else "")
     return {
         "model": args.model, "dtype": str(dtype).removeprefix("torch."), "device": args.device,
@@ -129,12 +129,12 @@ def run_grids(args, dtype, writer: Writer) -> None:
     for depth in PASS_DEPTHS:
         for impl in impls:
             with passes.layers(model, depth):
-                _guarded(lambda: writer.add("passes", passes.decode_passes(
+                _guarded(lambda impl=impl: writer.add("passes", passes.decode_passes(
                     model, pool, [impl], PASS_BATCHES, PASS_CONTEXT, args.pass_repeats)), label=f"{impl} passes")
     engine = passes.make_engine(model, pool, "engine")
     _guarded(lambda: writer.add("events", passes.preemption_events(engine, model.config.vocab_size,
                                                                    args.pass_repeats)), label="events")
-    print(f"  passes and events done", flush=True)
+    print("  passes and events done", flush=True)
 
 
 def run_full(args, dtype, writer: Writer) -> None:
@@ -145,10 +145,10 @@ def run_full(args, dtype, writer: Writer) -> None:
     engine = passes.make_engine(model, pool, "engine")
     impls = [i for i in args.full_impls if args.device == "cuda" or i != "hf-grouped_mm"]
     for impl in impls:
-        _guarded(lambda: writer.add("passes", passes.decode_passes(model, pool, [impl], PASS_BATCHES, PASS_CONTEXT,
+        _guarded(lambda impl=impl: writer.add("passes", passes.decode_passes(model, pool, [impl], PASS_BATCHES, PASS_CONTEXT,
                                                                    args.pass_repeats)), label=f"{impl} full decode")
     for impl in [i for i in impls if i in ("engine", "hf-grouped_mm")]:
-        _guarded(lambda: writer.add("passes", passes.prefill_passes(model, pool, [impl], 8, PASS_CONTEXT,
+        _guarded(lambda impl=impl: writer.add("passes", passes.prefill_passes(model, pool, [impl], 8, PASS_CONTEXT,
                                                                     max(args.pass_repeats // 2, 2))),
                  label=f"{impl} full prefill")
     _guarded(lambda: writer.add("events", [{**row, "event": f"{row['event']}_full"} for row in

@@ -38,8 +38,8 @@ def synthetic(tmp_path: Path, passes: bool = False, **edits) -> Path:
     tmp_path.mkdir(exist_ok=True)
     table.to_csv(tmp_path / "stages.csv", index=False)
     if passes:  # per layer: stages + 2 x 50 us; per pass: one layer + head + 300 us
-        layer = lambda b: cost_s(b, 100) + cost_s(b, 0) * 2 + 2 * 50e-6  # noqa: E731
-        one = lambda b: layer(b) + cost_s(b, 0) + 1e-7 + 300e-6  # noqa: E731
+        layer = lambda b: cost_s(b, 100) + cost_s(b, 0) * 2 + 2 * 50e-6
+        one = lambda b: layer(b) + cost_s(b, 0) + 1e-7 + 300e-6
         pd.DataFrame([{"impl": "engine", "layers": n, "phase": "decode", "batch": b, "context": 100, "repeat": 0,
                        "time_s": one(b) + (n - 1) * layer(b)} for n in (1, 2) for b in (1, 4, 16)]
                      ).to_csv(tmp_path / "passes.csv", index=False)

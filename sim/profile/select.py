@@ -138,7 +138,7 @@ class ScaledProfile:
 def derate(profile: AnalyticProfile, target_s: float, batch: int, context: int) -> AnalyticProfile:
     """Bisect the bandwidth (log scale) so one decode pass takes `target_s`."""
     model, hardware = profile.model, profile.hardware
-    step = lambda bw: decode_step_s(replace(profile, hardware=replace(hardware, hbm_tb_s=bw)), model, batch, context)  # noqa: E731
+    step = lambda bw: decode_step_s(replace(profile, hardware=replace(hardware, hbm_tb_s=bw)), model, batch, context)
     if step(hardware.hbm_tb_s) > target_s:
         raise ProfileError(f"{target_s * 1000:g} ms per decode pass is faster than the roofline allows")
     low, high = 1e-6, hardware.hbm_tb_s
