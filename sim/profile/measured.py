@@ -6,8 +6,9 @@ measured value; above it, it grows along its last segment; both warn once per st
 Files in the profile directory:
 - stages.csv: impl, stage, x1, x2, split, repeat, time_s [, latency_s, host_s, gpu_s] (one row per
   repeat; `split` grid = interpolated, heldout = checks only; no `impl` column = one engine);
-- passes.csv (optional): 1- and 2-layer decode passes, from which the per-stage and per-pass
-  overheads are derived (the per-layer cost of a pass minus its stages);
+  `layer_decode` (a whole decode layer as the implementation steps it) gives the per-stage overhead;
+- passes.csv (optional): decode passes of the calibration model (1, 2, 4 layers: the per-pass
+  overhead, and the per-stage one where `layer_decode` is missing) and of the full model (checks);
 - events.csv (optional): merge and pause+resume costs;
 - meta.json: GPU, software versions, git revision, date."""
 
