@@ -89,7 +89,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * max_len, max_batch_size=spec.max_batch_size)
     server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size))
     outcome = server.run(requests)
-    num_slots = engine.pool.k[0].shape[0]
+    num_slots = engine.pool.num_slots
     del server, engine  # free the weights before another run in this process builds its own
     gc.collect()
     if torch.cuda.is_available():
