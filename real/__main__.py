@@ -1,6 +1,6 @@
 """`python -m real run [hydra overrides]`."""
 
-import sys
+from sim.entry import dispatch
 
 USAGE = """usage: python -m real run [key=value ...]
 
@@ -11,13 +11,12 @@ examples:
 
 
 def entry() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] != "run":
-        print(USAGE, file=sys.stderr)
-        sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
-    sys.argv = [f"{sys.argv[0]} run", *sys.argv[2:]]
-    from real.cli import main
+    def load_main():
+        from real.cli import main  # imported late: `--help` must not pay for Hydra (or torch)
 
-    main()
+        return main
+
+    dispatch(USAGE, load_main)
 
 
 if __name__ == "__main__":

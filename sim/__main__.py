@@ -1,6 +1,6 @@
 """`python -m sim run [hydra overrides]`."""
 
-import sys
+from sim.entry import dispatch
 
 USAGE = """usage: python -m sim run [key=value ...] [-m for a multirun sweep]
 
@@ -13,13 +13,12 @@ examples:
 
 
 def entry() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] != "run":
-        print(USAGE, file=sys.stderr)
-        sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
-    sys.argv = [f"{sys.argv[0]} run", *sys.argv[2:]]
-    from sim.cli import main
+    def load_main():
+        from sim.cli import main  # imported late: `--help` must not pay for Hydra (or torch)
 
-    main()
+        return main
+
+    dispatch(USAGE, load_main)
 
 
 if __name__ == "__main__":
