@@ -47,6 +47,19 @@ class Engine:
         on_cuda = pool.k[0].device.type == "cuda"
         return cls(model, pool, grouped_experts=on_cuda, graphs=on_cuda)
 
+    def warm_up(self, max_batch: int) -> None:
+        """Pay first-call costs before a timed run: capture every decode bucket up to `max_batch`
+        sequences and run one small prefill and decode (library handles, kernel selection)."""
+        if self.runner is not None:
+            self.runner.prepare(max_batch)
+        seqs = [self.add_sequence(-1 - i, [1] * 8) for i in range(2)]
+        self.run_pass(seqs)
+        self.run_pass(seqs)
+        for seq in seqs:
+            self.release(seq)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     @property
     def num_layers(self) -> int:
         return self.model.config.num_hidden_layers

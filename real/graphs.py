@@ -59,6 +59,16 @@ class DecodeRunner:
         return (batch.position.stage == Stage.ATTENTION and len(batch.seqs) <= BUCKET_SIZES[-1]
                 and batch.layout.num_tokens == len(batch.seqs))
 
+    def prepare(self, max_batch: int) -> int:
+        """Build (capture) every bucket a batch of up to `max_batch` sequences can need, so that no
+        capture happens while a timed replay runs; returns how many buckets exist."""
+        sizes = BUCKET_SIZES[:bisect_left(BUCKET_SIZES, min(max_batch, BUCKET_SIZES[-1])) + 1]
+        keys = sorted({min(k, self.pool.max_len) for k in range(KEY_STEP, self.pool.max_len + KEY_STEP, KEY_STEP)})
+        for key in ((size, num_keys) for size in sizes for num_keys in keys):
+            if key not in self.buckets:
+                self.buckets[key] = self._new_bucket(*key)
+        return len(self.buckets)
+
     def run_layer(self, batch: BatchState) -> None:
         """Layer `batch.position.layer` for the whole batch; the batch moves to the next layer."""
         bucket = self._bucket(batch)

@@ -15,6 +15,7 @@ from real.engine import Engine
 from real.kv import KVPool
 from real.model import build_model, preset_config
 from real.server import ReplayServer
+from real.timeline import DeviceTimeline
 from sim.results import requests_table, summarize
 from sim.workload import WorkloadConfig, generate_trace, read_trace, to_requests, write_trace
 
@@ -30,13 +31,17 @@ class EngineSettings:
     dtype: str = "float32"
     num_slots: int | None = 64
     kv_memory_fraction: float = 0.9
-    grouped_experts: bool | None = None  # None: grouped on CUDA, eager on CPU
+    max_len: int | None = None  # KV slot length; None: the trace's longest request, rounded up to 256
+    graphs: bool | None = None  # None: the fast path on CUDA (sync-free experts, CUDA graphs), HF's loop on CPU
+    run_ahead: int = 1  # advances the GPU may hold while the server decides (real.timeline)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError("engine.device=cuda but no CUDA device is available")
+        if self.run_ahead < 1:
+            raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
 
 
 @dataclass(frozen=True)
@@ -51,14 +56,41 @@ class ServeSpec:
     trace_path: str | None = None
 
 
-def build_engine(settings: EngineSettings, max_len: int) -> Engine:
-    model = build_model(preset_config(settings.model), settings.device, DTYPES[settings.dtype])
+@dataclass
+class _Built:
+    settings: EngineSettings
+    max_len: int
+    max_batch: int
+    engine: Engine
+
+
+_built: list[_Built] = []  # the last engine, reused by the next run of a multirun (weights take a minute)
+
+
+def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engine:
+    """The engine for a run, warmed up; the previous run's engine when the settings match."""
+    if _built and (_built[0].settings, _built[0].max_len, _built[0].max_batch) == (settings, max_len, max_batch):
+        return _built[0].engine
+    release_engine()
     if settings.num_slots is None and not settings.device.startswith("cuda"):
         raise ValueError("engine.num_slots=null sizes the KV pool from GPU memory: set a number on the CPU")
+    model = build_model(preset_config(settings.model), settings.device, DTYPES[settings.dtype])
     num_slots = settings.num_slots or slots_that_fit(model.config, max_len, settings)
     pool = KVPool.allocate_for(model.config, num_slots, max_len, settings.device, DTYPES[settings.dtype])
-    grouped = settings.device.startswith("cuda") if settings.grouped_experts is None else settings.grouped_experts
-    return Engine(model, pool, grouped_experts=grouped)
+    on_cuda = settings.device.startswith("cuda")
+    fast = on_cuda if settings.graphs is None else settings.graphs
+    engine = Engine(model, pool, grouped_experts=fast and on_cuda, graphs=fast)
+    engine.warm_up(max_batch)
+    _built.append(_Built(settings, max_len, max_batch, engine))
+    return engine
+
+
+def release_engine() -> None:
+    """Drop the kept engine and free its GPU memory."""
+    _built.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def slots_that_fit(config, max_len: int, settings: EngineSettings) -> int:
@@ -81,22 +113,27 @@ def prompt_token_ids(seed: int, vocab_size: int):
 def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     trace = read_trace(spec.trace_path) if spec.trace_path else generate_trace(spec.workload, spec.seed)
     write_trace(trace, out_dir / "trace.csv")  # the simulator replays exactly this
-    max_len = int((trace.prompt_tokens + trace.output_tokens).max())
-    engine = build_engine(spec.engine, max_len)
+    longest = int((trace.prompt_tokens + trace.output_tokens).max())
+    max_len = spec.engine.max_len or -(-longest // 256) * 256
+    if longest > max_len:
+        raise ValueError(f"engine.max_len={max_len} is shorter than the trace's longest request ({longest} tokens)")
+    engine = build_engine(spec.engine, max_len, spec.max_batch_size)
+    if engine.pool.num_free != engine.pool.num_slots:
+        raise RuntimeError("the kept engine still holds KV slots from an earlier run")
     requests = to_requests(trace)
     for request in requests:
         request.kv_unit_tokens = max_len  # one slot per request: the policy's KV budget counts slots
     state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * max_len, max_batch_size=spec.max_batch_size)
-    server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size))
+    timeline = DeviceTimeline(engine.device, depth=spec.engine.run_ahead)
+    server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size),
+                          timeline=timeline)
     outcome = server.run(requests)
     num_slots = engine.pool.num_slots
-    del server, engine  # free the weights before another run in this process builds its own
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    pd.DataFrame(outcome.steps).to_parquet(out_dir / "steps.parquet", index=False)
     table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
     summary["run"] = {"policy": spec.policy_name, "rate": spec.workload.rate, "seed": spec.seed,
                       "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
-                      "num_consults": outcome.num_consults}
+                      "num_consults": outcome.num_consults,
+                      "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead}
     return table, summary

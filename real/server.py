@@ -13,10 +13,26 @@ from policies import Policy, Request, SchedulerState, Transition
 from real.batch import BatchState, merge
 from real.engine import Engine
 from real.sequence import Sequence
+from real.timeline import DeviceTimeline
 
 
 class ServingError(RuntimeError):
     """The replay cannot go on (a policy that idles while work waits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One advance (or a pass's LM head, `finish`) of one batch, with its marks on the timeline."""
+
+    batch_id: int
+    num_seqs: int
+    num_tokens: int
+    from_layer: int
+    to_layer: int
+    kind: str  # "advance" | "finish"
+    issued_s: float  # host clock, since the replay's start
+    begin: int  # DeviceTimeline mark indices
+    end: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +41,7 @@ class ServeOutcome:
     busy_s: float
     wall_s: float
     num_consults: int
+    steps: list[dict]  # Step fields + device begin_s/end_s: what the GPU did when (real.run writes them)
 
 
 @dataclass
@@ -34,15 +51,22 @@ class ReplayServer:
     state: SchedulerState
     prompt_ids: Callable[[Request], list[int]]
     clock: Callable[[], float] = time.perf_counter
+    timeline: DeviceTimeline | None = None  # default: one on the engine's device, run-ahead depth 1
     batches: dict[int, BatchState] = field(default_factory=dict)  # by policies' batch_id
     seqs: dict[int, Sequence] = field(default_factory=dict)  # by request_id
     outputs: dict[int, list[int]] = field(default_factory=dict)  # generated token ids of finished requests
     busy_s: float = 0.0
     num_consults: int = 0
+    steps: list[Step] = field(default_factory=list)
+    first_starts: dict[int, int] = field(default_factory=dict)  # request_id -> mark of its first batch start
+    _start_s: float = field(init=False, default=0.0)
 
     def run(self, requests: list[Request]) -> ServeOutcome:
+        if self.timeline is None:
+            self.timeline = DeviceTimeline(self.engine.device, self.clock)
         pending = deque(sorted(requests, key=lambda r: (r.arrival_s, r.request_id)))
-        remaining, start = len(requests), self.clock()
+        remaining, start = len(requests), self.timeline.start()
+        self._start_s = start
         now = lambda: self.clock() - start  # noqa: E731
         changed = True
         while remaining:
@@ -56,7 +80,18 @@ class ReplayServer:
                 self._wait_for(pending, now)
                 continue
             remaining -= self._advance(now)
-        return ServeOutcome(requests, self.busy_s, now(), self.num_consults)
+        wall_s = now()
+        return ServeOutcome(requests, self.busy_s, wall_s, self.num_consults, self._resolve(requests))
+
+    def _resolve(self, requests: list[Request]) -> list[dict]:
+        """Device times of the marks: each request's `first_scheduled_s` becomes the moment its first
+        batch reached the device (not the host's decision), and the step log gets begin/end times."""
+        times = self.timeline.times_s()
+        for request in requests:
+            if request.request_id in self.first_starts:
+                request.first_scheduled_s = times[self.first_starts[request.request_id]]
+        return [{**{f: getattr(step, f) for f in Step.__slots__}, "begin_s": times[step.begin],
+                 "end_s": times[step.end]} for step in self.steps]
 
     def _consult(self, now_s: float) -> None:
         self.num_consults += 1
@@ -67,11 +102,16 @@ class ReplayServer:
         started = self.clock()
         running = self.state.running
         batch = self.batches[running.batch_id]
+        from_layer, begin = batch.position.layer, self.timeline.mark()
         done = self.engine.advance(batch, self.policy.granularity)
+        self._log(running.batch_id, batch, from_layer, "advance", started - self._start_s, begin,
+                  self.timeline.mark(throttle=not done))
         running.position = batch.position
         finished = []
         if done:
+            issued_s, begin = now(), self.timeline.mark()
             self.engine.finish(batch)  # synchronises: token times below are real
+            self._log(running.batch_id, batch, batch.position.layer, "finish", issued_s, begin, self.timeline.mark())
             del self.batches[running.batch_id]
             finished = self.state.complete_pass(now())
             for request in finished:
@@ -81,8 +121,16 @@ class ReplayServer:
         self.busy_s += self.clock() - started
         return len(finished)
 
+    def _log(self, batch_id: int, batch: BatchState, from_layer: int, kind: str, issued_s: float,
+             begin: int, end: int) -> None:
+        self.steps.append(Step(batch_id, len(batch.seqs), batch.layout.num_tokens, from_layer,
+                               batch.position.layer, kind, issued_s, begin, end))
+
     def _bookkeep(self, t: Transition) -> None:
         if t.started is not None:
+            mark = self.timeline.mark()
+            for request in t.started.requests:
+                self.first_starts.setdefault(request.request_id, mark)
             seqs = [self._sequence(r) for r in t.started.requests]
             self.batches[t.started.batch_id] = self.engine.start(seqs)
         for paused in t.merged:

@@ -27,7 +27,7 @@ def overload(num_be: int = 10, num_ls: int = 4) -> list[Request]:
     """BE requests flood in first (more than the KV slots hold); LS requests arrive while BE batches run."""
     be = [Request(i, 0.0005 * i, 4 + (7 * i) % 17, 5 + i % 4, Priority.BE, kv_unit_tokens=MAX_LEN)
           for i in range(num_be)]
-    ls = [Request(num_be + j, 0.012 + 0.01 * j, 3 + j, 2 + j % 2, Priority.LS, kv_unit_tokens=MAX_LEN)
+    ls = [Request(num_be + j, 0.006 + 0.005 * j, 3 + j, 2 + j % 2, Priority.LS, kv_unit_tokens=MAX_LEN)
           for j in range(num_ls)]
     return be + ls
 

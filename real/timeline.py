@@ -1,0 +1,68 @@
+"""When things happened on the device, and how far the host may run ahead of it.
+
+The engine only *issues* work: with CUDA graphs a whole 32-layer pass is queued in about a millisecond and
+then runs for 30. A scheduler that looks at arrivals between issues would then see an LS arrival only
+after the pass it meant to interrupt had been queued in full. `mark(throttle=True)` bounds the queue: the host waits
+until at most `depth` advances are in flight, so a decision taken at a scheduling point reaches the
+device behind at most that much work, while the device does not idle between layers: with depth 1 the
+host decides about layer k+1 while the device runs layer k.
+
+`mark` records a CUDA event where the device will pass it (a batch's first stage, the end of an
+advance); `times_s` converts them, after the run, to seconds on the replay's wall clock. On the CPU the
+engine runs synchronously: marks are host times and throttling is a no-op."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DeviceTimeline:
+    device: torch.device
+    clock: Callable[[], float] = time.perf_counter
+    depth: int = 1  # advances the device may hold (running or queued) while the host decides the next
+    _origin: object = None  # CUDA event at host time `_origin_s` (both taken after a synchronise)
+    _origin_s: float = 0.0
+    _marks: list = field(default_factory=list)  # CUDA events or host times
+    _inflight: deque = field(default_factory=deque)
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def start(self) -> float:
+        """Synchronise and pin device time to the host clock; returns the host start time."""
+        if self.on_cuda:
+            torch.cuda.synchronize(self.device)
+            self._origin = torch.cuda.Event(enable_timing=True)
+            self._origin.record()
+            torch.cuda.synchronize(self.device)
+        self._origin_s = self.clock()
+        return self._origin_s
+
+    def mark(self, throttle: bool = False) -> int:
+        """A point in the issued work; returns its index for `times_s`. With `throttle` it ends an advance:
+        the host then waits while more than `depth` advances have not finished on the device."""
+        if not self.on_cuda:
+            self._marks.append(self.clock())
+            return len(self._marks) - 1
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        self._marks.append(event)
+        if throttle:
+            self._inflight.append(event)
+            while len(self._inflight) > self.depth:
+                self._inflight.popleft().synchronize()
+        return len(self._marks) - 1
+
+    def times_s(self) -> list[float]:
+        """Every mark in seconds since `start` (synchronises: call once the run is over)."""
+        if not self.on_cuda:
+            return [t - self._origin_s for t in self._marks]
+        torch.cuda.synchronize(self.device)
+        return [self._origin.elapsed_time(event) / 1e3 for event in self._marks]

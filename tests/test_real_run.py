@@ -1,0 +1,72 @@
+"""`real.run.serve` end to end on the CPU (tiny Mixtral): the engine is kept between runs of one process
+with every KV slot given back, and the step log and device timeline are consistent."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from policies import QLLM  # noqa: E402
+from real import run as real_run  # noqa: E402
+from real.engine import Engine  # noqa: E402
+from real.graphs import BUCKET_SIZES  # noqa: E402
+from real.kv import KVPool  # noqa: E402
+from real.model import build_model, preset_config  # noqa: E402
+from real.timeline import DeviceTimeline  # noqa: E402
+from sim.workload import WorkloadConfig  # noqa: E402
+
+
+def spec(rate: float) -> real_run.ServeSpec:
+    workload = WorkloadConfig(rate=rate, num_requests=12, output_mode="fixed", fixed_output_tokens=3)
+    return real_run.ServeSpec(QLLM(max_batch_size=4), "qllm", workload,
+                              real_run.EngineSettings(num_slots=8, graphs=True), seed=1, max_batch_size=4)
+
+
+def test_serve_twice_keeps_the_engine_and_logs_every_step(tmp_path):
+    real_run.release_engine()
+    first, _ = real_run.serve(spec(200.0), tmp_path)
+    engine = real_run._built[0].engine
+    table, summary = real_run.serve(spec(100.0), tmp_path)
+    assert real_run._built[0].engine is engine and engine.pool.num_free == engine.pool.num_slots == 8
+    assert summary["run"]["kv_slot_tokens"] % 256 == 0 and summary["run"]["graphs"]
+    for t in (first, table):
+        assert len(t) == 12 and (t.generated_tokens == 3).all()
+        assert (t.arrival_s <= t.scheduled_s).all() and (t.scheduled_s <= t.first_token_s).all()
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    assert (steps.begin_s <= steps.end_s).all() and (steps.end_s.diff().dropna() >= 0).all()
+    advances, finishes = steps[steps.kind == "advance"], steps[steps.kind == "finish"]
+    assert (advances.from_layer < advances.to_layer).all()
+    # every pass ends with one LM head, and the passes' tokens add up to the tokens generated
+    assert (finishes.to_layer == engine.num_layers).all()
+    assert finishes.num_seqs.sum() == table.generated_tokens.sum()
+    real_run.release_engine()
+    assert not real_run._built
+
+
+def test_a_too_short_kv_slot_is_an_error(tmp_path):
+    short = spec(100.0)
+    short = real_run.ServeSpec(short.policy, "qllm", short.workload,
+                               real_run.EngineSettings(num_slots=8, max_len=8), max_batch_size=4)
+    with pytest.raises(ValueError, match="max_len=8"):
+        real_run.serve(short, tmp_path)
+    with pytest.raises(ValueError, match="run_ahead"):
+        real_run.EngineSettings(run_ahead=0)
+
+
+def test_prepare_builds_every_bucket_up_to_the_batch_size():
+    model = build_model(preset_config("tiny-mixtral"), seed=0)
+    engine = Engine(model, KVPool.allocate_for(model.config, 4, 600, "cpu", torch.float32), graphs=True)
+    assert engine.runner.prepare(max_batch=5) == 4 * 3  # sizes 1, 2, 4, 8 x keys 256, 512, 600
+    assert {size for size, _ in engine.runner.buckets} == set(BUCKET_SIZES[:4])
+    assert {keys for _, keys in engine.runner.buckets} == {256, 512, 600}
+
+
+def test_cpu_timeline_marks_host_times_from_the_start():
+    ticks = iter(range(10, 100))
+    timeline = DeviceTimeline(torch.device("cpu"), clock=lambda: float(next(ticks)))
+    assert timeline.start() == 10.0
+    marks = [timeline.mark(), timeline.mark(throttle=True), timeline.mark()]
+    assert marks == [0, 1, 2] and timeline.times_s() == [1.0, 2.0, 3.0]
