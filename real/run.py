@@ -24,13 +24,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """`num_slots=None` sizes the KV pool from free GPU memory (`kv_memory_fraction` of it)."""
+    """`num_slots=None` sizes the KV pool from free GPU memory (`kv_memory_fraction` of what is left
+    after `kv_reserve_gib`)."""
 
     model: str = "tiny-mixtral"
     device: str = "cpu"
     dtype: str = "float32"
     num_slots: int | None = 64
     kv_memory_fraction: float = 0.9
+    kv_reserve_gib: float = 8.0  # kept out of the KV pool: activations, CUDA graphs' pool, library workspaces
     max_len: int | None = None  # KV slot length; None: the trace's longest request, rounded up to 256
     graphs: bool | None = None  # None: the fast path on CUDA (sync-free experts, CUDA graphs), HF's loop on CPU
     run_ahead: int = 1  # advances the GPU may hold while the server decides (real.timeline)
@@ -94,8 +96,9 @@ def release_engine() -> None:
 
 
 def slots_that_fit(config, max_len: int, settings: EngineSettings) -> int:
-    """KV slots of `max_len` tokens in the free GPU memory left after the weights."""
+    """KV slots of `max_len` tokens in the free GPU memory left after the weights and the reserve."""
     free, _ = torch.cuda.mem_get_info()
+    free = max(free - settings.kv_reserve_gib * 2**30, 0)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     per_slot = 2 * config.num_hidden_layers * max_len * config.num_key_value_heads * head_dim
     per_slot *= torch.finfo(DTYPES[settings.dtype]).bits // 8
