@@ -47,6 +47,7 @@ class Engine:
         on_cuda = pool.k[0].device.type == "cuda"
         return cls(model, pool, grouped_experts=on_cuda, graphs=on_cuda)
 
+    @torch.inference_mode()
     def warm_up(self, max_batch: int) -> None:
         """Pay first-call costs before a timed run: capture every decode bucket up to `max_batch`
         sequences and run one small prefill and decode (library handles, kernel selection)."""

@@ -59,6 +59,7 @@ class DecodeRunner:
         return (batch.position.stage == Stage.ATTENTION and len(batch.seqs) <= BUCKET_SIZES[-1]
                 and batch.layout.num_tokens == len(batch.seqs))
 
+    @torch.inference_mode()  # else autograd keeps every captured layer's intermediates alive
     def prepare(self, max_batch: int) -> int:
         """Build (capture) every bucket a batch of up to `max_batch` sequences can need, so that no
         capture happens while a timed replay runs; returns how many buckets exist."""
