@@ -20,6 +20,18 @@ def admit_fifo(waiting: Iterable[Request], max_requests: int, num_free_kv_tokens
     return chosen
 
 
+def within_padded_tokens(chosen: list[Request], extra: list[Request], max_padded_tokens: int) -> list[Request]:
+    """The longest prefix of `extra` that keeps (chosen + prefix) within `max_padded_tokens` when the
+    prompts are padded to the longest one, as a batched prefill runs them."""
+    longest, kept = max((r.num_prompt_tokens for r in chosen), default=0), []
+    for request in extra:
+        longest = max(longest, request.num_prompt_tokens)
+        if (len(chosen) + len(kept) + 1) * longest > max_padded_tokens:
+            break
+        kept.append(request)
+    return kept
+
+
 def by_arrival(*queues: Iterable[Request]) -> Iterable[Request]:
     """Merge FIFO queues into one arrival-ordered stream (lazily)."""
     return heapq.merge(*queues, key=lambda r: (r.arrival_s, r.request_id))

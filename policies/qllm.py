@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policies.admission import admit_fifo, kv_of
+from policies.admission import admit_fifo, kv_of, within_padded_tokens
 from policies.batch import Granularity
 from policies.decision import CONTINUE, Decision, Merge, Resume, RunBatch
 from policies.request import Request
@@ -19,18 +19,23 @@ class QLLM:
     absorbs the paused batch when it reaches the paused position (nothing recomputed). Between
     iterations, Algorithm 1 forms the next batch. Beyond the paper: `fill_ls_prefill=False` keeps
     LS prefill batches LS-only; `preempt_ls_decode=True` also pauses batches of LS decodes (but never
-    LS prefills) for a waiting LS prefill, so a new LS request starts within one layer.
+    LS prefills) for a waiting LS prefill, so a new LS request starts within one layer;
+    `fill_max_tokens` caps the BE prefills that fill an LS prefill batch at that many padded tokens
+    (batch x longest prompt), since a running LS prefill cannot be preempted by the next LS request.
     """
 
     max_batch_size: int = 32
     granularity: Granularity = Granularity.LAYER
     fill_ls_prefill: bool = True
     preempt_ls_decode: bool = False
+    fill_max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.granularity = Granularity.parse(self.granularity)
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.fill_max_tokens is not None and self.fill_max_tokens < 1:
+            raise ValueError(f"fill_max_tokens must be >= 1 or null, got {self.fill_max_tokens}")
 
     def schedule(self, view: SchedulerView) -> Decision:
         running = view.running
@@ -62,7 +67,10 @@ class QLLM:
         ls_prefill = admit_fifo(q.ls_prefill, size, free_kv)
         if ls_prefill:
             room = size - len(ls_prefill) if self.fill_ls_prefill else 0
-            return tuple(ls_prefill + admit_fifo(q.be_prefill, room, free_kv - kv_of(ls_prefill)))
+            fill = admit_fifo(q.be_prefill, room, free_kv - kv_of(ls_prefill))
+            if self.fill_max_tokens is not None:
+                fill = within_padded_tokens(ls_prefill, fill, self.fill_max_tokens)
+            return tuple(ls_prefill + fill)
         if q.ls_decode:
             ls_decode = q.ls_decode.head(size)
             return tuple(ls_decode + q.be_decode.head(size - len(ls_decode)))

@@ -50,14 +50,18 @@ class Engine:
     @torch.inference_mode()
     def warm_up(self, max_batch: int) -> None:
         """Pay first-call costs before a timed run: capture every decode bucket up to `max_batch`
-        sequences and run one small prefill and decode (library handles, kernel selection)."""
+        sequences and run prefills and decodes of a few sizes (on the H200 the first prefills of a
+        process took 0.7-1 s instead of 50-150 ms: library handles, kernel selection)."""
         if self.runner is not None:
             self.runner.prepare(max_batch)
-        seqs = [self.add_sequence(-1 - i, [1] * 8) for i in range(2)]
-        self.run_pass(seqs)
-        self.run_pass(seqs)
-        for seq in seqs:
-            self.release(seq)
+        longest = min(self.pool.max_len - 1, 1024)
+        for num_seqs, length in ((1, 8), (2, 64), (1, longest), (min(max_batch, 8), longest // 2),
+                                 (min(max_batch, self.pool.num_slots), 128)):
+            seqs = [self.add_sequence(-1 - i, [1] * length) for i in range(min(num_seqs, self.pool.num_free))]
+            self.run_pass(seqs)  # prefill (first calls of grouped GEMMs and attention at these sizes)
+            self.run_pass(seqs)  # decode
+            for seq in seqs:
+                self.release(seq)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -60,6 +60,8 @@ def attention_load(batch: Batch) -> AttentionLoad:
         prefill_sq_tokens=sum(n * n for n in prefill),
         num_decode_seqs=len(decode),
         decode_ctx_tokens=sum(decode),
+        prefill_max_tokens=max(prefill, default=0),
+        decode_max_ctx=max(decode, default=0),
     )
 
 

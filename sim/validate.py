@@ -25,8 +25,11 @@ METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"
 def simulate_like(run_dir: Path, hardware: str, model: str) -> pd.DataFrame:
     """The simulator on the real run's trace, policy, batch size and KV slots."""
     summary = json.loads((run_dir / "summary.json").read_text())["run"]
-    spec = compose_spec([f"policy={summary['policy']}", f"hardware={hardware}", f"model={model}",
-                         f"seed={summary['seed']}", "progress=false"])
+    overrides = [f"policy={summary['policy']}", f"hardware={hardware}", f"model={model}",
+                 f"seed={summary['seed']}", "progress=false"]
+    if summary.get("graphs") and hardware.endswith("-measured"):  # the profile of the engine as it ran
+        overrides.append("hardware.profile.impl=engine-graphs")
+    spec = compose_spec(overrides)
     requests = to_requests(read_trace(run_dir / "trace.csv"))
     for request in requests:
         request.kv_unit_tokens = summary["kv_slot_tokens"]
@@ -43,6 +46,11 @@ def compare(real: pd.DataFrame, sim: pd.DataFrame, slo_s: float = 3.0) -> dict[s
         r = class_metrics(real[real.priority == cls], slo_s)[metric]
         s = class_metrics(sim[sim.priority == cls], slo_s)[metric]
         row[f"{cls} {metric} real"], row[f"{cls} {metric} err %"] = r, 100 * (s - r) / r
+    for name, table in (("real", real), ("sim", sim)):
+        ls = table[table.priority == "LS"]
+        reaction = ls.scheduled_s - ls.arrival_s
+        row[f"LS reaction p50 ms {name}"] = 1e3 * reaction.median()
+        row[f"LS reaction p99 ms {name}"] = 1e3 * reaction.quantile(0.99)
     r, s = throughput(real, 0.0)["tokens_per_s"], throughput(sim, 0.0)["tokens_per_s"]
     row["tokens/s real"], row["tokens/s err %"] = r, 100 * (s - r) / r
     return row

@@ -56,6 +56,21 @@ def test_ls_prefill_not_topped_up_when_disabled():
     assert ids(decision) == [0]
 
 
+@pytest.mark.parametrize("budget,expected", [(None, [0, 200, 201, 202]), (40, [0, 200, 201, 202]),
+                                             (39, [0, 200, 201]), (20, [0, 200]), (10, [0]), (5, [0])])
+def test_fill_max_tokens_caps_the_padded_be_fill(budget, expected):
+    # prompts of 10 tokens: the batch pads to 10 per sequence; the LS prefill itself is never cut
+    decision = QLLM(max_batch_size=B, fill_max_tokens=budget).schedule(state_with(1, 0, 3, 0).view(0.0))
+    assert ids(decision) == expected
+
+
+def test_fill_max_tokens_pads_to_the_longest_prompt():
+    state = state_with(1, 0, 3, 0)
+    state.queues.be_prefill.head(2)[1].num_prompt_tokens = 30  # request 201: the batch would pad to 30
+    decision = QLLM(max_batch_size=B, fill_max_tokens=80).schedule(state.view(0.0))
+    assert ids(decision) == [0, 200]  # 3 x 30 = 90 > 80
+
+
 def test_prefill_admission_respects_kv():
     # each request reserves 15 KV tokens: 40 free admits two
     decision = QLLM(max_batch_size=B).schedule(state_with(0, 0, 4, 0, kv=40).view(0.0))

@@ -17,6 +17,8 @@ class AttentionLoad:
     prefill_sq_tokens: int = 0  # sum of prompt_len**2: causal attention work grows with it
     num_decode_seqs: int = 0
     decode_ctx_tokens: int = 0  # sum of decode context lengths: KV bytes read grow with it
+    prefill_max_tokens: int = 0  # longest prompt (0: unknown): engines that pad a prefill group to it
+    decode_max_ctx: int = 0  # longest decode context (0: unknown): the keys a padded decode group reads
 
     @property
     def num_tokens(self) -> int:

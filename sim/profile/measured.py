@@ -194,12 +194,20 @@ class MeasuredProfile:
 
 
 def _attention(curves: dict[str, Curve], load: AttentionLoad) -> float:
+    """The measured implementations pad: a group of sequences is attended as one [B, Q, K] call, Q and
+    K being the group's longest (the grids were measured with equal lengths, so curve(B, longest) is
+    the padded call). Loads without their maxima fall back to the mean (decode) and the
+    root-mean-square length (prefill: exact for both the linear and the quadratic work)."""
     total = 0.0
     if load.num_decode_seqs:
-        total += curves["attention_decode"](load.num_decode_seqs, load.decode_ctx_tokens / load.num_decode_seqs)
-    if load.num_prefill_seqs:  # root-mean-square length: exact for both the linear and the quadratic work
-        length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
-        total += curves["attention_prefill"](load.num_prefill_tokens / length, length)
+        context = load.decode_max_ctx or load.decode_ctx_tokens / load.num_decode_seqs
+        total += curves["attention_decode"](load.num_decode_seqs, context)
+    if load.num_prefill_seqs:
+        if load.prefill_max_tokens:
+            total += curves["attention_prefill"](load.num_prefill_seqs, load.prefill_max_tokens)
+        else:
+            length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
+            total += curves["attention_prefill"](load.num_prefill_tokens / length, length)
     return total
 
 
