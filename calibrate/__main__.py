@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = """usage: python -m calibrate run [key=value ...]    (keys: calibrate/conf/calibrate.yaml)
        python -m calibrate check DIR [--impl engine hf]
+       python -m calibrate serving RUN_DIR... --profile DIR   (server costs from real.run step logs)
 
 examples:
   python -m calibrate run model=tiny-mixtral small=true          # CPU smoke test
@@ -63,6 +64,10 @@ def entry() -> None:
         main(argv_for(compose(args)))
     elif command == "check":
         from calibrate.check import main
+
+        main(args)
+    elif command == "serving":
+        from calibrate.serving import main
 
         main(args)
     else:

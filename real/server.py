@@ -27,6 +27,7 @@ class Step:
     batch_id: int
     num_seqs: int
     num_tokens: int
+    longest: int  # tokens of the longest sequence (prompt, or context when decoding): the padded length
     from_layer: int
     to_layer: int
     kind: str  # "advance" | "finish"
@@ -123,7 +124,8 @@ class ReplayServer:
 
     def _log(self, batch_id: int, batch: BatchState, from_layer: int, kind: str, issued_s: float,
              begin: int, end: int) -> None:
-        self.steps.append(Step(batch_id, len(batch.seqs), batch.layout.num_tokens, from_layer,
+        longest = max(len(s.token_ids) for s in batch.seqs)
+        self.steps.append(Step(batch_id, len(batch.seqs), batch.layout.num_tokens, longest, from_layer,
                                batch.position.layer, kind, issued_s, begin, end))
 
     def _bookkeep(self, t: Transition) -> None:

@@ -29,6 +29,7 @@ STAGES = {"attention_decode", "attention_prefill", "router", "expert", "experts_
 REQUIRED = {"attention_decode", "attention_prefill", "router", "experts_layer", "lm_head"}
 COLUMNS = ["stage", "x1", "x2", "split", "repeat", "time_s"]
 CLOCKS = ("time_s", "latency_s", "host_s", "gpu_s")
+SERVED = ("engine", "engine-graphs")  # the implementations real.run serves with (calibrate.serving)
 PASS_IMPL = {"engine": "engine", "engine-graphs": "engine-graphs", "hf": "hf-grouped_mm"}  # stage set -> the passes that check it
 
 
@@ -226,7 +227,9 @@ def measured_overheads(profile: MeasuredProfile) -> Overheads:
     from `layer_decode` (one whole decode layer as the engine steps it) minus the layer's stages
     (pipelined: host times; else the chosen column), median over batch sizes; without that stage,
     from the calibration passes (`_pass_stage_s`). iteration_s: a 2-layer pass minus its layers,
-    embedding and LM head. Merge and pause+resume: events.csv. Floored at 0; 0 where not measured."""
+    embedding and LM head. Merge and pause+resume: events.csv. Floored at 0; 0 where not measured.
+    Where events.csv has the serving engine's own gaps (`python -m calibrate serving`), those replace
+    iteration (server_pass), pause (server_switch) and merge (server_merge) for the served impls."""
     stage_s = _layer_stage_s(profile) if "layer_decode" in profile.curves else _pass_stage_s(profile)
     profile._stage_s = stage_s
     iteration_s = 0.0
@@ -238,8 +241,12 @@ def measured_overheads(profile: MeasuredProfile) -> Overheads:
         iteration_s = max(float(np.median(med[2].to_numpy() - 2 * predicted - ends)), 0.0)
     events = _event_costs(profile.directory)
     pause = events.get("pause_resume", 0.0)
-    return Overheads(stage_s=stage_s, iteration_s=iteration_s, pause_s=pause / 2, resume_s=pause / 2,
-                     merge_s=max(events.get("merge", 0.0), 0.0))
+    overheads = Overheads(stage_s=stage_s, iteration_s=iteration_s, pause_s=pause / 2, resume_s=pause / 2,
+                          merge_s=max(events.get("merge", 0.0), 0.0))
+    if profile.impl in SERVED and "server_pass" in events:  # measured on the serving engine itself
+        overheads = replace(overheads, iteration_s=events["server_pass"], merge_s=events.get("server_merge", 0.0),
+                            pause_s=events.get("server_switch", 0.0), resume_s=0.0)
+    return overheads
 
 
 def _event_costs(directory: Path) -> dict[str, float]:

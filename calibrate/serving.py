@@ -1,0 +1,75 @@
+"""Server costs the stage grids cannot see, measured on serving runs' step logs.
+
+Between two of the engine's steps the GPU idles while the server works on the host: after a pass's
+LM head it waits for the tokens, books them, asks the policy and builds the next batch's layout
+(`server_pass`); when a policy switches batches mid-pass it pauses one and starts or resumes another
+(`server_switch`); a merge rebuilds the running batch's layout (`server_merge`). `real.run` logs every
+step with device timestamps (steps.parquet); this module turns the idle gaps into rows of a profile's
+events.csv, which `sim.profile.measured` charges as the iteration, pause and merge overheads.
+
+    python -m calibrate serving RUN_DIR [RUN_DIR ...] --profile calibrate/profiles/h200/mixtral-8x7b-bf16
+
+Calibrate on some runs and validate (`python -m sim.validate`) on others, so the check is not circular.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+EVENTS = ("server_pass", "server_switch", "server_merge")
+MAX_GAP_S = 0.02  # longer gaps are the server sleeping until the next arrival, not working
+
+
+def gaps(steps: pd.DataFrame) -> pd.DataFrame:
+    """One row (event, time_s) per idle gap between consecutive steps of one run."""
+    prev, nxt = steps.iloc[:-1].reset_index(drop=True), steps.iloc[1:].reset_index(drop=True)
+    gap = nxt.begin_s - prev.end_s
+    event = pd.Series(pd.NA, index=gap.index, dtype="object")
+    event[prev.kind == "finish"] = "server_pass"
+    advance = prev.kind == "advance"
+    event[advance & (nxt.batch_id != prev.batch_id)] = "server_switch"
+    event[advance & (nxt.batch_id == prev.batch_id) & (nxt.num_seqs != prev.num_seqs)] = "server_merge"
+    rows = pd.DataFrame({"event": event, "time_s": gap})
+    return rows[rows.event.notna() & (rows.time_s >= 0) & (rows.time_s <= MAX_GAP_S)]
+
+
+def collect(run_dirs: list[Path]) -> pd.DataFrame:
+    found = [d / "steps.parquet" for d in run_dirs if (d / "steps.parquet").exists()]
+    if not found:
+        raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, run_dirs))}")
+    table = pd.concat([gaps(pd.read_parquet(path)) for path in found], ignore_index=True)
+    table["repeat"] = table.groupby("event").cumcount()
+    return table[["event", "repeat", "time_s"]]
+
+
+def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """Replace the profile's server_* rows with `rows`; the calibration's own events are kept."""
+    path = profile / "events.csv"
+    if not path.exists():
+        raise SystemExit(f"error: {path} does not exist (not a calibration profile?)")
+    kept = pd.read_csv(path)
+    kept = kept[~kept.event.isin(EVENTS)]
+    table = pd.concat([kept, rows], ignore_index=True)
+    table.to_csv(path, index=False)
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m calibrate serving", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="real.run output folders (with steps.parquet), or parents")
+    parser.add_argument("--profile", type=Path, required=True, help="profile folder whose events.csv gets the rows")
+    args = parser.parse_args(argv)
+    run_dirs = sorted({p.parent for r in args.runs for p in r.rglob("steps.parquet")})
+    rows = collect(run_dirs)
+    write_events(args.profile, rows)
+    summary = rows.groupby("event").time_s.describe(percentiles=[0.5, 0.9])[["count", "mean", "50%", "90%"]]
+    print(f"{len(run_dirs)} runs -> {args.profile / 'events.csv'} (ms):")
+    print((summary.assign(count=summary["count"] / 1e3) * 1e3).rename(columns={"count": "n"}).round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()
