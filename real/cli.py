@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+
+# Before torch touches CUDA: with the KV pool filling the GPU, fixed-size segments made the allocator
+# free and re-map memory (synchronising) whenever a prefill needed a new size.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 import hydra
 from hydra.core.hydra_config import HydraConfig

@@ -32,7 +32,7 @@ class EngineSettings:
     dtype: str = "float32"
     num_slots: int | None = 64
     kv_memory_fraction: float = 0.9
-    kv_reserve_gib: float = 8.0  # kept out of the KV pool: activations, CUDA graphs' pool, library workspaces
+    kv_reserve_gib: float = 16.0  # kept out of the KV pool: activations, CUDA graphs' pool, library workspaces
     max_len: int | None = None  # KV slot length; None: the trace's longest request, rounded up to 256
     graphs: bool | None = None  # None: the fast path on CUDA (sync-free experts, CUDA graphs), HF's loop on CPU
     run_ahead: int = 1  # advances the GPU may hold while the server decides (real.timeline)
@@ -130,7 +130,12 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     timeline = DeviceTimeline(engine.device, depth=spec.engine.run_ahead)
     server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size),
                           timeline=timeline)
-    outcome = server.run(requests)
+    gc.collect()
+    gc.freeze()  # the weights' and engine's objects stay out of the collector's scans during the replay
+    try:
+        outcome = server.run(requests)
+    finally:
+        gc.unfreeze()
     num_slots = engine.pool.num_slots
     pd.DataFrame(outcome.steps).to_parquet(out_dir / "steps.parquet", index=False)
     table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
