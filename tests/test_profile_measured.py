@@ -167,3 +167,23 @@ def test_committed_profiles_load_and_predict_a_plausible_decode_step(directory, 
                       top_k=2 if "mixtral" in directory.name else 8)
     assert {"gpu", "torch", "transformers", "cuda", "git_revision", "date"} <= set(profile.meta)
     assert 0.005 < decode_step_s(profile, model, 32, 512) < 1.0
+
+
+def test_padded_groups_cost_their_longest_sequence(tmp_path):
+    p = MeasuredProfile(synthetic(tmp_path), clock="time_s")
+    mixed = AttentionLoad(num_prefill_seqs=4, num_prefill_tokens=130, prefill_sq_tokens=3 * 10**2 + 100**2,
+                          prefill_max_tokens=100, num_decode_seqs=4, decode_ctx_tokens=1300, decode_max_ctx=1000)
+    assert p.attention_s(mixed) == pytest.approx(cost_s(4, 100) + cost_s(4, 1000), rel=1e-3)  # padded
+    unknown = AttentionLoad(num_decode_seqs=4, decode_ctx_tokens=400)  # no maxima: the mean context
+    assert p.attention_s(unknown) == pytest.approx(cost_s(4, 100), rel=1e-3)
+
+
+def test_serving_gaps_replace_the_bare_loop_overheads(tmp_path):
+    directory = synthetic(tmp_path, passes=True)
+    events = pd.read_csv(directory / "events.csv")
+    served = [{"event": "server_pass", "repeat": r, "time_s": 7e-4 + 1e-6 * r} for r in range(5)]
+    served += [{"event": "server_switch", "repeat": r, "time_s": 5e-4} for r in range(5)]
+    pd.concat([events, pd.DataFrame(served)]).to_csv(directory / "events.csv", index=False)
+    p = MeasuredProfile(directory, clock="time_s")
+    assert p.overheads.iteration_s == pytest.approx(7.02e-4)
+    assert (p.overheads.pause_s, p.overheads.resume_s, p.overheads.merge_s) == (pytest.approx(5e-4), 0.0, 0.0)

@@ -108,7 +108,8 @@ def curves(table: pd.DataFrame, impl: str = "engine", split: str = "grid", clock
 @dataclass
 class MeasuredProfile:
     """Stage costs of one implementation: `impl` engine (real/'s stage functions, stage by stage),
-    engine-graphs (the same engine with decode layers replayed as CUDA graphs: GPU time only) or hf
+    engine-graphs (the same engine with decode layers replayed as CUDA graphs: GPU time only; layers
+    with prefill tokens are stepped as in `engine`) or hf
     (Hugging Face's modules). Experts: the layer's one call (`experts_layer` at the layer's token
     count) shared among experts by load.
 
@@ -146,6 +147,9 @@ class MeasuredProfile:
         meta = self.directory / "meta.json"
         self.meta = json.loads(meta.read_text()) if meta.exists() else {}
         self._stage_s = 0.0  # the engine's own work per stage (pipelined: inside the layer's host path)
+        # only pure decode layers are replayed as graphs: prefill and mixed layers run stage by stage,
+        # with the host path of the engine's stages
+        self._stepped = MeasuredProfile(self.directory, self.top_k, "engine") if graphs else None
         if self.overheads is None:
             self.overheads = measured_overheads(self)
         if self.clock == "pipelined":  # attention carries it, so that a layer costs exactly the pipelined total
@@ -160,6 +164,8 @@ class MeasuredProfile:
         return f"measured/{self.directory.parent.name}/{self.directory.name}{suffix}"
 
     def attention_s(self, load: AttentionLoad) -> float:
+        if self._stepped is not None and load.num_prefill_seqs:
+            return self._stepped.attention_s(load)
         if self.clock != "pipelined":
             return _attention(self.curves, load)
         host, gpu = self.clocks["host_s"], self.clocks["gpu_s"]

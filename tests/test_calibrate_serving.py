@@ -1,0 +1,46 @@
+"""calibrate.serving: idle gaps between a serving run's steps become the profile's server_* events."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from calibrate.serving import collect, gaps, write_events
+
+
+def step(batch_id, num_seqs, kind, begin_s, end_s):
+    return {"batch_id": batch_id, "num_seqs": num_seqs, "num_tokens": num_seqs, "longest": 10, "from_layer": 0,
+            "to_layer": 1, "kind": kind, "issued_s": begin_s, "begin": 0, "end": 0, "begin_s": begin_s, "end_s": end_s}
+
+
+STEPS = pd.DataFrame([
+    step(0, 2, "advance", 0.000, 0.010),
+    step(0, 2, "finish", 0.010, 0.011),
+    step(1, 3, "advance", 0.0117, 0.020),  # after a pass: 0.7 ms
+    step(2, 1, "advance", 0.0205, 0.030),  # another batch mid-pass (a preemption): 0.5 ms
+    step(2, 4, "advance", 0.0301, 0.040),  # the same batch, more sequences (a merge): 0.1 ms
+    step(2, 4, "advance", 0.0400, 0.050),  # plain next layer: no event
+    step(2, 4, "finish", 0.050, 0.051),
+    step(3, 1, "advance", 0.551, 0.560),  # 0.5 s later: the server slept until an arrival, not counted
+])
+
+
+def test_gaps_are_classified_and_sleep_is_left_out():
+    rows = gaps(STEPS)
+    assert rows.event.tolist() == ["server_pass", "server_switch", "server_merge"]
+    assert rows.time_s.tolist() == pytest.approx([7e-4, 5e-4, 1e-4])
+
+
+def test_write_events_keeps_calibration_rows_and_replaces_server_rows(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    STEPS.to_parquet(run / "steps.parquet")
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    pd.DataFrame([{"event": "merge", "repeat": 0, "time_s": 4e-4},
+                  {"event": "server_pass", "repeat": 0, "time_s": 1.0}]).to_csv(profile / "events.csv", index=False)
+    table = write_events(profile, collect([run]))
+    assert sorted(table.event) == ["merge", "server_merge", "server_pass", "server_switch"]
+    assert table[table.event == "server_pass"].time_s.tolist() == pytest.approx([7e-4])
+    with pytest.raises(SystemExit, match="no steps.parquet"):
+        collect([tmp_path / "nothing"])
