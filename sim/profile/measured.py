@@ -166,12 +166,14 @@ class MeasuredProfile:
     def attention_s(self, load: AttentionLoad) -> float:
         if self._stepped is not None and load.num_prefill_seqs:
             return self._stepped.attention_s(load)
+        padded = self.impl in SERVED
         if self.clock != "pipelined":
-            return _attention(self.curves, load)
+            return _attention(self.curves, load, padded)
         host, gpu = self.clocks["host_s"], self.clocks["gpu_s"]
         tokens = max(load.num_tokens, 1)
-        host_path = _attention(host, load) + host["router"](tokens) + host["experts_layer"](tokens) + 2 * self._stage_s
-        gpu_path = _attention(gpu, load) + gpu["router"](tokens) + gpu["experts_layer"](tokens)
+        host_path = (_attention(host, load, padded) + host["router"](tokens) + host["experts_layer"](tokens)
+                     + 2 * self._stage_s)
+        gpu_path = _attention(gpu, load, padded) + gpu["router"](tokens) + gpu["experts_layer"](tokens)
         others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
         return max(host_path, gpu_path) - others  # >= the attention's own GPU time
 
@@ -200,17 +202,18 @@ class MeasuredProfile:
             2 * self.overheads_stage_s
 
 
-def _attention(curves: dict[str, Curve], load: AttentionLoad) -> float:
-    """The measured implementations pad: a group of sequences is attended as one [B, Q, K] call, Q and
-    K being the group's longest (the grids were measured with equal lengths, so curve(B, longest) is
-    the padded call). Loads without their maxima fall back to the mean (decode) and the
-    root-mean-square length (prefill: exact for both the linear and the quadratic work)."""
+def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = False) -> float:
+    """`padded` (the real engine): a group of sequences is attended as one [B, Q, K] call, Q and K being
+    the group's longest (the grids were measured with equal lengths, so curve(B, longest) is the padded
+    call). Otherwise, and for loads without their maxima, the mean context (decode) and the
+    root-mean-square length (prefill: exact for both the linear and the quadratic work), as a
+    variable-length kernel (TGI's, the paper's baseline) does."""
     total = 0.0
     if load.num_decode_seqs:
-        context = load.decode_max_ctx or load.decode_ctx_tokens / load.num_decode_seqs
+        context = (padded and load.decode_max_ctx) or load.decode_ctx_tokens / load.num_decode_seqs
         total += curves["attention_decode"](load.num_decode_seqs, context)
     if load.num_prefill_seqs:
-        if load.prefill_max_tokens:
+        if padded and load.prefill_max_tokens:
             total += curves["attention_prefill"](load.num_prefill_seqs, load.prefill_max_tokens)
         else:
             length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
