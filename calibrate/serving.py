@@ -66,9 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     run_dirs = sorted({p.parent for r in args.runs for p in r.rglob("steps.parquet")})
     rows = collect(run_dirs)
     write_events(args.profile, rows)
-    summary = rows.groupby("event").time_s.describe(percentiles=[0.5, 0.9])[["count", "mean", "50%", "90%"]]
+    ms = rows.assign(time_ms=rows.time_s * 1e3).groupby("event").time_ms
+    summary = ms.agg(n="size", mean="mean", p50="median", p90=lambda t: t.quantile(0.9))
     print(f"{len(run_dirs)} runs -> {args.profile / 'events.csv'} (ms):")
-    print((summary.assign(count=summary["count"] / 1e3) * 1e3).rename(columns={"count": "n"}).round(3).to_string())
+    print(summary.round(3).to_string())
 
 
 if __name__ == "__main__":

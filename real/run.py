@@ -72,7 +72,9 @@ _built: list[_Built] = []  # the last engine, reused by the next run of a multir
 def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engine:
     """The engine for a run, warmed up; the previous run's engine when the settings match."""
     if _built and (_built[0].settings, _built[0].max_len, _built[0].max_batch) == (settings, max_len, max_batch):
-        return _built[0].engine
+        pool = _built[0].engine.pool
+        if pool.num_free == pool.num_slots:  # a run that failed may have left slots taken: rebuild then
+            return _built[0].engine
     release_engine()
     if settings.num_slots is None and not settings.device.startswith("cuda"):
         raise ValueError("engine.num_slots=null sizes the KV pool from GPU memory: set a number on the CPU")
@@ -121,8 +123,6 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     if longest > max_len:
         raise ValueError(f"engine.max_len={max_len} is shorter than the trace's longest request ({longest} tokens)")
     engine = build_engine(spec.engine, max_len, spec.max_batch_size)
-    if engine.pool.num_free != engine.pool.num_slots:
-        raise RuntimeError("the kept engine still holds KV slots from an earlier run")
     requests = to_requests(trace)
     for request in requests:
         request.kv_unit_tokens = max_len  # one slot per request: the policy's KV budget counts slots

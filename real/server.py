@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from policies import Policy, Request, SchedulerState, Transition
 from real.batch import BatchState, merge
@@ -60,14 +60,12 @@ class ReplayServer:
     num_consults: int = 0
     steps: list[Step] = field(default_factory=list)
     first_starts: dict[int, int] = field(default_factory=dict)  # request_id -> mark of its first batch start
-    _start_s: float = field(init=False, default=0.0)
 
     def run(self, requests: list[Request]) -> ServeOutcome:
         if self.timeline is None:
             self.timeline = DeviceTimeline(self.engine.device, self.clock)
         pending = deque(sorted(requests, key=lambda r: (r.arrival_s, r.request_id)))
         remaining, start = len(requests), self.timeline.start()
-        self._start_s = start
         now = lambda: self.clock() - start  # noqa: E731
         changed = True
         while remaining:
@@ -91,8 +89,7 @@ class ReplayServer:
         for request in requests:
             if request.request_id in self.first_starts:
                 request.first_scheduled_s = times[self.first_starts[request.request_id]]
-        return [{**{f: getattr(step, f) for f in Step.__slots__}, "begin_s": times[step.begin],
-                 "end_s": times[step.end]} for step in self.steps]
+        return [{**asdict(step), "begin_s": times[step.begin], "end_s": times[step.end]} for step in self.steps]
 
     def _consult(self, now_s: float) -> None:
         self.num_consults += 1
@@ -100,26 +97,26 @@ class ReplayServer:
 
     def _advance(self, now: Callable[[], float]) -> int:
         """Run the running batch to its next scheduling point; returns how many requests finished."""
-        started = self.clock()
+        issued_s = now()
         running = self.state.running
         batch = self.batches[running.batch_id]
         from_layer, begin = batch.position.layer, self.timeline.mark()
         done = self.engine.advance(batch, self.policy.granularity)
-        self._log(running.batch_id, batch, from_layer, "advance", started - self._start_s, begin,
+        self._log(running.batch_id, batch, from_layer, "advance", issued_s, begin,
                   self.timeline.mark(throttle=not done))
         running.position = batch.position
         finished = []
         if done:
-            issued_s, begin = now(), self.timeline.mark()
+            finish_s, begin = now(), self.timeline.mark()
             self.engine.finish(batch)  # synchronises: token times below are real
-            self._log(running.batch_id, batch, batch.position.layer, "finish", issued_s, begin, self.timeline.mark())
+            self._log(running.batch_id, batch, batch.position.layer, "finish", finish_s, begin, self.timeline.mark())
             del self.batches[running.batch_id]
             finished = self.state.complete_pass(now())
             for request in finished:
                 seq = self.seqs.pop(request.request_id)
                 self.outputs[request.request_id] = seq.token_ids[request.num_prompt_tokens:]
                 self.engine.release(seq)
-        self.busy_s += self.clock() - started
+        self.busy_s += now() - issued_s
         return len(finished)
 
     def _log(self, batch_id: int, batch: BatchState, from_layer: int, kind: str, issued_s: float,
