@@ -46,7 +46,7 @@ class _Bench:
 
     def stages(self) -> set[str]:
         return {name for name in ("attention_decode", "attention_prefill", "router", "expert", "experts_layer",
-                                  "lm_head", "embed", "layer_decode") if hasattr(self, name)}
+                                  "lm_head", "embed", "layer_decode", "layer_prefill") if hasattr(self, name)}
 
 
 class EngineBench(_Bench):
@@ -99,6 +99,18 @@ class EngineBench(_Bench):
         """One whole decode layer as the engine steps it (Engine.advance to the next layer boundary):
         the stages plus the engine's own per-stage work, which the stage functions alone miss."""
         seqs = [Sequence(i, [1] * context, slot=i, num_cached=context - 1) for i in range(batch)]
+        state = self.engine.start(seqs)
+        h = state.hidden
+
+        def run():
+            state.hidden, state.position = h, Position(0, Stage.ATTENTION)
+            self.engine.advance(state, Granularity.LAYER)
+        return run
+
+    def layer_prefill(self, num_seqs: int, length: int):
+        """One whole prefill layer of `num_seqs` prompts of `length` tokens, stepped as the engine runs
+        layers with prefill tokens (no CUDA graphs): what a served LS prefill batch costs per layer."""
+        seqs = [Sequence(i, [1] * length, slot=i) for i in range(num_seqs)]
         state = self.engine.start(seqs)
         h = state.hidden
 

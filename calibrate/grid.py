@@ -7,6 +7,13 @@ length), every other stage (tokens or sequences, 0)."""
 from __future__ import annotations
 
 POW2 = [2**i for i in range(16)]  # 1 .. 32768
+# Token counts for the expert stages: every count to 8 (the number of non-empty queues changes with each
+# token there), then steps of 1.33x-1.5x (powers of 2 and 1.5x them: grouped GEMMs run in row tiles, so
+# time is a staircase that a sparser grid cuts corners of), and both sides of the engine's switches
+# between grouped and dense experts (Mixtral 3|4 and Qwen3-30B-A3B 15|16 tokens, 256|257 for both).
+EXPERT_TOKENS = sorted({*range(1, 9), 15, 257} | {m * 2**i for m in (2, 3) for i in range(2, 14)})
+# Held out: 1.25x and 1.75x a power of two, between the grid points (and never across a switch).
+EXPERT_HELDOUT = sorted({m * 2**i for m in (5, 7) for i in range(1, 12)})
 
 
 def _one_d(grid: list[int], heldout: list[int]) -> dict:
@@ -23,11 +30,14 @@ GRIDS = {
         "heldout": [(n, p) for n in (3, 6, 12) for p in (96, 384, 1536)],
     },
     "router": _one_d(POW2, [3, 24, 96, 384, 1536, 6144, 24576]),
-    "expert": _one_d(POW2[:15], [3, 24, 96, 384, 1536, 6144]),
-    "experts_layer": _one_d(POW2[:15], [3, 6, 12, 24, 48, 96, 384, 1536, 6144]),
+    "expert": _one_d(EXPERT_TOKENS, EXPERT_HELDOUT),
+    "experts_layer": _one_d(EXPERT_TOKENS, EXPERT_HELDOUT),
     "lm_head": _one_d(POW2[:9], [3, 12, 48, 192]),
     "embed": _one_d(POW2[:7], [3, 12, 48]),
-    "layer_decode": {"grid": [(b, 512) for b in (1, 2, 4, 8, 16, 32, 64)], "heldout": [(b, 512) for b in (3, 12, 48)]},
+    "layer_decode": {"grid": [(b, 512) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)],
+                     "heldout": [(b, 512) for b in (5, 10, 20, 40)]},
+    "layer_prefill": {"grid": [(n, p) for n in (1, 2, 4, 8, 16, 32) for p in (32, 128, 512, 1024)],
+                      "heldout": [(n, p) for n in (3, 6, 12) for p in (64, 256, 768)]},
 }
 
 PASS_BATCHES = (1, 8, 32)  # decode passes (whole model and 1-/2-layer) at this context

@@ -7,7 +7,8 @@ mixtral-8x7b --out DIR [--full]`; `python -m calibrate run model=...` wraps it.
 
 Writes DIR/stages.csv (impl, stage, x1, x2, split, repeat, time_s, latency_s, host_s, gpu_s),
 DIR/passes.csv (impl, layers, phase, batch, context, repeat, time_s), DIR/events.csv (event,
-repeat, time_s) and DIR/meta.json. The calibration model has 4 decoder layers (stages time layer 0; passes run 1, 2 and 4 of them)."""
+repeat, time_s), with --full DIR/hf_steps.csv (HF's decode step by step: growing vs fixed cache,
+allocator mallocs) and DIR/meta.json. The calibration model has 4 decoder layers (stages time layer 0; passes run 1, 2 and 4 of them)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ class Writer:
         out.mkdir(parents=True, exist_ok=True)
 
     def add(self, table: str, rows: list[dict]) -> None:
+        self.tables.setdefault(table, [])
         self.tables[table] += rows
         pd.DataFrame(self.tables[table]).to_csv(self.out / f"{table}.csv", index=False)
         (self.out / "meta.json").write_text(json.dumps(self.info, indent=2))
@@ -151,6 +153,15 @@ def run_full(args, dtype, writer: Writer) -> None:
         _guarded(lambda impl=impl: writer.add("passes", passes.prefill_passes(model, pool, [impl], 8, PASS_CONTEXT,
                                                                     max(args.pass_repeats // 2, 2))),
                  label=f"{impl} full prefill")
+    hf_experts = "grouped_mm" if args.device == "cuda" else "eager"
+
+    def diagnose():
+        model.set_experts_implementation(hf_experts)
+        for batch in PASS_BATCHES:
+            ids = passes.prompts(batch, PASS_CONTEXT, config.vocab_size, seed=batch)
+            writer.add("hf_steps", [{"impl": f"hf-{hf_experts}", **row} for row in
+                                    passes.hf_decode_diagnosis(model, ids, args.pass_repeats)])
+    _guarded(diagnose, label="hf decode diagnosis")
     _guarded(lambda: writer.add("events", [{**row, "event": f"{row['event']}_full"} for row in
                                            passes.preemption_events(engine, config.vocab_size, args.pass_repeats)]),
              label="full events")

@@ -36,10 +36,7 @@ def prompts(batch: int, length: int, vocab: int, seed: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def hf_decode(model, ids: torch.Tensor, repeats: int) -> list[float]:
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # older transformers 5.x signature
-        cache = DynamicCache()
+    cache = _new_cache(model)
     out = model(ids.to(model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1:].argmax(-1)
     return timed_s(lambda: model(token, past_key_values=cache, use_cache=True), _device(model), repeats, warmup=2)
@@ -158,3 +155,53 @@ def _preemption_rows(engine: Engine, a: list, b: list, repeats: int) -> list[dic
 
 def _device(model) -> str:
     return next(model.parameters()).device.type
+
+
+@torch.inference_mode()
+def hf_decode_diagnosis(model, ids: torch.Tensor, steps: int) -> list[dict]:
+    """Per-step rows of HF's own decode under three variants, to find what a growing `DynamicCache`
+    costs beyond the stages: `grow` (as `hf_decode`), `grow-nogc` (Python's collector off, as the real
+    engine replays), `fixed` (the cache cropped back after each step: constant context). Each row
+    carries the caching allocator's device mallocs and retries during that step."""
+    import gc
+
+    rows, device = [], _device(model)
+    for variant in ("grow", "grow-nogc", "fixed"):
+        cache = _new_cache(model)
+        out = model(ids.to(model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1:].argmax(-1)
+
+        def step(crop=variant == "fixed", cache=cache, token=token):
+            model(token, past_key_values=cache, use_cache=True)
+            if crop:
+                cache.crop(-1)
+        was_enabled = gc.isenabled()
+        if variant == "grow-nogc":
+            gc.disable()
+        try:
+            for i in range(steps + 2):
+                before = _alloc_stats(device)
+                time_s = timed_s(step, device, 1, warmup=0)[0]
+                after = _alloc_stats(device)
+                if i >= 2:
+                    rows.append({"variant": variant, "batch": ids.shape[0], "context": ids.shape[1], "step": i - 2,
+                                 "time_s": time_s, **{k: after[k] - before[k] for k in after}})
+        finally:
+            if was_enabled:
+                gc.enable()
+        del cache
+    return rows
+
+
+def _new_cache(model):
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers 5.x signature
+        return DynamicCache()
+
+
+def _alloc_stats(device: str) -> dict:
+    if device != "cuda":
+        return {"device_mallocs": 0, "alloc_retries": 0}
+    stats = torch.cuda.memory_stats()
+    return {"device_mallocs": stats.get("num_device_alloc", 0), "alloc_retries": stats.get("num_alloc_retries", 0)}

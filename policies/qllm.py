@@ -21,7 +21,12 @@ class QLLM:
     LS prefill batches LS-only; `preempt_ls_decode=True` also pauses batches of LS decodes (but never
     LS prefills) for a waiting LS prefill, so a new LS request starts within one layer;
     `fill_max_tokens` caps the BE prefills that fill an LS prefill batch at that many padded tokens
-    (batch x longest prompt), since a running LS prefill cannot be preempted by the next LS request.
+    (batch x longest prompt), since a running LS prefill is not preempted by the next LS request unless
+    `ls_catch_up_layers` > 0: then a waiting LS prefill also pauses an LS prefill batch that has run
+    fewer than that many layers, and merges with it on reaching its layer (the new request catches
+    up instead of waiting for the whole pass; past half the layers, waiting costs the pair less);
+    `ls_kv_reserve` keeps that fraction of the KV cache out of reach of BE prefills, so a new LS
+    request is never kept waiting for memory held by BE requests admitted before it.
     """
 
     max_batch_size: int = 32
@@ -29,6 +34,8 @@ class QLLM:
     fill_ls_prefill: bool = True
     preempt_ls_decode: bool = False
     fill_max_tokens: int | None = None
+    ls_catch_up_layers: int = 0
+    ls_kv_reserve: float = 0.0
 
     def __post_init__(self) -> None:
         self.granularity = Granularity.parse(self.granularity)
@@ -36,6 +43,10 @@ class QLLM:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.fill_max_tokens is not None and self.fill_max_tokens < 1:
             raise ValueError(f"fill_max_tokens must be >= 1 or null, got {self.fill_max_tokens}")
+        if self.ls_catch_up_layers < 0:
+            raise ValueError(f"ls_catch_up_layers must be >= 0, got {self.ls_catch_up_layers}")
+        if not 0.0 <= self.ls_kv_reserve < 1.0:
+            raise ValueError(f"ls_kv_reserve must be in [0, 1), got {self.ls_kv_reserve}")
 
     def schedule(self, view: SchedulerView) -> Decision:
         running = view.running
@@ -46,7 +57,9 @@ class QLLM:
             if not self._preemptible(running, view):
                 return CONTINUE
             batch = self.next_batch(view)
-            return RunBatch(batch) if any(r.is_ls for r in batch) else CONTINUE
+            # a batch holding LS work gives way to an LS prefill only, never to other decodes
+            wanted = _is_ls_prefill if running.has_ls else _is_ls
+            return RunBatch(batch) if any(map(wanted, batch)) else CONTINUE
         if view.paused and not view.queues.has_ls:
             return Resume(view.paused[0].batch_id)
         batch = self.next_batch(view)
@@ -55,19 +68,24 @@ class QLLM:
         return Resume(view.paused[0].batch_id) if view.paused else CONTINUE
 
     def _preemptible(self, running, view: SchedulerView) -> bool:
-        if self.preempt_ls_decode:
-            return bool(view.queues.ls_prefill) and not any(r.is_ls and r.is_prefill for r in running.requests)
-        return view.queues.has_ls and not running.has_ls
+        if not running.has_ls:
+            return view.queues.has_ls if not self.preempt_ls_decode else bool(view.queues.ls_prefill)
+        if not view.queues.ls_prefill:
+            return False
+        if any(map(_is_ls_prefill, running.requests)):
+            return running.position.layer < self.ls_catch_up_layers
+        return self.preempt_ls_decode
 
     def next_batch(self, view: SchedulerView) -> tuple[Request, ...]:
         """Algorithm 1 (GetNextBatch); prefills also respect the free KV budget."""
         q, size, free_kv = view.queues, self.max_batch_size, view.num_free_kv_tokens
         if len(q.ls_decode) >= size:
             return tuple(q.ls_decode.head(size))
+        be_free_kv = free_kv - int(self.ls_kv_reserve * view.kv_capacity_tokens)
         ls_prefill = admit_fifo(q.ls_prefill, size, free_kv)
         if ls_prefill:
             room = size - len(ls_prefill) if self.fill_ls_prefill else 0
-            fill = admit_fifo(q.be_prefill, room, free_kv - kv_of(ls_prefill))
+            fill = admit_fifo(q.be_prefill, room, be_free_kv - kv_of(ls_prefill))
             if self.fill_max_tokens is not None:
                 fill = within_padded_tokens(ls_prefill, fill, self.fill_max_tokens)
             return tuple(ls_prefill + fill)
@@ -76,4 +94,12 @@ class QLLM:
             return tuple(ls_decode + q.be_decode.head(size - len(ls_decode)))
         if q.be_decode:
             return tuple(q.be_decode.head(size))
-        return tuple(admit_fifo(q.be_prefill, size, free_kv))
+        return tuple(admit_fifo(q.be_prefill, size, be_free_kv))
+
+
+def _is_ls(request: Request) -> bool:
+    return request.is_ls
+
+
+def _is_ls_prefill(request: Request) -> bool:
+    return request.is_ls and request.is_prefill

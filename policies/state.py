@@ -61,6 +61,7 @@ class SchedulerState:
             paused=tuple(self.paused),
             num_free_kv_tokens=self.kv_capacity_tokens - self.num_reserved_kv_tokens,
             max_batch_size=self.max_batch_size,
+            kv_capacity_tokens=self.kv_capacity_tokens,
         )
 
     def apply(self, decision: Decision, now_s: float | None = None) -> Transition:

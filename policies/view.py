@@ -20,6 +20,7 @@ class SchedulerView:
     paused: tuple[Batch, ...]
     num_free_kv_tokens: int
     max_batch_size: int
+    kv_capacity_tokens: int = 0  # the whole cache, for policies that keep a share of it
 
     @property
     def num_decoding(self) -> int:

@@ -37,6 +37,9 @@ def test_tool_writes_long_tables_and_meta(profile_dir):
     passes = pd.read_csv(profile_dir / "passes.csv")
     assert {1, 2, 4} <= set(passes.layers) and "prefill" in set(passes.phase)
     assert {"merge", "pause_resume", "merge_full"} <= set(pd.read_csv(profile_dir / "events.csv").event)
+    steps = pd.read_csv(profile_dir / "hf_steps.csv")
+    assert set(steps.variant) == {"grow", "grow-nogc", "fixed"} and (steps.time_s > 0).all()
+    assert steps.groupby(["variant", "batch"]).size().eq(2).all()  # --pass-repeats steps each, warm-up dropped
     meta = json.loads((profile_dir / "meta.json").read_text())
     assert {"gpu", "torch", "transformers", "cuda", "git_revision", "date"} <= set(meta)
 

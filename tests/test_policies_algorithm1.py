@@ -128,6 +128,71 @@ def test_eager_never_pauses_an_ls_prefill():
     assert QLLM(preempt_ls_decode=True).schedule(state.view(0.0)) == CONTINUE
 
 
+CATCH_UP = [
+    # (layer the running LS prefill batch has reached, ls_catch_up_layers, LS prefill waits, expected)
+    (0, 16, True, RunBatch),
+    (15, 16, True, RunBatch),
+    (16, 16, True, type(CONTINUE)),  # past the bound: the newcomer waits for the next iteration
+    (3, 0, True, type(CONTINUE)),  # off by default
+    (3, 16, False, type(CONTINUE)),  # only an LS prefill catches up, never decodes
+]
+
+
+@pytest.mark.parametrize("layer,bound,waiting,expected", CATCH_UP)
+def test_ls_prefill_catch_up_rule(layer, bound, waiting, expected):
+    state = state_with(1 if waiting else 0, 2, 2, 2)
+    state.running = Batch(98, [Request(950, 0.0, 10, 5, Priority.LS)], Position(layer, Stage.ATTENTION))
+    decision = QLLM(max_batch_size=B, ls_catch_up_layers=bound).schedule(state.view(0.0))
+    assert isinstance(decision, expected)
+    if expected is RunBatch:
+        assert ids(decision)[0] == 0  # the waiting LS prefill leads the new batch
+
+
+def test_catch_up_batch_merges_with_the_paused_ls_prefill_at_its_layer():
+    """End to end on the bookkeeping: pause at layer 5, catch up, merge there, both in one batch."""
+    state = state_with(0, 0, 0, 0)
+    policy = QLLM(max_batch_size=B, ls_catch_up_layers=16, fill_ls_prefill=False)
+    state.queues.push(Request(1, 0.0, 10, 5, Priority.LS))
+    state.apply(policy.schedule(state.view(0.0)), 0.0)
+    state.running.position = Position(5, Stage.ATTENTION)
+    state.queues.push(Request(2, 1.0, 10, 5, Priority.LS))
+    state.apply(policy.schedule(state.view(1.0)), 1.0)
+    assert [b.batch_id for b in state.paused] == [0] and [r.request_id for r in state.running.requests] == [2]
+    state.running.position = Position(5, Stage.ATTENTION)
+    assert policy.schedule(state.view(2.0)) == Merge((0,))
+    state.apply(Merge((0,)))
+    assert sorted(r.request_id for r in state.running.requests) == [1, 2] and not state.paused
+
+
+def test_ls_decode_batch_is_not_paused_for_other_decodes():
+    """With eager preemption, an LS prefill that does not fit the KV budget must not make a running
+    LS decode batch give way to a batch of decodes only."""
+    state = running_state((1, 2, 0, 2), True, Position(3, Stage.ATTENTION))
+    state.kv_capacity_tokens = 10  # the LS prefill needs 15
+    assert QLLM(max_batch_size=B, preempt_ls_decode=True).schedule(state.view(0.0)) == CONTINUE
+
+
+@pytest.mark.parametrize("reserve,expected", [(0.0, [200, 201, 202, 203]), (0.25, [200, 201, 202]),
+                                              (0.5, [200, 201]), (0.9, [])])
+def test_ls_kv_reserve_keeps_be_prefills_out_of_a_share_of_the_cache(reserve, expected):
+    # 4 BE prefills of 15 KV tokens each in a 60-token cache: 60, 45, 30, 6 tokens left to BE
+    state = state_with(0, 0, 4, 0, kv=60)
+    decision = QLLM(max_batch_size=B, ls_kv_reserve=reserve).schedule(state.view(0.0))
+    assert (ids(decision) if decision != CONTINUE else []) == expected
+
+
+def test_ls_kv_reserve_does_not_hold_back_ls_prefills():
+    state = state_with(2, 0, 2, 0, kv=30)  # room for exactly the two LS prefills
+    decision = QLLM(max_batch_size=B, ls_kv_reserve=0.5).schedule(state.view(0.0))
+    assert ids(decision) == [0, 1]
+
+
+@pytest.mark.parametrize("kwargs", [{"ls_catch_up_layers": -1}, {"ls_kv_reserve": 1.0}, {"ls_kv_reserve": -0.1}])
+def test_bad_qllm_settings_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        QLLM(**kwargs)
+
+
 def test_merge_when_running_batch_reaches_paused_position():
     state = running_state((0, 0, 0, 0), True, Position(3, Stage.ATTENTION))
     state.paused.append(Batch(7, [Request(800, 0.0, 10, 5)], Position(3, Stage.ATTENTION)))
