@@ -25,7 +25,7 @@ import pandas as pd
 from sim.profile.base import AttentionLoad, Overheads
 
 STAGES = {"attention_decode", "attention_prefill", "router", "expert", "experts_layer", "lm_head", "embed",
-          "layer_decode"}
+          "layer_decode", "layer_prefill"}
 REQUIRED = {"attention_decode", "attention_prefill", "router", "experts_layer", "lm_head"}
 COLUMNS = ["stage", "x1", "x2", "split", "repeat", "time_s"]
 CLOCKS = ("time_s", "latency_s", "host_s", "gpu_s")
