@@ -25,8 +25,8 @@ class QLLM:
     `ls_catch_up_layers` > 0: then a waiting LS prefill also pauses an LS prefill batch that has run
     fewer than that many layers, and merges with it on reaching its layer (the new request catches
     up instead of waiting for the whole pass; past half the layers, waiting costs the pair less);
-    `ls_kv_reserve` keeps that fraction of the KV cache out of reach of BE prefills, so a new LS
-    request is never kept waiting for memory held by BE requests admitted before it.
+    `ls_kv_reserve` keeps that fraction of the KV cache out of reach of BE prefills (unless the cache
+    is empty), so a new LS request is not kept waiting for memory held by BE requests admitted before it.
     """
 
     max_batch_size: int = 32
@@ -81,7 +81,10 @@ class QLLM:
         q, size, free_kv = view.queues, self.max_batch_size, view.num_free_kv_tokens
         if len(q.ls_decode) >= size:
             return tuple(q.ls_decode.head(size))
-        be_free_kv = free_kv - int(self.ls_kv_reserve * view.kv_capacity_tokens)
+        # the LS share binds only while something holds memory: a BE request larger than the rest of
+        # the cache still runs once the cache is empty
+        empty = free_kv >= view.kv_capacity_tokens
+        be_free_kv = free_kv if empty else free_kv - int(self.ls_kv_reserve * view.kv_capacity_tokens)
         ls_prefill = admit_fifo(q.ls_prefill, size, free_kv)
         if ls_prefill:
             room = size - len(ls_prefill) if self.fill_ls_prefill else 0

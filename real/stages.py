@@ -10,10 +10,12 @@ P = queued (token, expert) pairs, I = expert intermediate size, V = vocabulary.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from real.kv import KVPool
 from real.layout import Layout
@@ -62,8 +64,22 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.T
     q = q.view(B, Q, KVH, G, Dh).permute(0, 2, 3, 1, 4).reshape(B, KVH, G * Q, Dh)
     mask = torch.arange(K, device=q.device) <= positions[:, :, None]  # [B, Q, K]
     mask = mask[:, None, None].expand(B, 1, G, Q, K).reshape(B, 1, G * Q, K)
-    out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    with _backends(q):
+        out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
     return out.view(B, KVH, G, Q, Dh).permute(0, 3, 1, 2, 4).reshape(B, Q, H, Dh)
+
+
+# SDPA kernels for calls outside CUDA-graph capture: torch's default on Hopper (cuDNN) builds an execution
+# plan per new shape, about 50 ms on an H200 (`python -m calibrate.newshape`), and a server's prefill
+# batches almost always have a new padded shape; memory-efficient attention has no per-shape plan and
+# is as fast once warm. Captured decode layers keep the default (one plan per bucket, at capture).
+EAGER_SDPA = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+
+
+def _backends(q: torch.Tensor):
+    if q.is_cuda and not torch.cuda.is_current_stream_capturing():
+        return sdpa_kernel(EAGER_SDPA)
+    return nullcontext()
 
 
 def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool: KVPool) -> torch.Tensor:

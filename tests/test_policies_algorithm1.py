@@ -172,13 +172,20 @@ def test_ls_decode_batch_is_not_paused_for_other_decodes():
     assert QLLM(max_batch_size=B, preempt_ls_decode=True).schedule(state.view(0.0)) == CONTINUE
 
 
-@pytest.mark.parametrize("reserve,expected", [(0.0, [200, 201, 202, 203]), (0.25, [200, 201, 202]),
-                                              (0.5, [200, 201]), (0.9, [])])
+@pytest.mark.parametrize("reserve,expected", [(0.0, [200, 201, 202, 203]), (0.25, [200, 201]),
+                                              (0.5, [200]), (0.75, [])])
 def test_ls_kv_reserve_keeps_be_prefills_out_of_a_share_of_the_cache(reserve, expected):
-    # 4 BE prefills of 15 KV tokens each in a 60-token cache: 60, 45, 30, 6 tokens left to BE
-    state = state_with(0, 0, 4, 0, kv=60)
+    # 4 BE prefills of 15 KV tokens each; 80-token cache, 20 held by running requests: 60, 40, 20, 0 left to BE
+    state = state_with(0, 0, 4, 0, kv=80)
+    state.num_reserved_kv_tokens = 20
     decision = QLLM(max_batch_size=B, ls_kv_reserve=reserve).schedule(state.view(0.0))
     assert (ids(decision) if decision != CONTINUE else []) == expected
+
+
+def test_ls_kv_reserve_does_not_keep_be_waiting_on_an_empty_cache():
+    """A BE request larger than the unreserved part must still run once nothing holds memory."""
+    state = state_with(0, 0, 4, 0, kv=60)
+    assert ids(QLLM(max_batch_size=B, ls_kv_reserve=0.9).schedule(state.view(0.0))) == [200, 201, 202, 203]
 
 
 def test_ls_kv_reserve_does_not_hold_back_ls_prefills():

@@ -1,0 +1,91 @@
+"""The serving benchmark table of real-engine runs: per rate and policy, means over seeds of the
+paper's metrics, each policy against a baseline on the same traces, and the preemption reaction time
+(LS arrival -> its first batch starts on the device) in milliseconds and in layer times.
+
+`python -m real.report results/real/h200 [--baseline fcfs] [--out table.csv]`"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from sim.results import class_metrics, throughput
+
+
+def layer_ms(steps: pd.DataFrame) -> float:
+    """Median device time of one decoder layer of any batch in the run (steps that advanced layers)."""
+    advanced = steps[(steps.kind == "advance") & (steps.to_layer > steps.from_layer)]
+    return float(((advanced.end_s - advanced.begin_s) / (advanced.to_layer - advanced.from_layer)).median() * 1e3)
+
+
+def run_row(run_dir: Path, slo_s: float) -> dict:
+    """One run's metrics."""
+    requests = pd.read_parquet(run_dir / "requests.parquet")
+    info = json.loads((run_dir / "summary.json").read_text())["run"]
+    ls, be = requests[requests.priority == "LS"], requests[requests.priority == "BE"]
+    m_ls, m_be = class_metrics(ls, slo_s), class_metrics(be, slo_s)
+    tput = throughput(requests, 0.0)
+    reaction_ms = 1e3 * (ls.scheduled_s - ls.arrival_s)
+    row = {"policy": info["policy"], "rate": info["rate"], "seed": info["seed"],
+           "LS TTFT mean s": m_ls["ttft_mean_s"], "LS TTFT p99 s": m_ls["ttft_p99_s"],
+           "LS SLO": m_ls["slo_attainment"], "LS turnaround p50 s": m_ls["turnaround_p50_s"],
+           "BE turnaround p50 s": m_be["turnaround_p50_s"], "completed": float(requests.finish_s.notna().mean()),
+           "jobs/s": tput["jobs_per_s"], "tokens/s": tput["tokens_per_s"],
+           "reaction p50 ms": reaction_ms.median(), "reaction p99 ms": reaction_ms.quantile(0.99)}
+    steps_path = run_dir / "steps.parquet"
+    if steps_path.exists():
+        row["layer ms"] = layer_ms(pd.read_parquet(steps_path))
+        row["reaction p50 layers"] = row["reaction p50 ms"] / row["layer ms"]
+        row["reaction p99 layers"] = row["reaction p99 ms"] / row["layer ms"]
+    return row
+
+
+def runs_table(root: Path, slo_s: float = 3.0) -> pd.DataFrame:
+    runs = sorted(p.parent for p in Path(root).rglob("requests.parquet") if (p.parent / "summary.json").exists())
+    if not runs:
+        raise SystemExit(f"error: no runs (requests.parquet + summary.json) under {root}")
+    return pd.DataFrame([run_row(r, slo_s) for r in runs])
+
+
+def compare(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Means over seeds, with the LS TTFT reduction and tokens/s ratio against `baseline` (per seed,
+    then averaged; the lowest per-seed ratio beside it)."""
+    base = table[table.policy == baseline].set_index(["rate", "seed"])
+    if base.empty:
+        raise SystemExit(f"error: no {baseline} runs to compare against")
+    keyed = table.set_index(["rate", "seed"])
+    table = table.assign(**{
+        "LS TTFT reduction": (base["LS TTFT mean s"].reindex(keyed.index) / keyed["LS TTFT mean s"]).to_numpy(),
+        "tokens/s ratio": (keyed["tokens/s"] / base["tokens/s"].reindex(keyed.index)).to_numpy()})
+    means = table.drop(columns="seed").groupby(["rate", "policy"]).mean()
+    means["tokens/s ratio min"] = table.groupby(["rate", "policy"])["tokens/s ratio"].min()
+    means["seeds"] = table.groupby(["rate", "policy"]).seed.nunique()
+    return means.reset_index()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("runs", type=Path, help="folder of run folders (requests.parquet, summary.json, steps.parquet)")
+    parser.add_argument("--baseline", default="fcfs")
+    parser.add_argument("--slo", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, default=None, help="CSV of the per-run rows")
+    args = parser.parse_args(argv)
+    table = runs_table(args.runs, args.slo)
+    if args.out:
+        table.to_csv(args.out, index=False)
+    print(markdown(compare(table, args.baseline)))
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pipe table (3 significant digits) without the optional `tabulate` dependency."""
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
