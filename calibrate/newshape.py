@@ -31,18 +31,18 @@ BACKENDS = ("engine", "torch-default", "cudnn", "efficient", "math")
 
 @contextmanager
 def backend_context(name: str):
-    """The engine's eager SDPA backends (`real.stages.EAGER_SDPA`) swapped for one backend, or for all
+    """The engine's eager SDPA backends (`real.stages.CUDA_SDPA`) swapped for one backend, or for all
     of them ("torch-default": torch's own priority order); "engine" leaves them as they are."""
     from torch.nn.attention import SDPBackend
     chosen = {"torch-default": list(SDPBackend.__members__.values()), "cudnn": [SDPBackend.CUDNN_ATTENTION],
               "efficient": [SDPBackend.EFFICIENT_ATTENTION], "math": [SDPBackend.MATH]}.get(name)
-    kept = list(stages.EAGER_SDPA)
+    kept = list(stages.CUDA_SDPA)
     if chosen is not None:
-        stages.EAGER_SDPA[:] = [b for b in chosen if b != SDPBackend.ERROR]
+        stages.CUDA_SDPA[:] = [b for b in chosen if b != SDPBackend.ERROR]
     try:
         yield
     finally:
-        stages.EAGER_SDPA[:] = kept
+        stages.CUDA_SDPA[:] = kept
 
 
 def timed(fn, device: str) -> float:

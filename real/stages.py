@@ -69,17 +69,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.T
     return out.view(B, KVH, G, Q, Dh).permute(0, 3, 1, 2, 4).reshape(B, Q, H, Dh)
 
 
-# SDPA kernels for calls outside CUDA-graph capture: torch's default on Hopper (cuDNN) builds an execution
-# plan per new shape, about 50 ms on an H200 (`python -m calibrate.newshape`), and a server's prefill
-# batches almost always have a new padded shape; memory-efficient attention has no per-shape plan and
-# is as fast once warm. Captured decode layers keep the default (one plan per bucket, at capture).
-EAGER_SDPA = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
+# SDPA kernels on CUDA: torch's default on Hopper (cuDNN) builds an execution plan per new shape, about
+# 50 ms on an H200 (`python -m calibrate.newshape`), and a server's prefill batches almost always have a
+# new padded shape; memory-efficient attention has no per-shape plan, is as fast once warm, and can be
+# captured in CUDA graphs (the decode layers use it too, so warm-up and capture see the same kernels).
+CUDA_SDPA = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]
 
 
 def _backends(q: torch.Tensor):
-    if q.is_cuda and not torch.cuda.is_current_stream_capturing():
-        return sdpa_kernel(EAGER_SDPA)
-    return nullcontext()
+    return sdpa_kernel(CUDA_SDPA) if q.is_cuda else nullcontext()
 
 
 def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool: KVPool) -> torch.Tensor:
