@@ -187,3 +187,31 @@ def test_serving_gaps_replace_the_bare_loop_overheads(tmp_path):
     p = MeasuredProfile(directory, clock="time_s")
     assert p.overheads.iteration_s == pytest.approx(7.02e-4)
     assert (p.overheads.pause_s, p.overheads.resume_s, p.overheads.merge_s) == (pytest.approx(5e-4), 0.0, 0.0)
+
+
+@pytest.mark.parametrize("tokens,longest,share,cut", [
+    (40, 20, 0.5, 0.5 * 40e-6),  # 4 x 20 padded, 40 real: the projections of 40 padding tokens come out
+    (80, 20, 0.5, 0.0),  # no padding
+    (40, 20, 0.0, 0.0),  # share 0: the padded call as measured
+])
+def test_padding_projection_work_is_taken_out(tmp_path, tokens, longest, share, cut):
+    """The engine pads attention to the longest prompt but projects only the packed tokens."""
+    p = MeasuredProfile(synthetic(tmp_path), clock="time_s", projection_share=share)
+    load = AttentionLoad(num_prefill_seqs=4, num_prefill_tokens=tokens, prefill_sq_tokens=tokens * longest,
+                         prefill_max_tokens=longest)
+    assert p.attention_s(load) == pytest.approx(cost_s(4, longest) + 1e-7 - cut, rel=1e-6)
+
+
+def test_graph_decode_layers_cost_what_the_graph_passes_measured(tmp_path):
+    """engine-graphs: a decode layer is the graph passes' per-layer slope, not the stages' summed GPU time."""
+    directory = synthetic(tmp_path)
+    composed = lambda b: 0.5 * (cost_s(b, 512) + 2 * cost_s(b, 0))  # noqa: E731 (gpu_s = half of cost_s)
+    gap = {1: 1e-4, 4: -5e-5, 16: -1e-4}  # measured minus composed, per layer
+    pd.DataFrame([{"impl": "engine-graphs", "layers": n, "phase": "decode", "batch": b, "context": 512,
+                   "repeat": 0, "time_s": 1e-3 + n * (composed(b) + gap[b])} for n in (2, 4) for b in gap]
+                 ).to_csv(directory / "passes.csv", index=False)
+    p = MeasuredProfile(directory, impl="engine-graphs")
+    for batch, extra in gap.items():
+        load = AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * 512, decode_max_ctx=512)
+        layer = p.attention_s(load) + p.router_s(batch) + p.experts_s(np.array([[batch, batch, 0, 0]])).sum()
+        assert layer == pytest.approx(composed(batch) + extra, rel=1e-6)

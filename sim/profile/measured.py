@@ -113,6 +113,12 @@ class MeasuredProfile:
     (Hugging Face's modules). Experts: the layer's one call (`experts_layer` at the layer's token
     count) shared among experts by load.
 
+    engine-graphs charges a pure decode layer the per-layer time of the measured graph passes (their
+    slope between depths, which the stages' summed GPU times overestimate by up to 3%: a replayed graph
+    has no gap between stages) where the profile has them; everything else is composed from the stages
+    (`layer_prefill`, measured at equal prompt lengths, cannot price a ragged batch: its projections and
+    experts run on the packed tokens, its attention on the padded ones).
+
     `clock` pipelined (default): a layer costs max(host path, GPU path), the host path being the
     stages' issue times plus the engine's per-stage overhead and the GPU path their device times (a
     pass that never waits on the device overlaps the two); router and experts are charged their
@@ -125,6 +131,7 @@ class MeasuredProfile:
     impl: str = "engine"
     clock: str = "pipelined"
     overheads: Overheads | None = None
+    projection_share: float = 0.0  # attention projections' weights / one expert's (ModelSpec): see _attention
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -149,7 +156,9 @@ class MeasuredProfile:
         self._stage_s = 0.0  # the engine's own work per stage (pipelined: inside the layer's host path)
         # only pure decode layers are replayed as graphs: prefill and mixed layers run stage by stage,
         # with the host path of the engine's stages
-        self._stepped = MeasuredProfile(self.directory, self.top_k, "engine") if graphs else None
+        self._stepped = MeasuredProfile(self.directory, self.top_k, "engine",
+                                        projection_share=self.projection_share) if graphs else None
+        self._graph_fix = _graph_layer_fix(self) if graphs else None  # before overheads: they use layer_s
         if self.overheads is None:
             self.overheads = measured_overheads(self)
         if self.clock == "pipelined":  # attention carries it, so that a layer costs exactly the pipelined total
@@ -166,14 +175,17 @@ class MeasuredProfile:
     def attention_s(self, load: AttentionLoad) -> float:
         if self._stepped is not None and load.num_prefill_seqs:
             return self._stepped.attention_s(load)
+        if self._graph_fix is not None and load.num_decode_seqs:
+            return max(_attention(self.curves, load, True) + self._graph_fix(load.num_decode_seqs), 0.0)
+        share = self.projection_share
         padded = self.impl in SERVED
         if self.clock != "pipelined":
-            return _attention(self.curves, load, padded)
+            return _attention(self.curves, load, padded, share)
         host, gpu = self.clocks["host_s"], self.clocks["gpu_s"]
         tokens = max(load.num_tokens, 1)
-        host_path = (_attention(host, load, padded) + host["router"](tokens) + host["experts_layer"](tokens)
+        host_path = (_attention(host, load, padded, share) + host["router"](tokens) + host["experts_layer"](tokens)
                      + 2 * self._stage_s)
-        gpu_path = _attention(gpu, load, padded) + gpu["router"](tokens) + gpu["experts_layer"](tokens)
+        gpu_path = _attention(gpu, load, padded, share) + gpu["router"](tokens) + gpu["experts_layer"](tokens)
         others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
         return max(host_path, gpu_path) - others  # >= the attention's own GPU time
 
@@ -202,19 +214,28 @@ class MeasuredProfile:
             2 * self.overheads_stage_s
 
 
-def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = False) -> float:
+def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = False,
+               projection_share: float = 0.0) -> float:
     """`padded` (the real engine): a group of sequences is attended as one [B, Q, K] call, Q and K being
     the group's longest (the grids were measured with equal lengths, so curve(B, longest) is the padded
-    call). Otherwise, and for loads without their maxima, the mean context (decode) and the
-    root-mean-square length (prefill: exact for both the linear and the quadratic work), as a
-    variable-length kernel (TGI's, the paper's baseline) does."""
+    call). The stage's q/k/v/o projections, though, run on the packed tokens: with `projection_share`
+    (their weights over one expert's) the padding's projection work, priced as that share of the
+    measured one-expert FFN on the padding tokens, is taken back out. Otherwise, and for loads without
+    their maxima, the mean context (decode) and the root-mean-square length (prefill: exact for both the
+    linear and the quadratic work), as a variable-length kernel (TGI's, the paper's baseline) does."""
     total = 0.0
     if load.num_decode_seqs:
         context = (padded and load.decode_max_ctx) or load.decode_ctx_tokens / load.num_decode_seqs
         total += curves["attention_decode"](load.num_decode_seqs, context)
     if load.num_prefill_seqs:
         if padded and load.prefill_max_tokens:
-            total += curves["attention_prefill"](load.num_prefill_seqs, load.prefill_max_tokens)
+            call = curves["attention_prefill"](load.num_prefill_seqs, load.prefill_max_tokens)
+            padding = load.num_prefill_seqs * load.prefill_max_tokens - load.num_prefill_tokens
+            if projection_share and padding > 0 and "expert" in curves:
+                expert = curves["expert"]
+                excess = expert(load.num_prefill_tokens + padding) - expert(load.num_prefill_tokens)
+                call = max(call - projection_share * max(excess, 0.0), 0.5 * call)
+            total += call
         else:
             length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
             total += curves["attention_prefill"](load.num_prefill_tokens / length, length)
@@ -256,6 +277,25 @@ def measured_overheads(profile: MeasuredProfile) -> Overheads:
         overheads = replace(overheads, iteration_s=events["server_pass"], merge_s=events.get("server_merge", 0.0),
                             pause_s=events.get("server_switch", 0.0), resume_s=0.0)
     return overheads
+
+
+def _graph_layer_fix(profile: MeasuredProfile) -> Curve | None:
+    """Per batch size: the calibration model's graph passes' time per layer (slope between their two
+    largest depths, context 512) minus the stages' summed device times for that layer; None without graph passes."""
+    if not (profile.directory / "passes.csv").exists():
+        return None
+    passes = load_table(profile.directory, "passes.csv", ["impl", "layers", "phase", "batch", "context", "time_s"])
+    rows = passes[(passes.impl == "engine-graphs") & (passes.phase == "decode") & (passes.context == 512)
+                  & (passes.layers <= 4)]  # the calibration model's: the full-model passes stay a check
+    med = rows.groupby(["batch", "layers"]).time_s.median().unstack("layers")
+    if med.shape[1] < 2:
+        return None
+    a, b = sorted(med.columns)[-2:]
+    batches = med.index.to_numpy(float)
+    measured = ((med[b] - med[a]) / (b - a)).to_numpy()
+    composed = np.array([_path(profile.curves, int(n), 512) for n in batches])
+    fix = (measured - composed)[:, None]
+    return Curve("graph_layer_fix", batches, np.array([0.0]), fix, warned={"graph_layer_fix"})
 
 
 def _event_costs(directory: Path) -> dict[str, float]:

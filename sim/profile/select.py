@@ -78,7 +78,8 @@ def measured(spec: ProfileSpec, model: ModelSpec, hardware: HardwareSpec) -> Pro
 
     directory = measured_directory(spec, model, hardware)
     try:
-        profile = MeasuredProfile(directory, top_k=model.top_k, impl=spec.impl, clock=spec.clock)
+        profile = MeasuredProfile(directory, top_k=model.top_k, impl=spec.impl, clock=spec.clock,
+                                  projection_share=model.attention_params / model.expert_params)
     except MeasuredProfileError as error:
         raise ProfileError(str(error)) from None
     overrides = {}
