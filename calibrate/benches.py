@@ -98,19 +98,15 @@ class EngineBench(_Bench):
     def layer_decode(self, batch: int, context: int):
         """One whole decode layer as the engine steps it (Engine.advance to the next layer boundary):
         the stages plus the engine's own per-stage work, which the stage functions alone miss."""
-        seqs = [Sequence(i, [1] * context, slot=i, num_cached=context - 1) for i in range(batch)]
-        state = self.engine.start(seqs)
-        h = state.hidden
-
-        def run():
-            state.hidden, state.position = h, Position(0, Stage.ATTENTION)
-            self.engine.advance(state, Granularity.LAYER)
-        return run
+        return self._layer([Sequence(i, [1] * context, slot=i, num_cached=context - 1) for i in range(batch)])
 
     def layer_prefill(self, num_seqs: int, length: int):
         """One whole prefill layer of `num_seqs` prompts of `length` tokens, stepped as the engine runs
         layers with prefill tokens (no CUDA graphs): what a served LS prefill batch costs per layer."""
-        seqs = [Sequence(i, [1] * length, slot=i) for i in range(num_seqs)]
+        return self._layer([Sequence(i, [1] * length, slot=i) for i in range(num_seqs)])
+
+    def _layer(self, seqs: list[Sequence]):
+        """Layer 0 of a pass of `seqs`, rerun from the same input on every call."""
         state = self.engine.start(seqs)
         h = state.hidden
 
