@@ -14,7 +14,9 @@ import pandas as pd  # noqa: E402
 from sim.collect import over_seeds  # noqa: E402
 
 STYLE = {"fcfs": dict(color="tab:red", marker="o"), "qllm": dict(color="tab:blue", marker="s"),
-         "qllm_expert": dict(color="tab:green", marker="^")}
+         "qllm_expert": dict(color="tab:green", marker="^"), "qllm_eager": dict(color="tab:orange", marker="v"),
+         "qllm_catchup": dict(color="tab:purple", marker="D"), "qllm_lsonly": dict(color="tab:brown", marker="P"),
+         "ls_first": dict(color="tab:gray", marker="x")}
 
 
 def results_dir(default: str = "paper") -> Path:
