@@ -9,11 +9,11 @@ from policies.fcfs import FCFS
 from policies.qllm import QLLM
 from policies.queues import Queue, Queues
 from policies.request import Priority, Request
-from policies.state import PolicyError, SchedulerState, Transition
+from policies.state import MAX_DECISIONS_PER_POINT, PolicyError, SchedulerState, Transition
 from policies.view import Policy, SchedulerView
 
 __all__ = [
-    "Batch", "CONTINUE", "Continue", "Decision", "FCFS", "Granularity", "Merge", "Policy", "PolicyError",
+    "MAX_DECISIONS_PER_POINT", "Batch", "CONTINUE", "Continue", "Decision", "FCFS", "Granularity", "Merge", "Policy", "PolicyError",
     "Position", "Priority", "QLLM", "Queue", "Queues", "Request", "Resume", "RunBatch", "SchedulerState",
     "SchedulerView", "Stage", "Transition",
 ]

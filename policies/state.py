@@ -21,6 +21,12 @@ class PolicyError(RuntimeError):
     """A policy asked for something the engine cannot do."""
 
 
+# An engine asks the policy again after every decision that changed its state (the view it acted on is
+# gone), at most this many times at one scheduling point, so that two decisions undoing each other cannot
+# stall the clock.
+MAX_DECISIONS_PER_POINT = 4
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """What `apply` changed, so the engine can move its own per-batch state (loads, tensors)."""

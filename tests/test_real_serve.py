@@ -14,6 +14,7 @@ from real.kv import KVPool  # noqa: E402
 from real.model import build_model, preset_config  # noqa: E402
 from real.run import prompt_token_ids  # noqa: E402
 from real.server import ReplayServer  # noqa: E402
+from tests.test_consults import Logged, assert_asked_again_after_every_change  # noqa: E402
 
 MAX_LEN = 40
 
@@ -76,3 +77,11 @@ def test_served_tokens_equal_hf_greedy_generation(model):
             ref = model.generate(torch.tensor([prompts(r)]), max_new_tokens=r.num_output_tokens,
                                  min_new_tokens=r.num_output_tokens, do_sample=False)
         assert server.outputs[r.request_id] == ref[0, r.num_prompt_tokens:].tolist()
+
+
+def test_the_server_asks_again_after_every_change(model):
+    """As the simulator: a decision that changed the state is followed by another consult at once."""
+    policy = Logged(QLLM(max_batch_size=4, preempt_ls_decode=True, ls_catch_up_layers=32))
+    server = replay(model, policy, overload())
+    assert len(server.outputs) == 14
+    assert_asked_again_after_every_change(policy.log)
