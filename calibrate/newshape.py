@@ -75,9 +75,10 @@ def probe(engine: Engine, backend: str, shapes, device: str) -> list[dict]:
         seqs = [Sequence(i, [1] * n, slot=i) for i, n in enumerate(lengths)]
         layout = build_layout(seqs, device)
         h = torch.randn(layout.num_tokens, hidden_size, device=device, dtype=model.dtype)
+        experts = engine.experts_for(layout.num_tokens)
         calls = {
-            "attention": lambda: stages.attention(model, 0, h, layout, pool),
-            "layer": lambda: stages.layer(model, 0, h, layout, pool, engine.experts_for(layout.num_tokens)),
+            "attention": lambda h=h, layout=layout: stages.attention(model, 0, h, layout, pool),
+            "layer": lambda h=h, layout=layout, experts=experts: stages.layer(model, 0, h, layout, pool, experts),
         }
         for stage, fn in calls.items():
             for call in ("first", "second"):
