@@ -28,7 +28,7 @@ from calibrate.benches import BENCHES
 from calibrate.grid import GRIDS, PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, largest, small
 from calibrate.timing import measure as time_point
 from real.kv import KVPool
-from real.model import build_model, preset_config
+from real.model import PRESETS, build_model, preset_config
 
 
 def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print) -> list[dict]:
@@ -169,7 +169,7 @@ def run_full(args, dtype, writer: Writer) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="mixtral-8x7b")
+    parser.add_argument("--model", default="mixtral-8x7b", choices=sorted(PRESETS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--impls", nargs="+", default=["engine", "hf"], choices=sorted(BENCHES))
     parser.add_argument("--repeats", type=int, default=10, help="repeats per grid point (one row each)")

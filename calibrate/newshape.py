@@ -23,7 +23,7 @@ from real import stages
 from real.engine import Engine
 from real.kv import KVPool
 from real.layout import build_layout
-from real.model import build_model, preset_config
+from real.model import PRESETS, build_model, preset_config
 from real.sequence import Sequence
 
 BACKENDS = ("engine", "torch-default", "cudnn", "efficient", "math")
@@ -90,7 +90,7 @@ def probe(engine: Engine, backend: str, shapes, device: str) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="mixtral-8x7b")
+    parser.add_argument("--model", default="mixtral-8x7b", choices=sorted(PRESETS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--shapes", type=int, default=12, help="new shapes per backend")
     parser.add_argument("--max-len", type=int, default=1024)
