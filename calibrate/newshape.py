@@ -11,7 +11,6 @@ backend and stage."""
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from calibrate.timing import timed_s
 from real import stages
 from real.engine import Engine
 from real.kv import KVPool
@@ -43,16 +43,6 @@ def backend_context(name: str):
         yield
     finally:
         stages.CUDA_SDPA[:] = kept
-
-
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def random_shapes(count: int, seed: int, max_len: int) -> list[tuple[int, list[int]]]:
@@ -84,7 +74,8 @@ def probe(engine: Engine, backend: str, shapes, device: str) -> list[dict]:
             for call in ("first", "second"):
                 with backend_context(backend):
                     rows.append({"backend": backend, "stage": stage, "num_seqs": num_seqs, "longest": max(lengths),
-                                 "tokens": layout.num_tokens, "call": call, "time_s": timed(fn, device)})
+                                 "tokens": layout.num_tokens, "call": call,
+                                 "time_s": timed_s(fn, device, 1, warmup=0)[0]})
     return rows
 
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import gc
 from contextlib import contextmanager
 
 import torch
@@ -163,8 +164,6 @@ def hf_decode_diagnosis(model, ids: torch.Tensor, steps: int) -> list[dict]:
     costs beyond the stages: `grow` (as `hf_decode`), `grow-nogc` (Python's collector off, as the real
     engine replays), `fixed` (the cache cropped back after each step: constant context). Each row
     carries the caching allocator's device mallocs and retries during that step."""
-    import gc
-
     rows, device = [], _device(model)
     for variant in ("grow", "grow-nogc", "fixed"):
         cache = _new_cache(model)

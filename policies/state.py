@@ -1,20 +1,21 @@
 """Scheduler bookkeeping both engines share: queues, running and paused batches, KV reservations.
 
-An engine owns one `SchedulerState`, feeds it arrivals, asks the policy with `view()`, hands the
-decision to `apply()`, and calls `complete_pass()` when the running batch has passed the LM head.
+An engine owns one `SchedulerState`, feeds it arrivals, asks the policy through `decide()` (which
+shows it `view()` and hands its decisions to `apply()`), and calls `complete_pass()` when the running batch has passed the LM head.
 All invariants (a request lives in exactly one place, KV never over-committed) are checked here,
 so a faulty policy fails loudly in the simulator and on the GPU alike.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from policies.batch import Batch, Position
 from policies.decision import Continue, Decision, Merge, Resume, RunBatch
 from policies.queues import Queues
 from policies.request import Request
-from policies.view import SchedulerView
+from policies.view import Policy, SchedulerView
 
 
 class PolicyError(RuntimeError):
@@ -69,6 +70,19 @@ class SchedulerState:
             max_batch_size=self.max_batch_size,
             kv_capacity_tokens=self.kv_capacity_tokens,
         )
+
+    def decide(self, policy: Policy, now_s: Callable[[], float]) -> Iterator[Transition]:
+        """Ask `policy` and apply its decision, and again after every decision that changed something:
+        the view it acted on is gone (after a merge, a waiting LS prefill may now preempt the merged
+        batch), so the next decision is due at the same point, not at the next event. Yields each
+        transition (the engine moves its own state, and may spend time, before the next question);
+        stops at a no-op or after MAX_DECISIONS_PER_POINT decisions."""
+        for _ in range(MAX_DECISIONS_PER_POINT):
+            now = now_s()
+            transition = self.apply(policy.schedule(self.view(now)), now)
+            yield transition
+            if transition.is_noop:
+                return
 
     def apply(self, decision: Decision, now_s: float | None = None) -> Transition:
         """Carry out a decision; `now_s` stamps requests that run for the first time."""

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from policies import MAX_DECISIONS_PER_POINT, Policy, Request, SchedulerState, Transition
+from policies import Policy, Request, SchedulerState, Transition
 from real.batch import BatchState, merge
 from real.engine import Engine
 from real.sequence import Sequence
@@ -92,14 +92,10 @@ class ReplayServer:
         return [{**asdict(step), "begin_s": times[step.begin], "end_s": times[step.end]} for step in self.steps]
 
     def _consult(self, now_s: float) -> None:
-        """Ask the policy, and again after every decision that changed something (as the simulator does:
-        after a merge, say, a waiting LS prefill may now preempt the merged batch)."""
-        for _ in range(MAX_DECISIONS_PER_POINT):
+        """Decisions at this point (`SchedulerState.decide`: asked again after every change)."""
+        for transition in self.state.decide(self.policy, lambda: now_s):
             self.num_consults += 1
-            transition = self.state.apply(self.policy.schedule(self.state.view(now_s)), now_s)
             self._bookkeep(transition)
-            if transition.is_noop:
-                return
 
     def _advance(self, now: Callable[[], float]) -> int:
         """Run the running batch to its next scheduling point; returns how many requests finished."""

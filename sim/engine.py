@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from policies import MAX_DECISIONS_PER_POINT, Batch, Policy, Request, SchedulerState, Transition
+from policies import Batch, Policy, Request, SchedulerState, Transition
 from sim.plan import CostModel
 
 
@@ -74,18 +74,13 @@ class SimEngine:
             yield from self._advance()
 
     def _consult(self):
-        """Ask the policy, and again after every decision that changed something: the view it acted on is
-        gone (after a merge, say, a waiting LS prefill may now preempt the merged batch), so the next
-        decision is due at the same point, not at the next event."""
+        """Decisions at this point (`SchedulerState.decide`), each charged its engine overhead."""
         self._changed = False
-        for _ in range(MAX_DECISIONS_PER_POINT):
+        for transition in self.state.decide(self.policy, lambda: self.env.now):
             self.num_consults += 1
-            transition = self.state.apply(self.policy.schedule(self.state.view(self.env.now)), self.env.now)
             cost = self._bookkeep(transition)
             if cost > 0:
                 yield from self._busy(cost)
-            if transition.is_noop:
-                return
 
     def _advance(self):
         """Run the running batch up to the next point where a decision may differ."""
