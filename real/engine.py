@@ -112,7 +112,7 @@ class Engine:
     def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
         """Run stages up to the next scheduling point of `granularity`; True once only the LM head is left."""
         while True:
-            if self.runner is not None and granularity <= Granularity.LAYER and self.runner.fits(batch):
+            if self.graphed(batch, granularity):
                 self.runner.run_layer(batch)
             else:
                 self.step(batch, one_expert=granularity >= Granularity.EXPERT)
@@ -120,6 +120,10 @@ class Engine:
                 return True
             if batch.position.is_scheduling_point(granularity):
                 return False
+
+    def graphed(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
+        """Whether `advance` runs the batch's next layer as a CUDA graph (the runner's static buffers)."""
+        return self.runner is not None and granularity <= Granularity.LAYER and self.runner.fits(batch)
 
     @torch.inference_mode()
     def step(self, batch: BatchState, one_expert: bool = False) -> None:

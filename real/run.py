@@ -13,6 +13,7 @@ import torch
 from policies import Policy, Request, SchedulerState
 from real.engine import Engine
 from real.kv import KVPool
+from real.lanes import PriorityLane, urgent_stream
 from real.model import build_model, preset_config
 from real.server import ReplayServer
 from real.timeline import DeviceTimeline
@@ -36,6 +37,7 @@ class EngineSettings:
     max_len: int | None = None  # KV slot length; None: the trace's longest request, rounded up to 256
     graphs: bool | None = None  # None: the fast path on CUDA (sync-free experts, CUDA graphs), HF's loop on CPU
     run_ahead: int = 1  # advances the GPU may hold while the server decides (real.timeline)
+    priority_stream: bool = True  # a batch started while the device is busy runs on a high-priority stream (real.lanes)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -85,6 +87,10 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
     fast = on_cuda if settings.graphs is None else settings.graphs
     engine = Engine(model, pool, grouped_experts=fast and on_cuda, graphs=fast)
     engine.warm_up(max_batch)
+    if on_cuda and settings.priority_stream:
+        with torch.cuda.stream(urgent_stream(engine.device)):  # the urgent stream's allocator pool and workspaces
+            engine.warm_up(max_batch)
+        torch.cuda.synchronize(engine.device)
     _built.append(_Built(settings, max_len, max_batch, engine))
     return engine
 
@@ -128,8 +134,11 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
         request.kv_unit_tokens = max_len  # one slot per request: the policy's KV budget counts slots
     state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * max_len, max_batch_size=spec.max_batch_size)
     timeline = DeviceTimeline(engine.device, depth=spec.engine.run_ahead)
+    on_cuda = engine.device.type == "cuda"
+    lane = PriorityLane(urgent_stream(engine.device) if on_cuda and spec.engine.priority_stream else None,
+                        enabled=spec.engine.priority_stream)
     server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size),
-                          timeline=timeline)
+                          timeline=timeline, lane=lane)
     gc.collect()
     gc.freeze()  # the weights' and engine's objects stay out of the collector's scans during the replay
     try:
@@ -143,5 +152,6 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     summary["run"] = {"policy": spec.policy_name, "rate": spec.workload.rate, "seed": spec.seed,
                       "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults,
-                      "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead}
+                      "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead,
+                      "priority_stream": spec.engine.priority_stream, "urgent_batches": len(lane.claims)}
     return table, summary

@@ -1,6 +1,8 @@
 """Trace replay on the wall clock: the same policy objects and `SchedulerState` as the simulator,
-driving the real engine. Arrivals are admitted at every scheduling point, so an LS request that
-arrives while a BE batch is inside layer k is seen at the next layer (or expert) boundary."""
+driving the real engine. Arrivals are admitted at every scheduling point, and an arrival also ends the
+host's wait for the device (real.timeline): an LS request that arrives while a BE batch is inside layer
+k is seen at once, and a batch the policy starts then runs on the urgent stream (real.lanes), ahead of
+the layers the device has queued."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from policies import Policy, Request, SchedulerState, Transition
 from real.batch import BatchState, merge
 from real.engine import Engine
+from real.lanes import PriorityLane
 from real.sequence import Sequence
 from real.timeline import DeviceTimeline
 
@@ -31,6 +34,7 @@ class Step:
     from_layer: int
     to_layer: int
     kind: str  # "advance" | "finish"
+    urgent: bool  # issued on the urgent stream (real.lanes)
     issued_s: float  # host clock, since the replay's start
     begin: int  # DeviceTimeline mark indices
     end: int
@@ -53,6 +57,7 @@ class ReplayServer:
     prompt_ids: Callable[[Request], list[int]]
     clock: Callable[[], float] = time.perf_counter
     timeline: DeviceTimeline | None = None  # default: one on the engine's device, run-ahead depth 1
+    lane: PriorityLane = field(default_factory=lambda: PriorityLane(enabled=False))
     batches: dict[int, BatchState] = field(default_factory=dict)  # by policies' batch_id
     seqs: dict[int, Sequence] = field(default_factory=dict)  # by request_id
     outputs: dict[int, list[int]] = field(default_factory=dict)  # generated token ids of finished requests
@@ -78,7 +83,7 @@ class ReplayServer:
             if self.state.running is None:
                 self._wait_for(pending, now)
                 continue
-            remaining -= self._advance(now)
+            remaining -= self._advance(now, lambda: bool(pending) and pending[0].arrival_s <= now())
         wall_s = now()
         return ServeOutcome(requests, self.busy_s, wall_s, self.num_consults, self._resolve(requests))
 
@@ -97,21 +102,27 @@ class ReplayServer:
             self.num_consults += 1
             self._bookkeep(transition)
 
-    def _advance(self, now: Callable[[], float]) -> int:
-        """Run the running batch to its next scheduling point; returns how many requests finished."""
+    def _advance(self, now: Callable[[], float], interrupt: Callable[[], bool]) -> int:
+        """Run the running batch to its next scheduling point (the host's wait for the device ends early
+        when `interrupt()`); returns how many requests finished."""
         issued_s = now()
         running = self.state.running
+        self._leave_lane(keep=running.batch_id)
         batch = self.batches[running.batch_id]
-        from_layer, begin = batch.position.layer, self.timeline.mark()
-        done = self.engine.advance(batch, self.policy.granularity)
-        self._log(running.batch_id, batch, from_layer, "advance", issued_s, begin,
-                  self.timeline.mark(throttle=not done))
-        running.position = batch.position
+        with self.lane.issue(running.batch_id):
+            from_layer, begin = batch.position.layer, self.timeline.mark()
+            done = self.engine.advance(batch, self.policy.granularity)
+            self._log(running.batch_id, batch, from_layer, "advance", issued_s, begin,
+                      self.timeline.mark(throttle=not done, interrupt=interrupt))
+            running.position = batch.position
+            if done:
+                finish_s, begin = now(), self.timeline.mark()
+                self.engine.finish(batch)  # synchronises (its stream): token times below are real
+                self._log(running.batch_id, batch, batch.position.layer, "finish", finish_s, begin,
+                          self.timeline.mark())
         finished = []
         if done:
-            finish_s, begin = now(), self.timeline.mark()
-            self.engine.finish(batch)  # synchronises: token times below are real
-            self._log(running.batch_id, batch, batch.position.layer, "finish", finish_s, begin, self.timeline.mark())
+            self._leave_lane()
             del self.batches[running.batch_id]
             finished = self.state.complete_pass(now())
             for request in finished:
@@ -125,18 +136,30 @@ class ReplayServer:
              begin: int, end: int) -> None:
         longest = max(len(s.token_ids) for s in batch.seqs)
         self.steps.append(Step(batch_id, len(batch.seqs), batch.layout.num_tokens, longest, from_layer,
-                               batch.position.layer, kind, issued_s, begin, end))
+                               batch.position.layer, kind, batch_id == self.lane.batch_id, issued_s, begin, end))
 
     def _bookkeep(self, t: Transition) -> None:
+        running = self.state.running
+        self._leave_lane(keep=None if t.merged or running is None else running.batch_id)  # merges: main stream
         if t.started is not None:
-            mark = self.timeline.mark()
+            batch_id = t.started.batch_id
+            seqs = [self._sequence(r) for r in t.started.requests]
+            urgent = self.timeline.busy() and self.lane.claim(batch_id)
+            with self.lane.issue(batch_id):
+                batch = self.batches[batch_id] = self.engine.start(seqs)
+                mark = self.timeline.mark()  # after the embedding: the batch has reached the device's SMs
             for request in t.started.requests:
                 self.first_starts.setdefault(request.request_id, mark)
-            seqs = [self._sequence(r) for r in t.started.requests]
-            self.batches[t.started.batch_id] = self.engine.start(seqs)
+            if urgent and self.engine.graphed(batch, self.policy.granularity):
+                self._leave_lane()  # graph replays stay on the main stream
         for paused in t.merged:
             running_id = self.state.running.batch_id
             self.batches[running_id] = merge(self.batches[running_id], self.batches.pop(paused.batch_id))
+
+    def _leave_lane(self, keep: int | None = None) -> None:
+        """Join the urgent stream back unless batch `keep` holds it."""
+        if self.lane.batch_id is not None and self.lane.batch_id != keep:
+            self.lane.join(self.batches.get(self.lane.batch_id))
 
     def _sequence(self, request: Request) -> Sequence:
         if request.request_id not in self.seqs:

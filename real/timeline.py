@@ -7,6 +7,10 @@ until at most `depth` advances are in flight, so a decision taken at a schedulin
 device behind at most that much work, while the device does not idle between layers: with depth 1 the
 host decides about layer k+1 while the device runs layer k.
 
+The bound is kept per stream (real.lanes issues a preempting batch on a second, urgent stream; the main
+stream's queued layers do not hold it back). The wait can be `interrupt`ed (an arrival): the host then
+decides at once instead of when the device reaches the next scheduling point.
+
 `mark` records a CUDA event where the device will pass it (a batch's first stage, the end of an
 advance); `times_s` converts them, after the run, to seconds on the replay's wall clock. On the CPU the
 engine runs synchronously: marks are host times and throttling is a no-op."""
@@ -29,7 +33,7 @@ class DeviceTimeline:
     _origin: object = None  # CUDA event at host time `_origin_s` (both taken after a synchronise)
     _origin_s: float = 0.0
     _marks: list = field(default_factory=list)  # CUDA events or host times
-    _inflight: deque = field(default_factory=deque)
+    _inflight: dict[int, deque] = field(default_factory=dict)  # per stream: ends of advances not known done
 
     @property
     def on_cuda(self) -> bool:
@@ -45,9 +49,10 @@ class DeviceTimeline:
         self._origin_s = self.clock()
         return self._origin_s
 
-    def mark(self, throttle: bool = False) -> int:
+    def mark(self, throttle: bool = False, interrupt: Callable[[], bool] | None = None) -> int:
         """A point in the issued work; returns its index for `times_s`. With `throttle` it ends an advance:
-        the host then waits while more than `depth` advances have not finished on the device."""
+        the host then waits while more than `depth` advances of the current stream have not finished on
+        the device, or until `interrupt()` is true (polled while waiting)."""
         if not self.on_cuda:
             self._marks.append(self.clock())
             return len(self._marks) - 1
@@ -55,10 +60,14 @@ class DeviceTimeline:
         event.record()
         self._marks.append(event)
         if throttle:
-            self._inflight.append(event)
-            while len(self._inflight) > self.depth:
-                self._inflight.popleft().synchronize()
+            queue = self._inflight.setdefault(torch.cuda.current_stream(self.device).cuda_stream, deque())
+            queue.append(event)
+            _wait(queue, self.depth, interrupt)
         return len(self._marks) - 1
+
+    def busy(self) -> bool:
+        """Whether an advance issued on any stream may still be running or queued on the device."""
+        return any(not event.query() for queue in self._inflight.values() for event in queue)
 
     def times_s(self) -> list[float]:
         """Every mark in seconds since `start` (synchronises: call once the run is over)."""
@@ -66,3 +75,15 @@ class DeviceTimeline:
             return [t - self._origin_s for t in self._marks]
         torch.cuda.synchronize(self.device)
         return [self._origin.elapsed_time(event) / 1e3 for event in self._marks]
+
+
+def _wait(queue: deque, depth: int, interrupt: Callable[[], bool] | None) -> None:
+    """Until at most `depth` events of `queue` are pending; spins (polling `interrupt`) when one is given."""
+    while len(queue) > depth:
+        if interrupt is None:
+            queue.popleft().synchronize()
+            continue
+        while not queue[0].query():
+            if interrupt():
+                return
+        queue.popleft()

@@ -3,6 +3,8 @@ with every KV slot given back, and the step log and device timeline are consiste
 
 from __future__ import annotations
 
+from collections import deque
+
 import pandas as pd
 import pytest
 
@@ -15,7 +17,7 @@ from real.engine import Engine  # noqa: E402
 from real.graphs import BUCKET_SIZES  # noqa: E402
 from real.kv import KVPool  # noqa: E402
 from real.model import build_model, preset_config  # noqa: E402
-from real.timeline import DeviceTimeline  # noqa: E402
+from real.timeline import DeviceTimeline, _wait  # noqa: E402
 from sim.workload import WorkloadConfig  # noqa: E402
 
 
@@ -70,3 +72,33 @@ def test_cpu_timeline_marks_host_times_from_the_start():
     assert timeline.start() == 10.0
     marks = [timeline.mark(), timeline.mark(throttle=True), timeline.mark()]
     assert marks == [0, 1, 2] and timeline.times_s() == [1.0, 2.0, 3.0]
+
+
+class FakeEvent:
+    """Done after `pending` queries; `synchronize` finishes it at once."""
+
+    def __init__(self, pending: int) -> None:
+        self.pending, self.synced = pending, False
+
+    def query(self) -> bool:
+        self.pending -= 1
+        return self.pending < 0
+
+    def synchronize(self) -> None:
+        self.synced = True
+
+
+@pytest.mark.parametrize("arrival_at, left", [(None, 1), (2, 3), (6, 2)])
+def test_throttle_wait_ends_early_on_an_arrival(arrival_at, left):
+    """Depth 1 with three advances queued: the host waits for two; an arrival (the `arrival_at`-th poll)
+    ends the wait with the rest still queued, so the policy decides at once."""
+    queue = deque([FakeEvent(3), FakeEvent(3), FakeEvent(3)])
+    polls = iter(range(1, 100))
+    _wait(queue, 1, None if arrival_at is None else lambda: next(polls) >= arrival_at)
+    assert len(queue) == left
+
+
+def test_throttle_without_interrupt_blocks_on_each_event():
+    events = [FakeEvent(5), FakeEvent(5)]
+    _wait(deque(events), 1, None)
+    assert events[0].synced and not events[1].synced

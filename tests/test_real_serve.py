@@ -11,9 +11,11 @@ pytest.importorskip("transformers")
 from policies import FCFS, QLLM, Granularity, Priority, Request, SchedulerState  # noqa: E402
 from real.engine import Engine  # noqa: E402
 from real.kv import KVPool  # noqa: E402
+from real.lanes import PriorityLane  # noqa: E402
 from real.model import build_model, preset_config  # noqa: E402
 from real.run import prompt_token_ids  # noqa: E402
 from real.server import ReplayServer  # noqa: E402
+from real.timeline import DeviceTimeline  # noqa: E402
 from tests.test_consults import Logged, assert_asked_again_after_every_change  # noqa: E402
 
 MAX_LEN = 40
@@ -85,3 +87,35 @@ def test_the_server_asks_again_after_every_change(model):
     server = replay(model, policy, overload())
     assert len(server.outputs) == 14
     assert_asked_again_after_every_change(policy.log)
+
+
+class BusyTimeline(DeviceTimeline):
+    """The device always looks busy: every batch the policy starts claims the urgent lane (bookkeeping
+    only on the CPU), so the joins before merges, pauses and resumptions are all exercised."""
+
+    def busy(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("policy", [QLLM(max_batch_size=4, preempt_ls_decode=True, ls_catch_up_layers=32),
+                                    QLLM(max_batch_size=4, granularity=Granularity.EXPERT)],
+                         ids=["qllm-catchup", "qllm-expert"])
+def test_urgent_lane_is_held_by_one_batch_at_a_time_and_changes_no_token(model, policy):
+    requests = overload()
+    engine = Engine(model, KVPool.allocate_for(model.config, 6, MAX_LEN, "cpu", torch.float32))
+    state = SchedulerState(kv_capacity_tokens=6 * MAX_LEN, max_batch_size=4)
+    clock = StepClock()
+    server = ReplayServer(engine, policy, state, prompt_token_ids(0, model.config.vocab_size), clock=clock,
+                          timeline=BusyTimeline(engine.device, clock), lane=PriorityLane(enabled=True))
+    server.run(requests)
+    assert len(server.lane.claims) == len(set(server.lane.claims)) > 1  # each batch claims once, at its start
+    assert server.lane.batch_id is None  # given back by the end
+    order = [step.batch_id for step in server.steps]
+    for batch_id in set(order):
+        flags = [step.urgent for step in server.steps if step.batch_id == batch_id]
+        assert flags == sorted(flags, reverse=True)  # urgent first, then on the main stream for good
+        urgent_at = [i for i, step in enumerate(server.steps) if step.batch_id == batch_id and step.urgent]
+        if urgent_at:  # nothing else ran while it held the lane
+            assert set(order[urgent_at[0]: urgent_at[-1] + 1]) == {batch_id}
+    reference = replay(model, policy, overload())  # the lane switched off
+    assert server.outputs == reference.outputs
