@@ -35,6 +35,7 @@ class Step:
     to_layer: int
     kind: str  # "advance" | "finish"
     urgent: bool  # issued on the urgent stream (real.lanes)
+    decided_s: float  # host clock when the consult before this step began (NaN: none since the last step)
     issued_s: float  # host clock, since the replay's start
     begin: int  # DeviceTimeline mark indices
     end: int
@@ -63,6 +64,7 @@ class ReplayServer:
     outputs: dict[int, list[int]] = field(default_factory=dict)  # generated token ids of finished requests
     busy_s: float = 0.0
     num_consults: int = 0
+    decided_s: float = float("nan")  # host time of the latest consult not yet followed by a step
     steps: list[Step] = field(default_factory=list)
     first_starts: dict[int, int] = field(default_factory=dict)  # request_id -> mark of its first batch start
 
@@ -98,6 +100,7 @@ class ReplayServer:
 
     def _consult(self, now_s: float) -> None:
         """Decisions at this point (`SchedulerState.decide`: asked again after every change)."""
+        self.decided_s = now_s
         for transition in self.state.decide(self.policy, lambda: now_s):
             self.num_consults += 1
             self._bookkeep(transition)
@@ -136,7 +139,9 @@ class ReplayServer:
              begin: int, end: int) -> None:
         longest = max(len(s.token_ids) for s in batch.seqs)
         self.steps.append(Step(batch_id, len(batch.seqs), batch.layout.num_tokens, longest, from_layer,
-                               batch.position.layer, kind, batch_id == self.lane.batch_id, issued_s, begin, end))
+                               batch.position.layer, kind, batch_id == self.lane.batch_id, self.decided_s, issued_s,
+                               begin, end))
+        self.decided_s = float("nan")
 
     def _bookkeep(self, t: Transition) -> None:
         running = self.state.running
