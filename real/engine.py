@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from policies import Granularity, Position, Stage
@@ -105,7 +106,7 @@ class Engine:
     @torch.inference_mode()
     def start(self, seqs: list[Sequence]) -> BatchState:
         """A new pass at layer 0 for the tokens each sequence has not yet fed through the model."""
-        ids = to_device([torch.tensor([t for s in seqs for t in s.token_ids[s.num_cached:]])], self.device)[0]
+        ids = to_device([np.array([t for s in seqs for t in s.token_ids[s.num_cached:]])], self.device)[0]
         return BatchState(list(seqs), stages.embed(self.model, ids), build_layout(seqs, self.device), Position())
 
     @torch.inference_mode()

@@ -10,8 +10,7 @@ Shapes: T = packed new tokens, B = sequences of a group, Q = padded queries, N =
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import accumulate
-
+import numpy as np
 import torch
 
 from real.sequence import Sequence
@@ -39,40 +38,39 @@ class Layout:
 
 
 def build_layout(seqs: list[Sequence], device) -> Layout:
-    """Decode sequences (one new token) and prefill sequences are padded separately."""
-    offsets = list(accumulate((s.num_new for s in seqs), initial=0))[:-1]
+    """Decode sequences (one new token) and prefill sequences are padded separately. Built with numpy
+    and sent in one copy: this sits between an LS arrival and its first kernel (torch's per-op dispatch
+    on small host tensors cost about 1 ms per batch)."""
+    new = np.array([s.num_new for s in seqs])
+    cached = np.array([s.num_cached for s in seqs])
+    slot = np.array([s.slot for s in seqs])
+    offsets = np.cumsum(new) - new
+    positions = np.repeat(cached - offsets, new) + np.arange(new.sum())  # cached_i + (row - offset_i)
+    host = [positions, np.repeat(slot, new), offsets + new - 1]
     groups = []
     for is_decode in (True, False):
-        members = [i for i, s in enumerate(seqs) if (s.num_new == 1) == is_decode]
-        if members:
-            groups.append(_group([seqs[i] for i in members], [offsets[i] for i in members]))
-    positions = [p for s in seqs for p in range(s.num_cached, s.num_cached + s.num_new)]
-    slots = [s.slot for s in seqs for _ in range(s.num_new)]
-    last = [o + s.num_new - 1 for o, s in zip(offsets, seqs)]
-    host = [torch.tensor(positions), torch.tensor(slots), torch.tensor(last)] + [t for g in groups for t in g[:-1]]
+        members = (new == 1) == is_decode
+        if members.any():
+            groups.append(_group(new[members], cached[members], slot[members], offsets[members]))
+            host.extend(groups[-1][:-1])
     dev = to_device(host, device)
     groups = [AttentionGroup(*dev[3 + 5 * i: 8 + 5 * i], num_keys=g[-1]) for i, g in enumerate(groups)]
     return Layout(len(positions), dev[0], dev[1], dev[2], tuple(groups))
 
 
-def to_device(host: list[torch.Tensor], device) -> list[torch.Tensor]:
-    """One asynchronous host-to-device copy (from pinned memory) for many small index tensors:
+def to_device(host: list[np.ndarray], device) -> list[torch.Tensor]:
+    """One asynchronous host-to-device copy (from pinned memory) for many small index arrays:
     a pageable copy would wait for the GPU to drain, a hidden sync at every merge or pass start."""
-    flat = torch.cat([t.flatten().long() for t in host])
+    flat = torch.from_numpy(np.concatenate([np.asarray(a, dtype=np.int64).ravel() for a in host]))
     if torch.device(device).type == "cuda":
-        flat = flat.pin_memory()
-    flat = flat.to(device, non_blocking=True)
-    return [chunk.view(t.shape) for chunk, t in zip(flat.split([t.numel() for t in host]), host)]
+        flat = flat.pin_memory().to(device, non_blocking=True)
+    return [chunk.view(np.shape(a)) for chunk, a in zip(flat.split([np.size(a) for a in host]), host)]
 
 
-def _group(seqs: list[Sequence], offsets: list[int]) -> tuple:
-    """Host tensors of an AttentionGroup (rows, positions, slots, valid_flat, valid_rows) and num_keys."""
-    q = torch.arange(max(s.num_new for s in seqs))
-    n_new = torch.tensor([s.num_new for s in seqs])[:, None]  # [B, 1]
-    start = torch.tensor([s.num_cached for s in seqs])[:, None]
-    q_clamped = torch.minimum(q[None, :], n_new - 1)  # padding repeats the last real query
-    rows = torch.tensor(offsets)[:, None] + q_clamped  # [B, Q]
-    valid = q[None, :] < n_new
-    slots = torch.tensor([s.slot for s in seqs])
-    num_keys = max(s.num_cached + s.num_new for s in seqs)
-    return rows, start + q_clamped, slots, valid.flatten().nonzero().squeeze(1), rows[valid], num_keys
+def _group(new: np.ndarray, cached: np.ndarray, slots: np.ndarray, offsets: np.ndarray) -> tuple:
+    """Host arrays of an AttentionGroup (rows, positions, slots, valid_flat, valid_rows) and num_keys."""
+    q = np.arange(new.max())
+    q_clamped = np.minimum(q[None, :], new[:, None] - 1)  # padding repeats the last real query
+    rows = offsets[:, None] + q_clamped  # [B, Q]
+    valid = q[None, :] < new[:, None]
+    return rows, cached[:, None] + q_clamped, slots, np.flatnonzero(valid), rows[valid], int((cached + new).max())

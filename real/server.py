@@ -67,11 +67,13 @@ class ReplayServer:
     decided_s: float = float("nan")  # host time of the latest consult not yet followed by a step
     steps: list[Step] = field(default_factory=list)
     first_starts: dict[int, int] = field(default_factory=dict)  # request_id -> mark of its first batch start
+    prompts: dict[int, list[int]] = field(default_factory=dict)  # request_id -> prompt token ids
 
     def run(self, requests: list[Request]) -> ServeOutcome:
         if self.timeline is None:
             self.timeline = DeviceTimeline(self.engine.device, self.clock)
         pending = deque(sorted(requests, key=lambda r: (r.arrival_s, r.request_id)))
+        self.prompts = {r.request_id: self.prompt_ids(r) for r in requests}  # the trace's input, not timed work
         remaining, start = len(requests), self.timeline.start()
         now = lambda: self.clock() - start  # noqa: E731
         changed = True
@@ -168,7 +170,7 @@ class ReplayServer:
 
     def _sequence(self, request: Request) -> Sequence:
         if request.request_id not in self.seqs:
-            self.seqs[request.request_id] = self.engine.add_sequence(request.request_id, self.prompt_ids(request))
+            self.seqs[request.request_id] = self.engine.add_sequence(request.request_id, self.prompts[request.request_id])
         return self.seqs[request.request_id]
 
     def _can_merge(self) -> bool:
