@@ -22,7 +22,7 @@ import torch
 
 from real.engine import Engine
 from real.kv import KVPool
-from real.lanes import PriorityLane, urgent_stream
+from real.lanes import PriorityLane, urgent_streams
 from real.model import build_model, preset_config
 from real.sequence import Sequence
 
@@ -39,8 +39,9 @@ def _event(stream: torch.cuda.Stream) -> torch.cuda.Event:
 def trial(engine: Engine, be_seqs: list[Sequence], ls_seqs: list[Sequence], queued: int, variant: str) -> dict:
     """One BE decode pass and one LS prefill pass in `variant`; the sequences are restored afterwards."""
     saved = [(s, len(s.token_ids), s.num_cached) for s in be_seqs + ls_seqs]
-    urgent, main = urgent_stream(engine.device), torch.cuda.current_stream(engine.device)
-    lane = PriorityLane(urgent, enabled=variant != "main")
+    main = torch.cuda.current_stream(engine.device)
+    lane = PriorityLane(urgent_streams(engine.device), enabled=variant != "main")
+    urgent = lane.streams[0]  # the level a batch preempting the main stream claims
     torch.cuda.synchronize(engine.device)
     be = engine.start(be_seqs)
     for _ in range(engine.num_layers if variant == "alone" else queued):
@@ -49,7 +50,7 @@ def trial(engine: Engine, be_seqs: list[Sequence], ls_seqs: list[Sequence], queu
     if variant == "alone":
         be_logits, _ = engine.finish(be)
     zero = _event(urgent)  # the LS batch's issue, on the device clock
-    lane.claim(-1)
+    lane.claim(-1, busy_levels={0})
     with lane.issue(-1):
         ls = engine.start(ls_seqs)
         first = _event(torch.cuda.current_stream(engine.device))
@@ -80,7 +81,7 @@ def run(args) -> list[dict]:
     pool = KVPool.allocate_for(config, args.be + args.ls, max_len, "cuda", torch.bfloat16)
     engine = Engine.for_device(model, pool)
     engine.warm_up(args.be)
-    with torch.cuda.stream(urgent_stream(engine.device)):
+    with torch.cuda.stream(urgent_streams(engine.device)[0]):
         engine.warm_up(args.be)
     gen = torch.Generator().manual_seed(0)
     prompt = lambda n: torch.randint(3, config.vocab_size, (n,), generator=gen).tolist()  # noqa: E731

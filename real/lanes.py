@@ -1,10 +1,13 @@
-"""A high-priority CUDA stream for a batch that preempts work the device has already queued.
+"""High-priority CUDA streams for a batch that preempts work the device has already queued.
 
 With run-ahead depth 1 (real.timeline) the device holds one issued layer of the running batch behind the
 one it is running, so a batch started at a scheduling point waits for both: about 1.5 layers on average,
-two at worst. A batch started while other work is in flight is instead issued on the *urgent* stream, of
-the highest priority: the GPU's block scheduler dispatches its kernels ahead of the queued layers, which
-finish in the background on the SMs it leaves free. That work is not wasted, and nothing is cancelled.
+two at worst. A batch started while other work is in flight is instead issued on an *urgent* stream of
+higher priority than any stream with work in flight: the GPU's block scheduler dispatches its kernels ahead
+of the queued layers, which finish in the background on the SMs it leaves free. That work is not wasted,
+and nothing is cancelled. There are a few levels (torch offers three above the default), so an LS prefill
+that preempts another urgent batch (a catch-up) also runs ahead of its queued layers; above the top level
+a batch queues behind the work on it.
 
 The batch keeps the stream for its whole run of advances. When it stops running (paused, merged, its
 pass finished), the lane *joins*: the main stream waits for the urgent one, and the batch's tensors are
@@ -27,32 +30,50 @@ import torch
 from real.batch import BatchState
 
 
+URGENT_LEVELS = 3  # torch's stream priorities above the default: -1, -2, -3
+
+
 @cache
-def urgent_stream(device: torch.device) -> torch.cuda.Stream:
-    """One stream of the highest priority per device (the same object for every run of a process, so that
-    a warm-up on it fills the allocator pool and library workspaces the runs use)."""
-    return torch.cuda.Stream(device, priority=-100)  # out of range: torch maps it to the highest priority
+def urgent_streams(device: torch.device) -> tuple[torch.cuda.Stream, ...]:
+    """Streams of rising priority, one per level (the same objects for every run of a process, so that a
+    warm-up on them fills the allocator pools and library workspaces the runs use)."""
+    return tuple(torch.cuda.Stream(device, priority=-level) for level in range(1, URGENT_LEVELS + 1))
 
 
 @dataclass
 class PriorityLane:
-    stream: torch.cuda.Stream | None = None  # None: bookkeeping only
+    streams: tuple[torch.cuda.Stream, ...] = ()  # by rising priority; empty: bookkeeping only
     enabled: bool = True
-    batch_id: int | None = None  # the batch now issued on the urgent stream
-    claims: list[int] = field(default_factory=list)  # batch ids that took the lane, in order
+    batch_id: int | None = None  # the batch now issued on an urgent stream
+    level: int = 0  # its level (1 = the first above the main stream)
+    claims: list[tuple[int, int]] = field(default_factory=list)  # (batch id, level) of each claim, in order
 
-    def claim(self, batch_id: int) -> bool:
-        """Take the lane for a batch that starts while the device is busy; False when switched off."""
-        if not self.enabled:
+    @property
+    def num_levels(self) -> int:
+        return len(self.streams) or URGENT_LEVELS
+
+    def level_of(self, stream_key: int) -> int:
+        """The level of a stream (its `cuda_stream` handle); 0 for any other, the main stream."""
+        keys = [s.cuda_stream for s in self.streams]
+        return keys.index(stream_key) + 1 if stream_key in keys else 0
+
+    def claim(self, batch_id: int, busy_levels: set[int]) -> bool:
+        """Take a level above every level with work in flight (0: the main stream), or the top one, for a
+        batch that starts while the device is busy; False when switched off or nothing is in flight."""
+        if not self.enabled or not busy_levels:
             return False
         if self.batch_id is not None:
             raise RuntimeError(f"lane held by batch {self.batch_id}: join it before batch {batch_id} claims it")
-        self.batch_id = batch_id
-        self.claims.append(batch_id)
+        self.batch_id, self.level = batch_id, min(max(busy_levels) + 1, self.num_levels)
+        self.claims.append((batch_id, self.level))
         return True
 
+    @property
+    def stream(self) -> torch.cuda.Stream | None:
+        return self.streams[self.level - 1] if self.streams and self.batch_id is not None else None
+
     def issue(self, batch_id: int):
-        """Context for issuing `batch_id`'s work: on the urgent stream if it holds the lane."""
+        """Context for issuing `batch_id`'s work: on its urgent stream if it holds the lane."""
         if self.stream is None or batch_id != self.batch_id:
             return nullcontext()
         return torch.cuda.stream(self.stream)
@@ -61,11 +82,12 @@ class PriorityLane:
         """The lane's batch goes back to the main stream (`batch`: its state, None once it is gone)."""
         if self.batch_id is None:
             return
-        self.batch_id = None
-        if self.stream is None:
+        stream = self.stream
+        self.batch_id, self.level = None, 0
+        if stream is None:
             return
-        main = torch.cuda.current_stream(self.stream.device)
-        main.wait_stream(self.stream)
+        main = torch.cuda.current_stream(stream.device)
+        main.wait_stream(stream)
         if batch is not None:
             for tensor in _tensors(batch):
                 tensor.record_stream(main)

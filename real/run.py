@@ -13,7 +13,7 @@ import torch
 from policies import Policy, Request, SchedulerState
 from real.engine import Engine
 from real.kv import KVPool
-from real.lanes import PriorityLane, urgent_stream
+from real.lanes import PriorityLane, urgent_streams
 from real.model import build_model, preset_config
 from real.server import ReplayServer
 from real.timeline import DeviceTimeline
@@ -88,8 +88,9 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
     engine = Engine(model, pool, grouped_experts=fast and on_cuda, graphs=fast)
     engine.warm_up(max_batch)
     if on_cuda and settings.priority_stream:
-        with torch.cuda.stream(urgent_stream(engine.device)):  # the urgent stream's allocator pool and workspaces
-            engine.warm_up(max_batch)
+        for stream in urgent_streams(engine.device):  # their allocator pools and library workspaces
+            with torch.cuda.stream(stream):
+                engine.warm_up(max_batch)
         torch.cuda.synchronize(engine.device)
     _built.append(_Built(settings, max_len, max_batch, engine))
     return engine
@@ -135,7 +136,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * max_len, max_batch_size=spec.max_batch_size)
     timeline = DeviceTimeline(engine.device, depth=spec.engine.run_ahead)
     on_cuda = engine.device.type == "cuda"
-    lane = PriorityLane(urgent_stream(engine.device) if on_cuda and spec.engine.priority_stream else None,
+    lane = PriorityLane(urgent_streams(engine.device) if on_cuda and spec.engine.priority_stream else (),
                         enabled=spec.engine.priority_stream)
     server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size),
                           timeline=timeline, lane=lane)

@@ -34,7 +34,7 @@ class Step:
     from_layer: int
     to_layer: int
     kind: str  # "advance" | "finish"
-    urgent: bool  # issued on the urgent stream (real.lanes)
+    level: int  # stream priority level it was issued at (0: main stream; real.lanes)
     decided_s: float  # host clock when the consult before this step began (NaN: none since the last step)
     issued_s: float  # host clock, since the replay's start
     begin: int  # DeviceTimeline mark indices
@@ -141,7 +141,8 @@ class ReplayServer:
              begin: int, end: int) -> None:
         longest = max(len(s.token_ids) for s in batch.seqs)
         self.steps.append(Step(batch_id, len(batch.seqs), batch.layout.num_tokens, longest, from_layer,
-                               batch.position.layer, kind, batch_id == self.lane.batch_id, self.decided_s, issued_s,
+                               batch.position.layer, kind, self.lane.level if batch_id == self.lane.batch_id else 0,
+                               self.decided_s, issued_s,
                                begin, end))
         self.decided_s = float("nan")
 
@@ -151,7 +152,8 @@ class ReplayServer:
         if t.started is not None:
             batch_id = t.started.batch_id
             seqs = [self._sequence(r) for r in t.started.requests]
-            urgent = self.timeline.busy() and self.lane.claim(batch_id)
+            busy = {self.lane.level_of(key) for key in self.timeline.busy_streams()}
+            urgent = self.lane.claim(batch_id, busy)
             with self.lane.issue(batch_id):
                 batch = self.batches[batch_id] = self.engine.start(seqs)
                 mark = self.timeline.mark()  # after the embedding: the batch has reached the device's SMs

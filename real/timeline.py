@@ -65,9 +65,9 @@ class DeviceTimeline:
             _wait(queue, self.depth, interrupt)
         return len(self._marks) - 1
 
-    def busy(self) -> bool:
-        """Whether an advance issued on any stream may still be running or queued on the device."""
-        return any(not event.query() for queue in self._inflight.values() for event in queue)
+    def busy_streams(self) -> set[int]:
+        """The streams (`cuda_stream` handles) with an advance that may still be running or queued."""
+        return {key for key, queue in self._inflight.items() if any(not event.query() for event in queue)}
 
     def times_s(self) -> list[float]:
         """Every mark in seconds since `start` (synchronises: call once the run is over)."""

@@ -93,8 +93,8 @@ class BusyTimeline(DeviceTimeline):
     """The device always looks busy: every batch the policy starts claims the urgent lane (bookkeeping
     only on the CPU), so the joins before merges, pauses and resumptions are all exercised."""
 
-    def busy(self) -> bool:
-        return True
+    def busy_streams(self) -> set[int]:
+        return {0}  # the main stream
 
 
 @pytest.mark.parametrize("policy", [QLLM(max_batch_size=4, preempt_ls_decode=True, ls_catch_up_layers=32),
@@ -108,14 +108,33 @@ def test_urgent_lane_is_held_by_one_batch_at_a_time_and_changes_no_token(model, 
     server = ReplayServer(engine, policy, state, prompt_token_ids(0, model.config.vocab_size), clock=clock,
                           timeline=BusyTimeline(engine.device, clock), lane=PriorityLane(enabled=True))
     server.run(requests)
-    assert len(server.lane.claims) == len(set(server.lane.claims)) > 1  # each batch claims once, at its start
+    claimed = [batch_id for batch_id, level in server.lane.claims]
+    assert len(claimed) == len(set(claimed)) > 1  # each batch claims once, at its start
+    assert {level for _, level in server.lane.claims} == {1}  # only the main stream was ever busy
     assert server.lane.batch_id is None  # given back by the end
     order = [step.batch_id for step in server.steps]
     for batch_id in set(order):
-        flags = [step.urgent for step in server.steps if step.batch_id == batch_id]
+        flags = [step.level > 0 for step in server.steps if step.batch_id == batch_id]
         assert flags == sorted(flags, reverse=True)  # urgent first, then on the main stream for good
-        urgent_at = [i for i, step in enumerate(server.steps) if step.batch_id == batch_id and step.urgent]
+        urgent_at = [i for i, step in enumerate(server.steps) if step.batch_id == batch_id and step.level]
         if urgent_at:  # nothing else ran while it held the lane
             assert set(order[urgent_at[0]: urgent_at[-1] + 1]) == {batch_id}
     reference = replay(model, policy, overload())  # the lane switched off
     assert server.outputs == reference.outputs
+
+
+@pytest.mark.parametrize("busy, level", [(set(), None), ({0}, 1), ({0, 1}, 2), ({1}, 2), ({2}, 3), ({0, 3}, 3), ({3}, 3)])
+def test_a_preempting_batch_claims_the_level_above_the_busiest(busy, level):
+    lane = PriorityLane()
+    assert lane.claim(7, busy) == (level is not None)
+    assert lane.level == (level or 0) and lane.batch_id == (7 if level else None)
+    if level:
+        with pytest.raises(RuntimeError, match="join it"):
+            lane.claim(8, busy)
+        lane.join(None)
+        assert lane.batch_id is None and lane.level == 0
+
+
+def test_a_switched_off_lane_never_claims():
+    lane = PriorityLane(enabled=False)
+    assert not lane.claim(1, {0}) and lane.claims == []
