@@ -3,7 +3,9 @@
 Between two of the engine's steps the GPU idles while the server works on the host: after a pass's
 LM head it waits for the tokens, books them, asks the policy and builds the next batch's layout
 (`server_pass`); when a policy switches batches mid-pass it pauses one and starts or resumes another
-(`server_switch`); a merge rebuilds the running batch's layout (`server_merge`). `real.run` logs every
+(`server_switch`); a merge rebuilds the running batch's layout (`server_merge`). A batch started on an
+urgent stream (real.lanes) overlaps the queued layers of the one it paused: that switch costs no idle
+time, and its negative gap counts as zero. `real.run` logs every
 step with device timestamps (steps.parquet); this module turns the idle gaps into rows of a profile's
 events.csv, which `sim.profile.measured` charges as the iteration, pause and merge overheads.
 
@@ -32,8 +34,8 @@ def gaps(steps: pd.DataFrame) -> pd.DataFrame:
     advance = prev.kind == "advance"
     event[advance & (nxt.batch_id != prev.batch_id)] = "server_switch"
     event[advance & (nxt.batch_id == prev.batch_id) & (nxt.num_seqs != prev.num_seqs)] = "server_merge"
-    rows = pd.DataFrame({"event": event, "time_s": gap})
-    return rows[rows.event.notna() & (rows.time_s >= 0) & (rows.time_s <= MAX_GAP_S)]
+    rows = pd.DataFrame({"event": event, "time_s": gap.clip(lower=0.0)})
+    return rows[rows.event.notna() & (rows.time_s <= MAX_GAP_S)]
 
 
 def collect(run_dirs: list[Path]) -> pd.DataFrame:

@@ -44,3 +44,10 @@ def test_write_events_keeps_calibration_rows_and_replaces_server_rows(tmp_path):
     assert table[table.event == "server_pass"].time_s.tolist() == pytest.approx([7e-4])
     with pytest.raises(SystemExit, match="no steps.parquet"):
         collect([tmp_path / "nothing"])
+
+
+def test_a_switch_that_overlaps_the_paused_batch_costs_nothing():
+    """A batch started on an urgent stream begins before the paused batch's queued layer ends."""
+    steps = pd.DataFrame([step(0, 8, "advance", 0.000, 0.010), step(1, 1, "advance", 0.004, 0.012)])
+    rows = gaps(steps)
+    assert rows.event.tolist() == ["server_switch"] and rows.time_s.tolist() == [0.0]
