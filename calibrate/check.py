@@ -149,7 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impl", nargs="+", default=None, choices=["engine", "engine-graphs", "hf"])
     parser.add_argument("--clock", default="pipelined", choices=["pipelined", "time_s", "latency_s", "host_s", "gpu_s"])
     args = parser.parse_args(argv)
-    report(args.directory, args.impl, args.clock)
+    if not (args.directory / "stages.csv").exists():
+        parser.error(f"{args.directory} has no stages.csv: not a calibration profile folder")
+    try:
+        report(args.directory, args.impl, args.clock)
+    except FileNotFoundError as error:  # the folder name must be <model>-<dtype> of a known model
+        parser.error(f"{args.directory.name}: {error.strerror}: {error.filename} (name profile folders <model>-<dtype>, "
+                     "e.g. mixtral-8x7b-bf16)")
 
 
 if __name__ == "__main__":
