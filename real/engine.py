@@ -12,7 +12,6 @@ and everything else (prefill, mixed batches, expert-level stepping) stage by sta
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import chain
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from real import stages
 from real.batch import BatchState, MoEState
 from real.graphs import DecodeRunner
 from real.kv import KVPool
-from real.layout import layout_arrays, layout_from, to_device
+from real.layout import build_layout, to_device
 from real.sequence import Sequence
 
 
@@ -107,10 +106,8 @@ class Engine:
     @torch.inference_mode()
     def start(self, seqs: list[Sequence]) -> BatchState:
         """A new pass at layer 0 for the tokens each sequence has not yet fed through the model."""
-        ids = np.fromiter(chain.from_iterable(s.token_ids[s.num_cached:] for s in seqs), dtype=np.int64)
-        host, num_keys = layout_arrays(seqs)
-        dev = to_device([ids, *host], self.device)  # one copy: this is on an LS request's path to its first kernel
-        return BatchState(list(seqs), stages.embed(self.model, dev[0]), layout_from(dev[1:], num_keys), Position())
+        ids = to_device([np.array([t for s in seqs for t in s.token_ids[s.num_cached:]])], self.device)[0]
+        return BatchState(list(seqs), stages.embed(self.model, ids), build_layout(seqs, self.device), Position())
 
     @torch.inference_mode()
     def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:

@@ -38,34 +38,24 @@ class Layout:
 
 
 def build_layout(seqs: list[Sequence], device) -> Layout:
-    """Decode sequences (one new token) and prefill sequences are padded separately."""
-    host, num_keys = layout_arrays(seqs)
-    return layout_from(to_device(host, device), num_keys)
-
-
-def layout_arrays(seqs: list[Sequence]) -> tuple[list[np.ndarray], list[int]]:
-    """The layout's index arrays on the host (built with numpy, to be sent in one copy: this sits between an LS
-    arrival and its first kernel, where torch's per-op dispatch on small host tensors cost about 1 ms per
-    batch) and each attention group's key count."""
+    """Decode sequences (one new token) and prefill sequences are padded separately. Built with numpy
+    and sent in one copy: this sits between an LS arrival and its first kernel (torch's per-op dispatch
+    on small host tensors cost about 1 ms per batch)."""
     new = np.array([s.num_new for s in seqs])
     cached = np.array([s.num_cached for s in seqs])
     slot = np.array([s.slot for s in seqs])
     offsets = np.cumsum(new) - new
     positions = np.repeat(cached - offsets, new) + np.arange(new.sum())  # cached_i + (row - offset_i)
-    host, num_keys = [positions, np.repeat(slot, new), offsets + new - 1], []
+    host = [positions, np.repeat(slot, new), offsets + new - 1]
+    groups = []
     for is_decode in (True, False):
         members = (new == 1) == is_decode
         if members.any():
-            *arrays, keys = _group(new[members], cached[members], slot[members], offsets[members])
-            host.extend(arrays)
-            num_keys.append(keys)
-    return host, num_keys
-
-
-def layout_from(dev: list[torch.Tensor], num_keys: list[int]) -> Layout:
-    """A Layout from `layout_arrays`' arrays, on the device."""
-    groups = tuple(AttentionGroup(*dev[3 + 5 * i: 8 + 5 * i], num_keys=keys) for i, keys in enumerate(num_keys))
-    return Layout(dev[0].shape[0], dev[0], dev[1], dev[2], groups)
+            groups.append(_group(new[members], cached[members], slot[members], offsets[members]))
+            host.extend(groups[-1][:-1])
+    dev = to_device(host, device)
+    groups = [AttentionGroup(*dev[3 + 5 * i: 8 + 5 * i], num_keys=g[-1]) for i, g in enumerate(groups)]
+    return Layout(len(positions), dev[0], dev[1], dev[2], tuple(groups))
 
 
 def to_device(host: list[np.ndarray], device) -> list[torch.Tensor]:
