@@ -46,6 +46,8 @@ class EngineSettings:
             raise ValueError("engine.device=cuda but no CUDA device is available")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
+        if not isinstance(self.priority_stream, bool):
+            raise ValueError(f"engine.priority_stream must be true or false, got {self.priority_stream!r}")
 
 
 @dataclass(frozen=True)

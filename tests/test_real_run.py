@@ -56,6 +56,8 @@ def test_a_too_short_kv_slot_is_an_error(tmp_path):
         real_run.serve(short, tmp_path)
     with pytest.raises(ValueError, match="run_ahead"):
         real_run.EngineSettings(run_ahead=0)
+    with pytest.raises(ValueError, match="priority_stream"):
+        real_run.EngineSettings(priority_stream="maybe")
 
 
 def test_prepare_builds_every_bucket_up_to_the_batch_size():
