@@ -2,7 +2,8 @@
 paper's metrics, each policy against a baseline on the same traces, and the preemption reaction time
 (LS arrival -> its first batch starts on the device) in milliseconds and in layer times.
 
-`python -m real.report results/real/h200 [--baseline fcfs] [--out table.csv]`"""
+`python -m real.report results/real/h200 [--baseline fcfs] [--out table.csv]`
+`python -m real.report results/real/h200 --reaction`: where each LS request's reaction went (from the step log)."""
 
 from __future__ import annotations
 
@@ -43,11 +44,64 @@ def run_row(run_dir: Path, slo_s: float) -> dict:
     return row
 
 
-def runs_table(root: Path, slo_s: float = 3.0) -> pd.DataFrame:
+def run_dirs(root: Path) -> list[Path]:
     runs = sorted(p.parent for p in Path(root).rglob("requests.parquet") if (p.parent / "summary.json").exists())
     if not runs:
         raise SystemExit(f"error: no runs (requests.parquet + summary.json) under {root}")
-    return pd.DataFrame([run_row(r, slo_s) for r in runs])
+    return runs
+
+
+def runs_table(root: Path, slo_s: float = 3.0) -> pd.DataFrame:
+    return pd.DataFrame([run_row(r, slo_s) for r in run_dirs(root)])
+
+
+PARTS = ("reaction", "notice", "host", "device")
+
+
+def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+    """Per LS request, where its reaction went (ms): `notice`, from its arrival to the consult that started its
+    batch; `host`, from that consult to the issue of the batch's first advance; `device`, the rest, to its first
+    stage done on the GPU; and the stream `level` it ran at (real.lanes). The step log names batches, not
+    requests: the batch's first advance is the first layer-0 advance issued after the arrival that begins no
+    earlier than the request's `scheduled_s`."""
+    starts = steps[(steps.kind == "advance") & (steps.from_layer == 0)]
+    rows = []
+    for q in requests[requests.priority == "LS"].itertuples():
+        first = starts[(starts.issued_s >= q.arrival_s) & (starts.begin_s >= q.scheduled_s - 1e-6)]
+        if first.empty:
+            continue
+        step = first.iloc[0]
+        reaction, notice, host = q.scheduled_s - q.arrival_s, step.decided_s - q.arrival_s, step.issued_s - step.decided_s
+        rows.append({"request_id": q.request_id, "reaction": 1e3 * reaction, "notice": 1e3 * notice,
+                     "host": 1e3 * host, "device": 1e3 * (reaction - notice - host), "level": int(step.level)})
+    return pd.DataFrame(rows, columns=["request_id", *PARTS, "level"])
+
+
+def reaction_table(root: Path) -> pd.DataFrame:
+    """p50 / p99 of each part per run, and per policy over all its runs; runs logged before `decided_s` and
+    `level` existed are left out."""
+    parts = []
+    for run in run_dirs(root):
+        steps_path = run / "steps.parquet"
+        steps = pd.read_parquet(steps_path) if steps_path.exists() else pd.DataFrame()
+        if not {"decided_s", "level"} <= set(steps.columns):
+            continue
+        info = json.loads((run / "summary.json").read_text())["run"]
+        found = reaction_parts(pd.read_parquet(run / "requests.parquet"), steps)
+        parts.append(found.assign(policy=info["policy"], run=f"rate {info['rate']:g} seed {info['seed']}"))
+    if not parts:
+        raise SystemExit(f"error: no step logs with decided_s and level under {root} (runs before serving round 4)")
+    table = pd.concat(parts, ignore_index=True)
+    pooled = table.assign(run="all")
+    rows = []
+    for (policy, run), group in pd.concat([table, pooled]).groupby(["policy", "run"], sort=False):
+        row = {"policy": policy, "run": run, "LS": len(group), "urgent share": float((group.level > 0).mean()),
+               "over 2 ms": int((group.reaction > 2).sum())}
+        for part in PARTS:
+            row[f"{part} p50 ms"] = group[part].median()
+            row[f"{part} p99 ms"] = group[part].quantile(0.99)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def compare(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -72,7 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default="fcfs")
     parser.add_argument("--slo", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=None, help="CSV of the per-run rows")
+    parser.add_argument("--reaction", action="store_true", help="split each LS reaction into notice / host / device")
     args = parser.parse_args(argv)
+    if args.reaction:
+        print(markdown(reaction_table(args.runs)))
+        return
     table = runs_table(args.runs, args.slo)
     if args.out:
         table.to_csv(args.out, index=False)

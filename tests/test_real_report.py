@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from calibrate import newshape
-from real.report import compare, markdown, runs_table
+from real.report import compare, markdown, reaction_parts, reaction_table, runs_table
 from sim.results import REQUEST_COLUMNS, with_latencies
 
 
@@ -62,3 +62,28 @@ def test_newshape_times_first_and_second_calls(tmp_path):
     assert set(table.call) == {"first", "second"} and (table.time_s > 0).all()
     firsts = table[table.call == "first"].set_index(["backend", "stage", "tokens"]).index
     assert firsts.is_unique  # every shape new to its backend
+
+
+def test_reaction_split_into_notice_host_and_device(tmp_path):
+    """Two LS requests: one noticed at once, decided in 0.8 ms and running 0.1 ms later on an urgent stream;
+    one noticed 3 ms late (the host was issuing), on the main stream. A BE layer-0 advance issued before the
+    second arrival is not taken for its batch."""
+    folder = tmp_path / "qllm_catchup_seed2"
+    folder.mkdir()
+    rows = [("real", "qllm_catchup", 8.0, 2, 0, "LS", 1.000, 1.0009, 1.05, 1.5, 20, 10, 10, 0),
+            ("real", "qllm_catchup", 8.0, 2, 1, "LS", 2.000, 2.0040, 2.05, 2.5, 20, 10, 10, 0),
+            ("real", "qllm_catchup", 8.0, 2, 2, "BE", 0.500, 0.5000, 0.60, 1.9, 20, 10, 10, 0)]
+    with_latencies(pd.DataFrame(rows, columns=REQUEST_COLUMNS)).to_parquet(folder / "requests.parquet")
+    (folder / "summary.json").write_text(json.dumps({"run": {"policy": "qllm_catchup", "rate": 8.0, "seed": 2}}))
+    steps = pd.DataFrame({"kind": ["advance"] * 4, "from_layer": [0, 0, 5, 0], "to_layer": [1, 1, 6, 1],
+                          "level": [0, 1, 0, 0], "decided_s": [0.4999, 1.0000, float("nan"), 2.0030],
+                          "issued_s": [0.5, 1.0008, 1.9, 2.0038], "begin_s": [0.5, 1.0009, 1.95, 2.0040],
+                          "end_s": [0.6, 1.01, 2.0, 2.01]})
+    steps.to_parquet(folder / "steps.parquet")
+    parts = reaction_parts(pd.read_parquet(folder / "requests.parquet"), steps).set_index("request_id")
+    assert parts.loc[0, ["reaction", "notice", "host", "device"]].tolist() == pytest.approx([0.9, 0.0, 0.8, 0.1])
+    assert parts.loc[1, ["reaction", "notice", "host", "device"]].tolist() == pytest.approx([4.0, 3.0, 0.8, 0.2])
+    assert parts.level.tolist() == [1, 0]
+    table = reaction_table(tmp_path).set_index("run")
+    assert table.loc["all", "LS"] == 2 and table.loc["all", "over 2 ms"] == 1
+    assert table.loc["all", "urgent share"] == pytest.approx(0.5)
