@@ -22,7 +22,7 @@ import torch
 
 from real.engine import Engine
 from real.kv import KVPool
-from real.lanes import PriorityLane, urgent_streams
+from real.lanes import PriorityLane, urgent_streams, warm_up
 from real.model import build_model, preset_config
 from real.sequence import Sequence
 
@@ -81,8 +81,7 @@ def run(args) -> list[dict]:
     pool = KVPool.allocate_for(config, args.be + args.ls, max_len, "cuda", torch.bfloat16)
     engine = Engine.for_device(model, pool)
     engine.warm_up(args.be)
-    with torch.cuda.stream(urgent_streams(engine.device)[0]):
-        engine.warm_up(args.be)
+    warm_up(engine, args.be)
     gen = torch.Generator().manual_seed(0)
     prompt = lambda n: torch.randint(3, config.vocab_size, (n,), generator=gen).tolist()  # noqa: E731
     be_seqs = [engine.add_sequence(i, prompt(args.be_tokens)) for i in range(args.be)]

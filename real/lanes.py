@@ -24,10 +24,14 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields, is_dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 import torch
 
 from real.batch import BatchState
+
+if TYPE_CHECKING:
+    from real.engine import Engine
 
 
 URGENT_LEVELS = 3  # torch's stream priorities above the default: -1, -2, -3
@@ -38,6 +42,15 @@ def urgent_streams(device: torch.device) -> tuple[torch.cuda.Stream, ...]:
     """Streams of rising priority, one per level (the same objects for every run of a process, so that a
     warm-up on them fills the allocator pools and library workspaces the runs use)."""
     return tuple(torch.cuda.Stream(device, priority=-level) for level in range(1, URGENT_LEVELS + 1))
+
+
+def warm_up(engine: Engine, max_batch: int) -> None:
+    """The engine's warm-up once on each urgent stream: the caching allocator keeps a pool per stream and
+    the libraries a workspace per stream, and neither should be built while a timed replay runs."""
+    for stream in urgent_streams(engine.device):
+        with torch.cuda.stream(stream):
+            engine.warm_up(max_batch)
+    torch.cuda.synchronize(engine.device)
 
 
 @dataclass

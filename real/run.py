@@ -14,6 +14,7 @@ from policies import Policy, Request, SchedulerState
 from real.engine import Engine
 from real.kv import KVPool
 from real.lanes import PriorityLane, urgent_streams
+from real.lanes import warm_up as warm_up_lanes
 from real.model import build_model, preset_config
 from real.server import ReplayServer
 from real.timeline import DeviceTimeline
@@ -90,10 +91,7 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
     engine = Engine(model, pool, grouped_experts=fast and on_cuda, graphs=fast)
     engine.warm_up(max_batch)
     if on_cuda and settings.priority_stream:
-        for stream in urgent_streams(engine.device):  # their allocator pools and library workspaces
-            with torch.cuda.stream(stream):
-                engine.warm_up(max_batch)
-        torch.cuda.synchronize(engine.device)
+        warm_up_lanes(engine, max_batch)
     _built.append(_Built(settings, max_len, max_batch, engine))
     return engine
 
