@@ -17,10 +17,11 @@ from sim.hardware import HardwareSpec
 from sim.model import ModelSpec
 from sim.profile.analytic import AnalyticProfile
 from sim.profile.base import AttentionLoad
-from sim.profile.derive import decode_step_s, prefill_s
+from sim.profile.derive import decode_step_s, expected_loads, prefill_s
 from sim.profile.measured import MeasuredProfile, curves, load_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+WHOLE_LAYERS = ("layer_decode", "layer_prefill")  # measured to check the composition, never interpolated
 PASS_IMPLS = {"engine": ["engine"], "engine-graphs": ["engine-graphs"], "hf": ["hf-grouped_mm", "hf-eager"]}
 
 
@@ -112,13 +113,44 @@ def pass_predictions(directory: Path, model: ModelSpec, impl: str = "engine", cl
 
 
 def heldout_summary(directory: Path, impl: str) -> pd.DataFrame:
-    """Median and max held-out error (%) per stage, for each timing column."""
+    """Median and max held-out error (%) per stage, for each timing column. The row `all` pools the
+    stages the simulator interpolates; whole layers (WHOLE_LAYERS) are listed but not pooled: the
+    simulator composes layers from the stages (`layer_checks` compares the two)."""
     table = load_table(directory)
     parts = {clock.removesuffix("_s"): heldout_errors(directory, impl, clock).groupby("stage").error_pct
              .agg(["median", "max"]) for clock in ("time_s", "host_s", "gpu_s") if clock in table}
     out = pd.concat(parts, axis=1)
-    out.loc["all"] = [heldout_errors(directory, impl, c + "_s").error_pct.agg(m) for c, m in out.columns]
+    pooled = lambda clock: (e := heldout_errors(directory, impl, clock))[~e.stage.isin(WHOLE_LAYERS)].error_pct  # noqa: E731
+    out.loc["all"] = [pooled(c + "_s").agg(m) for c, m in out.columns]
     return out
+
+
+def layer_checks(directory: Path, model: ModelSpec, impl: str = "engine") -> pd.DataFrame:
+    """Whole layers timed in the run (steady state, grid and held-out points) vs the layer the simulator
+    composes from the stage profile: how well it prices a decode or prefill layer of equal sequences.
+    (The engine's per-stage work is itself derived from `layer_decode`, so the decode rows check the
+    composition's shape over batch sizes, not its level.)"""
+    table = load_table(directory)
+    rows = table[(table.impl == impl) & table.stage.isin(WHOLE_LAYERS)]
+    if rows.empty:
+        return pd.DataFrame()
+    profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl)
+    measured = rows.groupby(["stage", "x1", "x2"]).time_s.median()
+    out = pd.DataFrame([{"stage": stage, "x1": x1, "x2": x2, "measured_ms": t * 1000,
+                         "composed_ms": _composed_layer_s(profile, model, stage, x1, x2) * 1000}
+                        for (stage, x1, x2), t in measured.items()])
+    out["error_pct"] = 100 * (out.composed_ms - out.measured_ms) / out.measured_ms
+    return out
+
+
+def _composed_layer_s(profile: MeasuredProfile, model: ModelSpec, stage: str, x1: int, x2: int) -> float:
+    if stage == "layer_decode":
+        load = AttentionLoad(num_decode_seqs=x1, decode_ctx_tokens=x1 * x2, decode_max_ctx=x2)
+    else:
+        load = AttentionLoad(x1, x1 * x2, x1 * x2 * x2, prefill_max_tokens=x2)
+    tokens = load.num_tokens
+    return (profile.attention_s(load) + profile.router_s(tokens) + 2 * profile.overheads_stage_s
+            + float(profile.experts_s(expected_loads(model, tokens)).sum()))
 
 
 def report(directory: Path, impls: list[str] | None = None, clock: str = "pipelined") -> None:
@@ -137,6 +169,11 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
             print(heldout_summary(directory, impl).to_string(float_format=fmt))
             print("measured vs roofline floor (one layer):")
             print(roofline(directory, model, hardware_spec(directory), impl).to_string(index=False, float_format=fmt))
+            layers = layer_checks(directory, model, impl)
+            if not layers.empty:
+                print("whole layers: measured (steady) vs composed from the stages, error % median / max |error|:")
+                print(layers.assign(abs_error=layers.error_pct.abs()).groupby("stage").abs_error
+                      .agg(["median", "max"]).to_string(float_format=fmt))
         predictions = pass_predictions(directory, model, impl, clock)
         if not predictions.empty:
             print("whole passes: prediction vs measured:")

@@ -6,39 +6,67 @@ length), every other stage (tokens or sequences, 0)."""
 
 from __future__ import annotations
 
+import math
+
 POW2 = [2**i for i in range(16)]  # 1 .. 32768
+TILE_ROWS = 128  # rows of a GEMM tile: expert time is a staircase in the rows each expert gets
 # Token counts for the expert stages: every count to 8 (the number of non-empty queues changes with each
-# token there), then steps of 1.33x-1.5x (powers of 2 and 1.5x them: grouped GEMMs run in row tiles, so
-# time is a staircase that a sparser grid cuts corners of), and both sides of the engine's switches
-# between grouped and dense experts (Mixtral 3|4 and Qwen3-30B-A3B 15|16 tokens, 256|257 for both).
+# token there), then steps of 1.33x-1.5x (powers of 2 and 1.5x them), and both sides of the engine's
+# switches between grouped and dense experts (Mixtral 3|4 and Qwen3-30B-A3B 15|16 tokens, 256|257 for both).
 EXPERT_TOKENS = sorted({*range(1, 9), 15, 257} | {m * 2**i for m in (2, 3) for i in range(2, 14)})
 # Held out: 1.25x and 1.75x a power of two, between the grid points (and never across a switch).
 EXPERT_HELDOUT = sorted({m * 2**i for m in (5, 7) for i in range(1, 12)})
 
 
-def _one_d(grid: list[int], heldout: list[int]) -> dict:
-    return {"grid": [(t, 0) for t in grid], "heldout": [(t, 0) for t in heldout]}
+def after_tiles(rows_per_token: float, skip: set[int], tiles: int = 16, limit: int = 24576) -> set[int]:
+    """Token counts one row past each of the first `tiles` tile boundaries (128, 256, ... rows per
+    expert): the first point of each step of the staircase. The power-of-two grid points sit on the
+    boundaries, the top of each step, so without these a line between two of them runs under the
+    whole next step (H200 Mixtral: 1,280 tokens measured 2.42 ms, interpolated 1.91). Boundaries in
+    `skip` (held-out points, which the grid cannot hold) get no point past them either: a line from
+    just past one to the next grid point would price the boundary itself a whole step too high."""
+    out = set()
+    for m in range(1, tiles + 1):
+        boundary = m * TILE_ROWS / rows_per_token
+        after = math.ceil((m * TILE_ROWS + 1) / rows_per_token)
+        if after <= limit and not (boundary.is_integer() and int(boundary) in skip):
+            out.add(after)
+    return out
 
 
-GRIDS = {
-    "attention_decode": {
-        "grid": [(b, c) for b in (1, 2, 4, 8, 16, 32, 64) for c in (128, 256, 512, 1024, 2048, 4096)],
-        "heldout": [(b, c) for b in (3, 12, 48) for c in (384, 1536, 3072)],
-    },
-    "attention_prefill": {
-        "grid": [(n, p) for n in (1, 2, 4, 8, 16) for p in (32, 64, 128, 256, 512, 1024, 2048)],
-        "heldout": [(n, p) for n in (3, 6, 12) for p in (96, 384, 1536)],
-    },
-    "router": _one_d(POW2, [3, 24, 96, 384, 1536, 6144, 24576]),
-    "expert": _one_d(EXPERT_TOKENS, EXPERT_HELDOUT),
-    "experts_layer": _one_d(EXPERT_TOKENS, EXPERT_HELDOUT),
-    "lm_head": _one_d(POW2[:9], [3, 12, 48, 192]),
-    "embed": _one_d(POW2[:7], [3, 12, 48]),
-    "layer_decode": {"grid": [(b, 512) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)],
-                     "heldout": [(b, 512) for b in (5, 10, 20, 40)]},
-    "layer_prefill": {"grid": [(n, p) for n in (1, 2, 4, 8, 16, 32) for p in (32, 128, 512, 1024)],
-                      "heldout": [(n, p) for n in (3, 6, 12) for p in (64, 256, 768)]},
-}
+def _one_d(grid, heldout) -> dict:
+    return {"grid": [(t, 0) for t in sorted(grid)], "heldout": [(t, 0) for t in heldout]}
+
+
+def grids_for(num_experts: int, top_k: int) -> dict:
+    """The grids of a model with `num_experts` experts, `top_k` per token (the calibration's balanced
+    routing gives each expert tokens * top_k / num_experts rows; one expert alone gets every token)."""
+    heldout = set(EXPERT_HELDOUT)
+    expert = (set(EXPERT_TOKENS) | after_tiles(1.0, heldout)) - heldout
+    layer = (set(EXPERT_TOKENS) | after_tiles(top_k / num_experts, heldout)) - heldout
+    return {
+        "attention_decode": {
+            "grid": [(b, c) for b in (1, 2, 4, 8, 16, 32, 64) for c in (128, 256, 512, 1024, 2048, 4096)],
+            "heldout": [(b, c) for b in (3, 12, 48) for c in (384, 1536, 3072)],
+        },
+        "attention_prefill": {
+            "grid": [(n, p) for n in (1, 2, 4, 8, 16) for p in (32, 64, 128, 256, 512, 1024, 2048)],
+            "heldout": [(n, p) for n in (3, 6, 12) for p in (96, 384, 1536)],
+        },
+        "router": _one_d(POW2, [3, 24, 96, 384, 1536, 6144, 24576]),
+        "expert": _one_d(expert, EXPERT_HELDOUT),
+        "experts_layer": _one_d(layer, EXPERT_HELDOUT),
+        "lm_head": _one_d(POW2[:9], [3, 12, 48, 192]),
+        "embed": _one_d(POW2[:7], [3, 12, 48]),
+        # whole layers: checks of how the simulator composes the stages (calibrate.check), not interpolated
+        "layer_decode": {"grid": [(b, 512) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)],
+                         "heldout": [(b, 512) for b in (5, 10, 20, 40)]},
+        "layer_prefill": {"grid": [(n, p) for n in (1, 2, 4, 8, 16, 32) for p in (32, 128, 512, 1024)],
+                          "heldout": [(n, p) for n in (3, 6, 12) for p in (64, 256, 768)]},
+    }
+
+
+GRIDS = grids_for(8, 2)  # Mixtral-8x7B's
 
 PASS_BATCHES = (1, 8, 32)  # decode passes (whole model and 1-/2-layer) at this context
 PASS_CONTEXT = 512

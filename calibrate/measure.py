@@ -20,12 +20,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
 from calibrate import passes
 from calibrate.benches import BENCHES
-from calibrate.grid import GRIDS, PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, largest, small
+from calibrate.grid import PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, grids_for, largest, small
 from calibrate.timing import measure as time_point
 from real.kv import KVPool
 from real.model import PRESETS, build_model, preset_config
@@ -47,13 +48,20 @@ def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print) -> lis
     return rows
 
 
-def _stage_rows(bench, stage: str, splits: dict, repeats: int, inner: int) -> list[dict]:
+def _stage_rows(bench, stage: str, splits: dict, repeats: int, inner: int, sweeps: int = 2) -> list[dict]:
+    """The host's speed on these shared machines drifts by 10-15% over minutes, which a host-bound
+    stage's times follow. So grid and held-out points are timed together, in order of size (a held-out
+    point next to its grid neighbours), and the repeats are spread over `sweeps` passes through the
+    stage, so that a slow spell lands on every point's median rather than on a run of neighbours
+    (H200, one sweep: prefill attention's host time 1.26 ms at 2-4 sequences, 0.77 at 1, 1.02 at 8)."""
+    points = sorted((x1, x2, split) for split, pts in splits.items() for x1, x2 in pts)
+    per_sweep = [len(part) for part in np.array_split(np.arange(repeats), min(sweeps, repeats))]
     rows = []
-    for split, points in splits.items():
-        for x1, x2 in points:
-            for i, clocks in enumerate(time_point(bench.call(stage, x1, x2), bench.device, repeats, inner)):
-                rows.append({"impl": bench.impl, "stage": stage, "x1": x1, "x2": x2, "split": split, "repeat": i,
-                             **clocks})
+    for sweep, count in enumerate(per_sweep):
+        for x1, x2, split in points:
+            for i, clocks in enumerate(time_point(bench.call(stage, x1, x2), bench.device, count, inner)):
+                rows.append({"impl": bench.impl, "stage": stage, "x1": x1, "x2": x2, "split": split,
+                             "repeat": sum(per_sweep[:sweep]) + i, **clocks})
     return rows
 
 
@@ -110,11 +118,13 @@ class Writer:
 
 
 def calibration_model(args, dtype):
-    grids = small(GRIDS) if args.small else GRIDS
+    config = preset_config(args.model, num_hidden_layers=max(PASS_DEPTHS))
+    num_experts = getattr(config, "num_local_experts", None) or config.num_experts  # Mixtral | Qwen3-MoE
+    grids = grids_for(num_experts, config.num_experts_per_tok)
+    grids = small(grids) if args.small else grids
     slots, max_len = largest(grids)
     if args.stages:
         grids = {stage: grids[stage] for stage in args.stages}
-    config = preset_config(args.model, num_hidden_layers=max(PASS_DEPTHS))
     model = build_model(config, args.device, dtype)
     pool = KVPool.allocate_for(config, slots, max_len, args.device, dtype)
     return grids, model, pool

@@ -10,11 +10,14 @@ On a CPU all four are wall time of the same calls (smoke tests of the tool only)
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
 import torch
 
+MIN_REPEAT_S = 0.5e-3  # back-to-back calls per repeat: at least this long in all
+MAX_INNER = 32
 CLOCK_HZ = 2.0e9  # sleep-kernel cycles per second (Hopper boost ~1.98 GHz; lower clocks sleep longer)
 
 
@@ -54,6 +57,8 @@ def measure(fn: Callable[[], object], device: str, repeats: int, inner: int, war
     estimate = _wall(fn, device, inner)
     if estimate > 5e-3:  # long calls: the noise is small, the device time is not
         repeats, inner = max(3, repeats // 2), max(1, inner // 2)
+    elif estimate * inner < MIN_REPEAT_S:  # tiny calls (an embedding: 12 us): a sync's jitter would swamp them
+        inner = min(math.ceil(MIN_REPEAT_S / max(estimate, 1e-6)), MAX_INNER)
     rows = []
     for _ in range(repeats):
         row = {"latency_s": _wall(fn, device, 1), "time_s": _wall(fn, device, inner)}

@@ -4,6 +4,7 @@ and its checks (held-out error, roofline, pass predictions) run on it."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from calibrate import check
 from calibrate.__main__ import CalibrateConfig, argv_for, compose
 from calibrate.benches import balanced_routing
+from calibrate.grid import GRIDS, TILE_ROWS, grids_for
+from calibrate.measure import _stage_rows
 from calibrate.measure import main as measure
 from sim.model import ModelSpec
 from sim.profile.measured import MeasuredProfile
@@ -68,3 +71,50 @@ def test_hydra_entry_composes_overrides_into_tool_arguments():
     argv = argv_for(config)
     assert argv[argv.index("--model") + 1] == "qwen3-moe-30b-a3b" and "--full" in argv and "--small" in argv
     assert argv[argv.index("--out") + 1].endswith("calibrate/profiles/cpu/qwen3-moe-30b-a3b-fp32")
+
+
+@pytest.mark.parametrize("experts, top_k", [(8, 2), (128, 8)])
+def test_expert_grids_hold_both_sides_of_each_tile_step(experts, top_k):
+    grids = grids_for(experts, top_k)
+    for stage, rows_per_token in (("expert", 1.0), ("experts_layer", top_k / experts)):
+        grid = {t for t, _ in grids[stage]["grid"]}
+        heldout = {t for t, _ in grids[stage]["heldout"]}
+        assert not grid & heldout
+        for m in (1, 2, 3):  # one row past the 128-, 256-, 384-row boundaries, unless a held-out point is there
+            boundary = m * TILE_ROWS / rows_per_token
+            after = math.ceil((m * TILE_ROWS + 1) / rows_per_token)
+            assert (after in grid) == (int(boundary) not in heldout)
+            assert after * rows_per_token >= m * TILE_ROWS + 1 > (after - 1) * rows_per_token  # every expert past it
+    assert 2564 not in {t for t, _ in grids_for(8, 2)["experts_layer"]["grid"]}  # 2,560 (640 rows) is held out
+    assert grids_for(8, 2) == GRIDS
+
+
+class _CountingBench:
+    impl, device = "fake", "cpu"
+
+    def __init__(self):
+        self.calls = []
+
+    def call(self, stage, x1, x2):
+        self.calls.append((x1, x2))
+        return lambda: None
+
+
+def test_stage_points_are_timed_in_size_order_over_sweeps():
+    bench = _CountingBench()
+    splits = {"grid": [(1, 0), (4, 0)], "heldout": [(2, 0)]}
+    rows = pd.DataFrame(_stage_rows(bench, "router", splits, repeats=5, inner=1, sweeps=2))
+    assert bench.calls == [(1, 0), (2, 0), (4, 0)] * 2  # held-out point between its neighbours, twice
+    assert rows.groupby("x1").repeat.apply(sorted).map(list).tolist() == [[0, 1, 2, 3, 4]] * 3
+    assert rows.set_index("x1").split.to_dict() == {1: "grid", 2: "heldout", 4: "grid"}
+
+
+def test_whole_layers_are_checked_against_the_composition_not_pooled(profile_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        layers = check.layer_checks(profile_dir, TINY, "engine")
+        summary = check.heldout_summary(profile_dir, "engine")
+        pooled = check.heldout_errors(profile_dir, "engine", "gpu_s")
+    assert set(layers.stage) == {"layer_decode", "layer_prefill"} and (layers.composed_ms > 0).all()
+    interpolated = pooled[~pooled.stage.isin(check.WHOLE_LAYERS)].error_pct
+    assert summary.loc["all", ("gpu", "max")] == pytest.approx(interpolated.max())
