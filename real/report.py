@@ -35,7 +35,8 @@ def run_row(run_dir: Path, slo_s: float) -> dict:
            "LS SLO": m_ls["slo_attainment"], "LS turnaround p50 s": m_ls["turnaround_p50_s"],
            "BE turnaround p50 s": m_be["turnaround_p50_s"], "completed": float(requests.finish_s.notna().mean()),
            "jobs/s": tput["jobs_per_s"], "tokens/s": tput["tokens_per_s"],
-           "reaction p50 ms": reaction_ms.median(), "reaction p99 ms": reaction_ms.quantile(0.99)}
+           "reaction p50 ms": reaction_ms.median(), "reaction p99 ms": reaction_ms.quantile(0.99),
+           "gc max pause ms": info.get("gc", {}).get("max_pause_ms", float("nan"))}
     steps_path = run_dir / "steps.parquet"
     if steps_path.exists():
         row["layer ms"] = layer_ms(pd.read_parquet(steps_path))

@@ -14,6 +14,7 @@ from policies import Policy, Request, SchedulerState
 from real.engine import Engine
 from real.kv import KVPool
 from real.lanes import PriorityLane, urgent_streams
+from real.gcwatch import GCWatch
 from real.lanes import warm_up as warm_up_lanes
 from real.model import build_model, preset_config
 from real.server import ReplayServer
@@ -143,7 +144,8 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     gc.collect()
     gc.freeze()  # the weights' and engine's objects stay out of the collector's scans during the replay
     try:
-        outcome = server.run(requests)
+        with GCWatch() as collections:
+            outcome = server.run(requests)
     finally:
         gc.unfreeze()
     num_slots = engine.pool.num_slots
@@ -154,5 +156,6 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults,
                       "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead,
-                      "priority_stream": spec.engine.priority_stream, "urgent_batches": len(lane.claims)}
+                      "priority_stream": spec.engine.priority_stream, "urgent_batches": len(lane.claims),
+                      "gc": collections.summary()}
     return table, summary

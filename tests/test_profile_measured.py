@@ -99,12 +99,21 @@ def test_stage_overhead_from_a_measured_decode_layer(tmp_path):
     directory = synthetic(tmp_path)
     table = pd.read_csv(directory / "stages.csv")
     layer = [{"impl": "engine", "stage": "layer_decode", "x1": b, "x2": 512, "split": "grid", "repeat": 0,
-              "time_s": cost_s(b, 512) + 2 * cost_s(b, 0) + 2 * 80e-6, "host_s": 1.0, "gpu_s": 1e-4} for b in (1, 4)]
+              "time_s": cost_s(b, 512) + 2 * cost_s(b, 0) + 2 * 80e-6, "gpu_s": 1e-4} for b in (1, 4)]
+    for row in layer:
+        row["host_s"] = row["time_s"] + 1e-5 * row["x1"]  # host-bound: issued as fast as it runs
     pd.concat([table, pd.DataFrame(layer)]).to_csv(directory / "stages.csv", index=False)
     p = MeasuredProfile(directory)  # pipelined: the host path needs 80 us per stage to explain the layer
     assert p.stage_overhead_s == pytest.approx(80e-6, rel=1e-2)
     assert p.overheads.stage_s == 0  # carried by attention, so the layer total stays exact
-    assert p.layer_s(4, 512) == pytest.approx(layer[1]["time_s"], rel=1e-3)
+    # a decode layer's host path is the whole layer's measured issue time, at any context
+    assert p.layer_s(4, 512) == pytest.approx(layer[1]["host_s"], rel=1e-3)
+    assert p.layer_s(4, 100) == pytest.approx(layer[1]["host_s"], rel=1e-3)
+    # a prefill layer's: its stages' issue times plus the per-stage work
+    prefill = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=200, prefill_sq_tokens=2 * 100**2)
+    host = cost_s(2, 100) + 2 * cost_s(200, 0)  # attention + router + experts issue times (= 2 x their GPU times)
+    charged = p.attention_s(prefill) + p.router_s(200) + float(p.device_curves["experts_layer"](200))
+    assert charged == pytest.approx(host + 2 * 80e-6, rel=1e-3)
 
 
 def test_overheads_come_from_the_measured_passes_and_events(tmp_path):

@@ -3,6 +3,7 @@ with every KV slot given back, and the step log and device timeline are consiste
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 
 import pandas as pd
@@ -14,6 +15,7 @@ pytest.importorskip("transformers")
 from policies import QLLM  # noqa: E402
 from real import run as real_run  # noqa: E402
 from real.engine import Engine  # noqa: E402
+from real.gcwatch import GCWatch  # noqa: E402
 from real.graphs import BUCKET_SIZES  # noqa: E402
 from real.kv import KVPool  # noqa: E402
 from real.model import build_model, preset_config  # noqa: E402
@@ -104,3 +106,13 @@ def test_throttle_without_interrupt_blocks_on_each_event():
     events = [FakeEvent(5), FakeEvent(5)]
     _wait(deque(events), 1, None)
     assert events[0].synced and not events[1].synced
+
+
+def test_gc_watch_records_each_collection_and_its_pause():
+    ticks = iter([1.0, 1.5, 2.0, 2.25])
+    with GCWatch(clock=lambda: next(ticks)) as watch:
+        gc.collect(0)
+        gc.collect(2)
+    assert [g for g, _ in watch.pauses] == [0, 2]
+    assert watch.summary() == {"collections": [1, 0, 1], "max_pause_ms": 500.0, "total_pause_ms": 750.0}
+    assert watch._callback not in gc.callbacks
