@@ -36,6 +36,7 @@ def test_serve_twice_keeps_the_engine_and_logs_every_step(tmp_path):
     table, summary = real_run.serve(spec(100.0), tmp_path)
     assert real_run._built[0].engine is engine and engine.pool.num_free == engine.pool.num_slots == 8
     assert summary["run"]["kv_slot_tokens"] % 256 == 0 and summary["run"]["graphs"]
+    assert summary["run"]["gc"]["collections"] == [0, 0, 0] and gc.isenabled()  # off during the replay only
     for t in (first, table):
         assert len(t) == 12 and (t.generated_tokens == 3).all()
         assert (t.arrival_s <= t.scheduled_s).all() and (t.scheduled_s <= t.first_token_s).all()
