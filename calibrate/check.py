@@ -121,7 +121,9 @@ def heldout_summary(directory: Path, impl: str) -> pd.DataFrame:
     parts = {clock.removesuffix("_s"): heldout_errors(directory, impl, clock).groupby("stage").error_pct
              .agg(["median", "max"]) for clock in ("time_s", "host_s", "gpu_s") if clock in table}
     out = pd.concat(parts, axis=1)
-    pooled = lambda clock: (e := heldout_errors(directory, impl, clock))[~e.stage.isin(NOT_INTERPOLATED)].error_pct  # noqa: E731
+    def pooled(clock: str) -> pd.Series:
+        errors = heldout_errors(directory, impl, clock)
+        return errors[~errors.stage.isin(NOT_INTERPOLATED)].error_pct
     out.loc["all"] = [pooled(c + "_s").agg(m) for c, m in out.columns]
     return out
 
@@ -172,7 +174,7 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
             print(roofline(directory, model, hardware_spec(directory), impl).to_string(index=False, float_format=fmt))
             layers = layer_checks(directory, model, impl)
             if not layers.empty:
-                print("whole layers: measured (steady) vs composed from the stages, error % median / max |error|:")
+                print("whole layers: measured (steady) vs composed from the stages, |error| % median / max:")
                 print(layers.assign(abs_error=layers.error_pct.abs()).groupby("stage").abs_error
                       .agg(["median", "max"]).to_string(float_format=fmt))
         predictions = pass_predictions(directory, model, impl, clock)

@@ -58,7 +58,8 @@ def grids_for(num_experts: int, top_k: int) -> dict:
         "experts_layer": _one_d(layer, EXPERT_HELDOUT),
         "lm_head": _one_d(POW2[:9], [3, 12, 48, 192]),
         "embed": _one_d(POW2[:7], [3, 12, 48]),
-        # whole layers: checks of how the simulator composes the stages (calibrate.check), not interpolated
+        # whole layers (calibrate.check compares them with the simulator's composition); the simulator reads
+        # layer_decode's host time, never layer_prefill
         "layer_decode": {"grid": [(b, 512) for b in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)],
                          "heldout": [(b, 512) for b in (5, 10, 20, 40)]},
         "layer_prefill": {"grid": [(n, p) for n in (1, 2, 4, 8, 16, 32) for p in (32, 128, 512, 1024)],

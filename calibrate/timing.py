@@ -57,7 +57,7 @@ def measure(fn: Callable[[], object], device: str, repeats: int, inner: int, war
     estimate = _wall(fn, device, inner)
     if estimate > 5e-3:  # long calls: the noise is small, the device time is not
         repeats, inner = max(3, repeats // 2), max(1, inner // 2)
-    elif estimate * inner < MIN_REPEAT_S:  # tiny calls (an embedding: 12 us): a sync's jitter would swamp them
+    elif estimate * inner < MIN_REPEAT_S:  # tiny calls (an embedding: 12 us): a sync's jitter swamps them
         inner = min(math.ceil(MIN_REPEAT_S / max(estimate, 1e-6)), MAX_INNER)
     rows = []
     for _ in range(repeats):

@@ -34,5 +34,6 @@ class GCWatch:
     def summary(self) -> dict:
         """Counts per generation, the longest and the total pause (ms), for summary.json."""
         longest = max((p for _, p in self.pauses), default=0.0)
+        total = sum(p for _, p in self.pauses)
         return {"collections": [sum(g == n for g, _ in self.pauses) for n in range(3)],
-                "max_pause_ms": round(1e3 * longest, 3), "total_pause_ms": round(1e3 * sum(p for _, p in self.pauses), 3)}
+                "max_pause_ms": round(1e3 * longest, 3), "total_pause_ms": round(1e3 * total, 3)}

@@ -12,9 +12,9 @@ import torch
 
 from policies import Policy, Request, SchedulerState
 from real.engine import Engine
+from real.gcwatch import GCWatch
 from real.kv import KVPool
 from real.lanes import PriorityLane, urgent_streams
-from real.gcwatch import GCWatch
 from real.lanes import warm_up as warm_up_lanes
 from real.model import build_model, preset_config
 from real.server import ReplayServer

@@ -80,12 +80,13 @@ def test_expert_grids_hold_both_sides_of_each_tile_step(experts, top_k):
         grid = {t for t, _ in grids[stage]["grid"]}
         heldout = {t for t, _ in grids[stage]["heldout"]}
         assert not grid & heldout
-        for m in (1, 2, 3):  # one row past the 128-, 256-, 384-row boundaries, unless a held-out point is there
+        for m in (1, 2, 3):  # one row past the 128-, 256-, 384-row boundaries, unless one is held out
             boundary = m * TILE_ROWS / rows_per_token
             after = math.ceil((m * TILE_ROWS + 1) / rows_per_token)
             assert (after in grid) == (int(boundary) not in heldout)
-            assert after * rows_per_token >= m * TILE_ROWS + 1 > (after - 1) * rows_per_token  # every expert past it
-    assert 2564 not in {t for t, _ in grids_for(8, 2)["experts_layer"]["grid"]}  # 2,560 (640 rows) is held out
+            # the first count that gives every expert a row past the boundary
+            assert after * rows_per_token >= m * TILE_ROWS + 1 > (after - 1) * rows_per_token
+    assert 2564 not in {t for t, _ in grids_for(8, 2)["experts_layer"]["grid"]}  # 2,560 tokens is held out
     assert grids_for(8, 2) == GRIDS
 
 

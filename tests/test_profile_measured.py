@@ -111,7 +111,7 @@ def test_stage_overhead_from_a_measured_decode_layer(tmp_path):
     assert p.layer_s(4, 100) == pytest.approx(layer[1]["host_s"], rel=1e-3)
     # a prefill layer's: its stages' issue times plus the per-stage work
     prefill = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=200, prefill_sq_tokens=2 * 100**2)
-    host = cost_s(2, 100) + 2 * cost_s(200, 0)  # attention + router + experts issue times (= 2 x their GPU times)
+    host = cost_s(2, 100) + 2 * cost_s(200, 0)  # attention + router + experts issue times (2 x GPU times)
     charged = p.attention_s(prefill) + p.router_s(200) + float(p.device_curves["experts_layer"](200))
     assert charged == pytest.approx(host + 2 * 80e-6, rel=1e-3)
 

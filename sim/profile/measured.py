@@ -124,10 +124,10 @@ class MeasuredProfile:
     decode layer is the measured whole layer's issue time (`layer_decode`); of other layers, the
     stages' issue times plus the engine's per-stage overhead. (Stages timed alone vary by up to 30%
     from one grid point to the next with the host's state, a whole layer much less: H200 Mixtral, HF's
-    decode pass predicted within 2% at batch 1 / 8 / 32 this way, 7-20% off from the stages.) Router
-    and experts are charged their device time and attention carries the rest of the layer. Any timing column (time_s,
-    latency_s, host_s, gpu_s) instead charges each stage that column. `overheads`: None = derived
-    from the measured passes and events."""
+    decode pass predicted within 4% at batch 1 / 8 / 32 this way, 7-20% off from the stages.) Router
+    and experts are charged their device time and attention carries the rest of the layer. Any timing
+    column (time_s, latency_s, host_s, gpu_s) instead charges each stage that column. `overheads`: None =
+    derived from the measured passes and events."""
 
     directory: Path
     top_k: int = 2
