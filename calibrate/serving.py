@@ -3,7 +3,9 @@
 Between two of the engine's steps the GPU idles while the server works on the host: after a pass's
 LM head it waits for the tokens, books them, asks the policy and builds the next batch's layout
 (`server_pass`); when a policy switches batches mid-pass it pauses one and starts or resumes another
-(`server_switch`); a merge rebuilds the running batch's layout (`server_merge`). A batch started on an
+(`server_switch`); a merge rebuilds the running batch's layout (`server_merge`). And between the layers of a
+stepped batch the server marks, throttles and loops: where such a layer is host-bound, its device time
+beyond the layer the profile composes is `server_layer` (from prefill batches, whose load the log gives). A batch started on an
 urgent stream (real.lanes) overlaps the queued layers of the one it paused: that switch costs no idle
 time, and its negative gap counts as zero. `real.run` logs every
 step with device timestamps (steps.parquet); this module turns the idle gaps into rows of a profile's
@@ -21,7 +23,10 @@ from pathlib import Path
 
 import pandas as pd
 
-EVENTS = ("server_pass", "server_switch", "server_merge")
+from sim.profile.base import AttentionLoad
+from sim.profile.measured import MeasuredProfile
+
+EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer")
 MAX_GAP_S = 0.02  # longer gaps are the server sleeping until the next arrival, not working
 
 
@@ -38,11 +43,40 @@ def gaps(steps: pd.DataFrame) -> pd.DataFrame:
     return rows[rows.event.notna() & (rows.time_s <= MAX_GAP_S)]
 
 
-def collect(run_dirs: list[Path]) -> pd.DataFrame:
+def prefill_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """Advances of batches that are all prefill and were never merged, on the main stream: their load is
+    known from the log (a batch starts as all prefills or all decodes; only a merge mixes them), and
+    no urgent batch shares the GPU with them."""
+    first = steps.groupby("batch_id")[["num_seqs", "num_tokens"]].transform("first")
+    keep = ((steps.kind == "advance") & (steps.to_layer > steps.from_layer) & (steps.num_tokens > steps.num_seqs)
+            & (steps.num_seqs == first.num_seqs) & (steps.num_tokens == first.num_tokens) & (steps.level == 0))
+    return steps[keep]
+
+
+def layer_residuals(steps: pd.DataFrame, profile) -> pd.DataFrame:
+    """`server_layer` rows: for each host-bound stepped prefill layer (`prefill_steps`, the profile's host
+    path at least its GPU path), its device time per layer minus the layer the profile composes. What is
+    left is host work the stage grid cannot see (the server's marks, throttle and loop between layers)."""
+    rows = []
+    for step in prefill_steps(steps).itertuples():
+        load = AttentionLoad(step.num_seqs, step.num_tokens, 0, prefill_max_tokens=step.longest)
+        host, gpu = profile.layer_paths(load)
+        if host >= gpu:
+            per_layer = (step.end_s - step.begin_s) / (step.to_layer - step.from_layer)
+            rows.append({"event": "server_layer", "time_s": per_layer - host})
+    return pd.DataFrame(rows, columns=["event", "time_s"])
+
+
+def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
+    """Every run's idle gaps and, given the stepped engine's MeasuredProfile, its prefill-layer residuals."""
     found = [d / "steps.parquet" for d in run_dirs if (d / "steps.parquet").exists()]
     if not found:
         raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, run_dirs))}")
-    table = pd.concat([gaps(pd.read_parquet(path)) for path in found], ignore_index=True)
+    logs = [pd.read_parquet(path) for path in found]
+    parts = [gaps(log) for log in logs]
+    if profile is not None:
+        parts += [layer_residuals(log, profile) for log in logs if "level" in log]
+    table = pd.concat(parts, ignore_index=True)
     table["repeat"] = table.groupby("event").cumcount()
     return table[["event", "repeat", "time_s"]]
 
@@ -59,6 +93,17 @@ def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def stepped_profile(directory: Path):
+    """The profile's stepped engine as the simulator builds it, without any earlier `server_layer`."""
+    from calibrate.check import model_spec  # the model is named by the folder: <model>-<dtype>
+
+    model = model_spec(directory.name.rsplit("-", 1)[0])
+    profile = MeasuredProfile(directory, top_k=model.top_k, impl="engine",
+                              projection_share=model.attention_params / model.expert_params)
+    profile.server_layer_s = 0.0
+    return profile
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m calibrate serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,7 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, required=True, help="profile folder whose events.csv gets the rows")
     args = parser.parse_args(argv)
     run_dirs = sorted({p.parent for r in args.runs for p in r.rglob("steps.parquet")})
-    rows = collect(run_dirs)
+    if not (args.profile / "events.csv").exists():
+        raise SystemExit(f"error: {args.profile / 'events.csv'} does not exist (not a calibration profile?)")
+    rows = collect(run_dirs, stepped_profile(args.profile))
     write_events(args.profile, rows)
     ms = rows.assign(time_ms=rows.time_s * 1e3).groupby("event").time_ms
     summary = ms.agg(n="size", mean="mean", p50="median", p90=lambda t: t.quantile(0.9))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from calibrate.serving import collect, gaps, write_events
+from calibrate.serving import collect, gaps, layer_residuals, write_events
 
 
 def step(batch_id, num_seqs, kind, begin_s, end_s):
@@ -51,3 +51,30 @@ def test_a_switch_that_overlaps_the_paused_batch_costs_nothing():
     steps = pd.DataFrame([step(0, 8, "advance", 0.000, 0.010), step(1, 1, "advance", 0.004, 0.012)])
     rows = gaps(steps)
     assert rows.event.tolist() == ["server_switch"] and rows.time_s.tolist() == [0.0]
+
+
+class _FakeProfile:
+    """Host path 1 ms + 1 us per token, GPU path 2 us per token: host-bound below 1,000 tokens."""
+
+    def layer_paths(self, load):
+        return 1e-3 + 1e-6 * load.num_tokens, 2e-6 * load.num_tokens
+
+
+def prefill(batch_id, num_seqs, num_tokens, from_layer, per_layer_s, level=0, begin_s=0.0):
+    row = step(batch_id, num_seqs, "advance", begin_s, begin_s + per_layer_s)
+    return {**row, "num_tokens": num_tokens, "longest": num_tokens // num_seqs, "from_layer": from_layer,
+            "to_layer": from_layer + 1, "level": level}
+
+
+def test_server_layer_is_what_host_bound_prefill_layers_cost_beyond_the_profile():
+    steps = pd.DataFrame([
+        prefill(0, 2, 400, 0, 1.5e-3),  # host-bound: 1.4 ms composed, 0.1 ms left over
+        prefill(0, 2, 400, 1, 1.6e-3),  # 0.2 ms left over
+        prefill(0, 3, 401, 2, 9e-3),  # merged (more sequences than at its start): load unknown, left out
+        prefill(1, 4, 3000, 0, 7e-3),  # GPU-bound (6 ms GPU path): the host's share is hidden, left out
+        prefill(2, 1, 300, 0, 9e-3, level=1),  # on an urgent stream beside another batch: left out
+        {**step(3, 4, "advance", 0.0, 1e-3), "level": 0},  # decode: left out
+    ])
+    rows = layer_residuals(steps, _FakeProfile())
+    assert rows.event.tolist() == ["server_layer"] * 2
+    assert rows.time_s.tolist() == pytest.approx([1e-4, 2e-4])

@@ -224,3 +224,14 @@ def test_graph_decode_layers_cost_what_the_graph_passes_measured(tmp_path):
         load = AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * 512, decode_max_ctx=512)
         layer = p.attention_s(load) + p.router_s(batch) + p.experts_s(np.array([[batch, batch, 0, 0]])).sum()
         assert layer == pytest.approx(composed(batch) + extra, rel=1e-6)
+
+
+def test_server_layer_adds_to_the_host_path_of_stepped_layers(tmp_path):
+    directory = synthetic(tmp_path)  # host = 2 x gpu: every layer host-bound
+    before = MeasuredProfile(directory).layer_s(4, 100)
+    pd.DataFrame([{"event": "server_layer", "repeat": r, "time_s": 3e-4 + 1e-6 * r} for r in range(5)]
+                 ).to_csv(directory / "events.csv", index=False)
+    p = MeasuredProfile(directory)
+    assert p.server_layer_s == pytest.approx(3.02e-4)  # the median
+    assert p.layer_s(4, 100) == pytest.approx(before + 3.02e-4)
+    assert MeasuredProfile(directory, impl="engine", clock="time_s").server_layer_s == 0.0  # pipelined only

@@ -125,7 +125,9 @@ class MeasuredProfile:
     stages' issue times plus the engine's per-stage overhead. (Stages timed alone vary by up to 30%
     from one grid point to the next with the host's state, a whole layer much less: H200 Mixtral, HF's
     decode pass predicted within 4% at batch 1 / 8 / 32 this way, 7-20% off from the stages.) Router
-    and experts are charged their device time and attention carries the rest of the layer. Any timing
+    and experts are charged their device time and attention carries the rest of the layer. Where
+    events.csv has `server_layer` (the serving engine's host work between stepped layers, from serving
+    runs: calibrate.serving), the stepped engine adds it to every layer's host path. Any timing
     column (time_s, latency_s, host_s, gpu_s) instead charges each stage that column. `overheads`: None =
     derived from the measured passes and events."""
 
@@ -135,6 +137,7 @@ class MeasuredProfile:
     clock: str = "pipelined"
     overheads: Overheads | None = None
     projection_share: float = 0.0  # attention projections' weights / one expert's (ModelSpec): see _attention
+    server_layer_s: float = field(init=False, default=0.0)  # the server's host work per stepped layer (events)
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -169,6 +172,8 @@ class MeasuredProfile:
             self.overheads = replace(self.overheads, stage_s=0.0)
         else:
             self._stage_s = self.overheads.stage_s
+        if self.impl == "engine" and self.clock == "pipelined":  # stepped layers of the serving engine
+            self.server_layer_s = _event_costs(self.directory).get("server_layer", 0.0)
 
     @property
     def name(self) -> str:
@@ -184,7 +189,16 @@ class MeasuredProfile:
         padded = self.impl in SERVED
         if self.clock != "pipelined":
             return _attention(self.curves, load, padded, share)
+        host_path, gpu_path = self.layer_paths(load)
+        tokens = max(load.num_tokens, 1)
+        others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
+        return max(host_path + self.server_layer_s, gpu_path) - others  # >= the attention's own GPU time
+
+    def layer_paths(self, load: AttentionLoad) -> tuple[float, float]:
+        """Pipelined clock, one stepped layer: (host path, GPU path) in seconds, without the server's
+        own per-layer work (`server_layer_s`)."""
         host, gpu = self.clocks["host_s"], self.clocks["gpu_s"]
+        share, padded = self.projection_share, self.impl in SERVED
         tokens = max(load.num_tokens, 1)
         if not load.num_prefill_seqs and "layer_decode" in host:
             host_path = host["layer_decode"](load.num_decode_seqs)  # issue time does not grow with context
@@ -192,8 +206,7 @@ class MeasuredProfile:
             host_path = (_attention(host, load, padded, share) + host["router"](tokens)
                          + host["experts_layer"](tokens) + 2 * self._stage_s)
         gpu_path = _attention(gpu, load, padded, share) + gpu["router"](tokens) + gpu["experts_layer"](tokens)
-        others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
-        return max(host_path, gpu_path) - others  # >= the attention's own GPU time
+        return host_path, gpu_path
 
     def router_s(self, num_tokens: int) -> float:
         return self.device_curves["router"](num_tokens)
