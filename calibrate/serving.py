@@ -44,13 +44,15 @@ def gaps(steps: pd.DataFrame) -> pd.DataFrame:
 
 
 def prefill_steps(steps: pd.DataFrame) -> pd.DataFrame:
-    """Advances of batches that are all prefill and were never merged, on the main stream: their load is
-    known from the log (a batch starts as all prefills or all decodes; only a merge mixes them), and
-    no urgent batch shares the GPU with them."""
+    """Advances of batches that are all prefill, on the main stream (no urgent batch shares the GPU with
+    them): their load is known from the log. Logs without `num_prefill_seqs` (before 2026-11-23's round 5)
+    keep only batches never merged: a batch starts as all prefills or all decodes, and only a merge mixes them."""
+    advance = (steps.kind == "advance") & (steps.to_layer > steps.from_layer) & (steps.level == 0)
+    if "num_prefill_seqs" in steps:
+        return steps[advance & (steps.num_prefill_seqs == steps.num_seqs)]
     first = steps.groupby("batch_id")[["num_seqs", "num_tokens"]].transform("first")
-    keep = ((steps.kind == "advance") & (steps.to_layer > steps.from_layer) & (steps.num_tokens > steps.num_seqs)
-            & (steps.num_seqs == first.num_seqs) & (steps.num_tokens == first.num_tokens) & (steps.level == 0))
-    return steps[keep]
+    unmerged = (steps.num_seqs == first.num_seqs) & (steps.num_tokens == first.num_tokens)
+    return steps[advance & (steps.num_tokens > steps.num_seqs) & unmerged]
 
 
 def layer_residuals(steps: pd.DataFrame, profile) -> pd.DataFrame:

@@ -29,6 +29,7 @@ class Step:
 
     batch_id: int
     num_seqs: int
+    num_prefill_seqs: int  # sequences feeding more than one new token (the rest decode)
     num_tokens: int
     longest: int  # tokens of the longest sequence (prompt, or context when decoding): the padded length
     from_layer: int
@@ -117,13 +118,14 @@ class ReplayServer:
         with self.lane.issue(running.batch_id):
             from_layer, begin = batch.position.layer, self.timeline.mark()
             done = self.engine.advance(batch, self.policy.granularity)
-            self._log(running.batch_id, batch, from_layer, "advance", issued_s, begin,
+            shape = _shape(batch)  # before the LM head appends a token to every sequence
+            self._log(running.batch_id, batch, shape, from_layer, "advance", issued_s, begin,
                       self.timeline.mark(throttle=not done, interrupt=interrupt))
             running.position = batch.position
             if done:
                 finish_s, begin = now(), self.timeline.mark()
                 self.engine.finish(batch)  # synchronises (its stream): token times below are real
-                self._log(running.batch_id, batch, batch.position.layer, "finish", finish_s, begin,
+                self._log(running.batch_id, batch, shape, batch.position.layer, "finish", finish_s, begin,
                           self.timeline.mark())
         finished = []
         if done:
@@ -137,10 +139,10 @@ class ReplayServer:
         self.busy_s += now() - issued_s
         return len(finished)
 
-    def _log(self, batch_id: int, batch: BatchState, from_layer: int, kind: str, issued_s: float,
-             begin: int, end: int) -> None:
-        longest = max(len(s.token_ids) for s in batch.seqs)
-        self.steps.append(Step(batch_id, len(batch.seqs), batch.layout.num_tokens, longest, from_layer,
+    def _log(self, batch_id: int, batch: BatchState, shape: tuple[int, int], from_layer: int, kind: str,
+             issued_s: float, begin: int, end: int) -> None:
+        longest, prefills = shape
+        self.steps.append(Step(batch_id, len(batch.seqs), prefills, batch.layout.num_tokens, longest, from_layer,
                                batch.position.layer, kind, self.lane.level if batch_id == self.lane.batch_id else 0,
                                self.decided_s, issued_s,
                                begin, end))
@@ -183,3 +185,8 @@ class ReplayServer:
         if not pending:
             raise ServingError(f"policy left {self.state.queues.num_waiting} requests waiting with nothing running")
         time.sleep(max(pending[0].arrival_s - now(), 0.0))
+
+
+def _shape(batch: BatchState) -> tuple[int, int]:
+    """(tokens of the longest sequence, sequences feeding more than one new token) of a batch in a pass."""
+    return max(len(s.token_ids) for s in batch.seqs), sum(s.num_new > 1 for s in batch.seqs)

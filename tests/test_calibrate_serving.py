@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from calibrate.serving import collect, gaps, layer_residuals, write_events
+from calibrate.serving import collect, gaps, layer_residuals, prefill_steps, write_events
 
 
 def step(batch_id, num_seqs, kind, begin_s, end_s):
@@ -78,3 +78,13 @@ def test_server_layer_is_what_host_bound_prefill_layers_cost_beyond_the_profile(
     rows = layer_residuals(steps, _FakeProfile())
     assert rows.event.tolist() == ["server_layer"] * 2
     assert rows.time_s.tolist() == pytest.approx([1e-4, 2e-4])
+
+
+def test_a_log_with_the_prefill_count_keeps_merged_prefill_batches_and_drops_mixed_ones():
+    steps = pd.DataFrame([
+        {**prefill(0, 2, 400, 0, 1.5e-3), "num_prefill_seqs": 2},
+        {**prefill(0, 3, 600, 1, 1.6e-3), "num_prefill_seqs": 3},  # merged with another prefill: kept
+        {**prefill(0, 5, 602, 2, 1.6e-3), "num_prefill_seqs": 3},  # merged with decodes: load unknown
+    ])
+    assert prefill_steps(steps).from_layer.tolist() == [0, 1]
+    assert prefill_steps(steps.drop(columns="num_prefill_seqs")).from_layer.tolist() == [0]  # older logs

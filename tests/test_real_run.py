@@ -47,6 +47,9 @@ def test_serve_twice_keeps_the_engine_and_logs_every_step(tmp_path):
     # every pass ends with one LM head, and the passes' tokens add up to the tokens generated
     assert (finishes.to_layer == engine.num_layers).all()
     assert finishes.num_seqs.sum() == table.generated_tokens.sum()
+    # prompts (12 of them, 3 tokens each asked) are fed once each; every other pass decodes
+    prefill_passes = finishes.num_prefill_seqs.sum()
+    assert prefill_passes == 12 and (finishes.num_seqs - finishes.num_prefill_seqs).sum() == 12 * 2
     real_run.release_engine()
     assert not real_run._built
 
