@@ -12,6 +12,7 @@ step with device timestamps (steps.parquet); this module turns the idle gaps int
 events.csv, which `sim.profile.measured` charges as the iteration, pause and merge overheads.
 
     python -m calibrate serving RUN_DIR [RUN_DIR ...] --profile calibrate/profiles/h200/mixtral-8x7b-bf16
+    python -m calibrate serving RUN_DIR ... --profile ... --check   # prefill layers: simulator vs engine
 
 Calibrate on some runs and validate (`python -m sim.validate`) on others, so the check is not circular.
 """
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from sim.model import ModelSpec
 from sim.profile.base import AttentionLoad
+from sim.profile.derive import expected_loads
 from sim.profile.measured import MeasuredProfile
 
 EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer")
@@ -45,8 +48,8 @@ def gaps(steps: pd.DataFrame) -> pd.DataFrame:
 
 def prefill_steps(steps: pd.DataFrame) -> pd.DataFrame:
     """Advances of batches that are all prefill, on the main stream (no urgent batch shares the GPU with
-    them): their load is known from the log. Logs without `num_prefill_seqs` (before 2026-11-23's round 5)
-    keep only batches never merged: a batch starts as all prefills or all decodes, and only a merge mixes them."""
+    them): their load is known from the log. Logs without `num_prefill_seqs` (H200 rounds 1-5) keep
+    only batches never merged: a batch starts as all prefills or all decodes, and only a merge mixes them."""
     advance = (steps.kind == "advance") & (steps.to_layer > steps.from_layer) & (steps.level == 0)
     if "num_prefill_seqs" in steps:
         return steps[advance & (steps.num_prefill_seqs == steps.num_seqs)]
@@ -95,15 +98,52 @@ def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def stepped_profile(directory: Path):
-    """The profile's stepped engine as the simulator builds it, without any earlier `server_layer`."""
+def profile_model(directory: Path) -> ModelSpec:
     from calibrate.check import model_spec  # the model is named by the folder: <model>-<dtype>
 
-    model = model_spec(directory.name.rsplit("-", 1)[0])
+    return model_spec(directory.name.rsplit("-", 1)[0])
+
+
+def stepped_profile(directory: Path, server_layer: bool = False) -> MeasuredProfile:
+    """The profile's stepped engine as the simulator builds it (without `server_layer` unless asked)."""
+    model = profile_model(directory)
     profile = MeasuredProfile(directory, top_k=model.top_k, impl="engine",
                               projection_share=model.attention_params / model.expert_params)
-    profile.server_layer_s = 0.0
+    if not server_layer:
+        profile.server_layer_s = 0.0
     return profile
+
+
+BINS = [0, 128, 256, 512, 1024, 2048, 4096, 8192, 1 << 20]
+
+
+def layer_check(steps: pd.DataFrame, profile: MeasuredProfile, model: ModelSpec) -> pd.DataFrame:
+    """Per stepped prefill layer of a run (`prefill_steps`): its device time and the layer the simulator
+    composes for that load (uniform routing), in ms."""
+    rows = []
+    for step in prefill_steps(steps).itertuples():
+        load = AttentionLoad(step.num_seqs, step.num_tokens, 0, prefill_max_tokens=step.longest)
+        composed = (profile.attention_s(load) + profile.router_s(step.num_tokens)
+                    + float(profile.experts_s(expected_loads(model, step.num_tokens)).sum()))
+        rows.append({"tokens": step.num_tokens, "seqs": step.num_seqs, "composed_ms": 1e3 * composed,
+                     "measured_ms": 1e3 * (step.end_s - step.begin_s) / (step.to_layer - step.from_layer)})
+    return pd.DataFrame(rows, columns=["tokens", "seqs", "composed_ms", "measured_ms"])
+
+
+def check_report(run_dirs: list[Path], directory: Path) -> pd.DataFrame:
+    """Median composed / measured prefill layer by token count over the runs: where the simulator's
+    price of a stepped layer parts from the engine's."""
+    profile, model = stepped_profile(directory, server_layer=True), profile_model(directory)
+    table = pd.concat([layer_check(pd.read_parquet(d / "steps.parquet"), profile, model) for d in run_dirs],
+                      ignore_index=True)
+    if table.empty:
+        raise SystemExit("error: no stepped prefill layers in these runs' step logs")
+    table["ratio"] = table.composed_ms / table.measured_ms
+    bins = pd.cut(table.tokens, BINS, right=True)
+    return table.groupby(bins, observed=True).agg(layers=("ratio", "size"), seqs=("seqs", "median"),
+                                                  measured_ms=("measured_ms", "median"),
+                                                  composed_ms=("composed_ms", "median"),
+                                                  composed_over_measured=("ratio", "median"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,10 +151,18 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="real.run output folders (with steps.parquet), or parents")
     parser.add_argument("--profile", type=Path, required=True, help="profile folder whose events.csv gets the rows")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing: print the simulator's stepped prefill layers against the runs' own")
     args = parser.parse_args(argv)
     run_dirs = sorted({p.parent for r in args.runs for p in r.rglob("steps.parquet")})
+    if not run_dirs:
+        raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, args.runs))}")
     if not (args.profile / "events.csv").exists():
         raise SystemExit(f"error: {args.profile / 'events.csv'} does not exist (not a calibration profile?)")
+    if args.check:
+        print(f"{len(run_dirs)} runs, profile {args.profile}: stepped prefill layers (median per token range)")
+        print(check_report(run_dirs, args.profile).round(3).to_string())
+        return
     rows = collect(run_dirs, stepped_profile(args.profile))
     write_events(args.profile, rows)
     ms = rows.assign(time_ms=rows.time_s * 1e3).groupby("event").time_ms

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate.serving import collect, gaps, layer_residuals, prefill_steps, write_events
+from calibrate.serving import collect, gaps, layer_check, layer_residuals, prefill_steps, write_events
 
 
 def step(batch_id, num_seqs, kind, begin_s, end_s):
@@ -88,3 +91,25 @@ def test_a_log_with_the_prefill_count_keeps_merged_prefill_batches_and_drops_mix
     ])
     assert prefill_steps(steps).from_layer.tolist() == [0, 1]
     assert prefill_steps(steps.drop(columns="num_prefill_seqs")).from_layer.tolist() == [0]  # older logs
+
+
+class _FlatProfile:
+    """Every prefill layer: attention 1 ms, router 0.1 ms, experts 1 us per (token, expert) pair."""
+
+    def attention_s(self, load):
+        return 1e-3
+
+    def router_s(self, tokens):
+        return 1e-4
+
+    def experts_s(self, loads):
+        return 1e-6 * np.asarray(loads, dtype=float)
+
+
+def test_layer_check_prices_each_logged_prefill_layer():
+    model = SimpleNamespace(num_experts=8, top_k=2)
+    steps = pd.DataFrame([prefill(0, 2, 400, 0, 2.0e-3), {**step(3, 4, "advance", 0.0, 1e-3), "level": 0}])
+    table = layer_check(steps, _FlatProfile(), model)
+    assert table.tokens.tolist() == [400]  # the decode step has no prefill layer
+    assert table.composed_ms.tolist() == pytest.approx([1.0 + 0.1 + 0.8])  # 800 pairs
+    assert table.measured_ms.tolist() == pytest.approx([2.0])
