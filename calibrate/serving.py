@@ -51,6 +51,8 @@ def prefill_steps(steps: pd.DataFrame) -> pd.DataFrame:
     them): their load is known from the log. Logs without `num_prefill_seqs` (H200 rounds 1-5) keep
     only batches never merged: a batch starts as all prefills or all decodes, and only a merge mixes them."""
     advance = (steps.kind == "advance") & (steps.to_layer > steps.from_layer) & (steps.level == 0)
+    if "whole" in steps:  # a step that began or ended between stages ran part of a layer
+        advance &= steps.whole
     if "num_prefill_seqs" in steps:
         return steps[advance & (steps.num_prefill_seqs == steps.num_seqs)]
     first = steps.groupby("batch_id")[["num_seqs", "num_tokens"]].transform("first")

@@ -41,7 +41,8 @@ class BatchState:
 
 def merge(running: BatchState, paused: BatchState) -> BatchState:
     """Fold `paused` into `running`; inside the MoE stage the paused tokens keep their place in
-    the expert queues (they skip the experts they already ran)."""
+    the expert queues (they skip the experts they already ran). Before the router (a batch stopped
+    between stages) the residual streams are simply stacked."""
     if not running.position.can_absorb(paused.position):
         raise ValueError(f"cannot merge a batch at {paused.position} into one at {running.position}")
     seqs = running.seqs + paused.seqs
@@ -50,8 +51,6 @@ def merge(running: BatchState, paused: BatchState) -> BatchState:
         parts = [_clamped(running), _clamped(paused)]
         moe = MoEState(*(torch.cat([getattr(p, f) for p in parts]) for f in
                          ("x", "weights", "experts", "out", "first_expert")))
-    elif running.position.stage == Stage.ROUTER:
-        raise ValueError("batches merge at layer boundaries or inside the expert stage")
     hidden = torch.cat([running.hidden, paused.hidden])
     return BatchState(seqs, hidden, build_layout(seqs, hidden.device), running.position, moe)
 

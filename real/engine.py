@@ -11,6 +11,7 @@ and everything else (prefill, mixed batches, expert-level stepping) stage by sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,8 +111,10 @@ class Engine:
         return BatchState(list(seqs), stages.embed(self.model, ids), build_layout(seqs, self.device), Position())
 
     @torch.inference_mode()
-    def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
-        """Run stages up to the next scheduling point of `granularity`; True once only the LM head is left."""
+    def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER,
+                stop: Callable[[Position], bool] | None = None) -> bool:
+        """Run stages up to the next scheduling point of `granularity`, or to an earlier stage boundary
+        where `stop(position)` says so; True once only the LM head is left."""
         while True:
             if self.graphed(batch, granularity):
                 self.runner.run_layer(batch)
@@ -120,6 +123,8 @@ class Engine:
             if batch.position.layer >= self.num_layers:
                 return True
             if batch.position.is_scheduling_point(granularity):
+                return False
+            if stop is not None and stop(batch.position):
                 return False
 
     def graphed(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:

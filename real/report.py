@@ -19,6 +19,8 @@ from sim.results import class_metrics, throughput
 def layer_ms(steps: pd.DataFrame) -> float:
     """Median device time of one decoder layer of any batch in the run (steps that advanced layers)."""
     advanced = steps[(steps.kind == "advance") & (steps.to_layer > steps.from_layer)]
+    if "whole" in advanced:  # steps stopped between stages ran part of a layer
+        advanced = advanced[advanced.whole]
     return float(((advanced.end_s - advanced.begin_s) / (advanced.to_layer - advanced.from_layer)).median() * 1e3)
 
 

@@ -40,6 +40,7 @@ class EngineSettings:
     graphs: bool | None = None  # None: the fast path on CUDA (sync-free experts, CUDA graphs), HF's loop on CPU
     run_ahead: int = 1  # advances the GPU may hold while the server decides (real.timeline)
     priority_stream: bool = True  # a batch started while the device is busy runs on a high-priority stream (real.lanes)
+    stage_stops: bool = False  # an arrival also ends a stepped layer between its stages (not yet measured on a GPU)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -48,8 +49,9 @@ class EngineSettings:
             raise ValueError("engine.device=cuda but no CUDA device is available")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
-        if not isinstance(self.priority_stream, bool):
-            raise ValueError(f"engine.priority_stream must be true or false, got {self.priority_stream!r}")
+        for name in ("priority_stream", "stage_stops"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     lane = PriorityLane(urgent_streams(engine.device) if on_cuda and spec.engine.priority_stream else (),
                         enabled=spec.engine.priority_stream)
     server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size),
-                          timeline=timeline, lane=lane)
+                          timeline=timeline, lane=lane, stage_stops=spec.engine.stage_stops)
     gc.collect()
     gc.freeze()  # the weights' and engine's objects stay out of the collector's scans
     gc.disable()  # and no collection during the replay: round 5 (H200) had 17 gen-1 collections per run of
@@ -159,5 +161,6 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "num_consults": outcome.num_consults,
                       "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead,
                       "priority_stream": spec.engine.priority_stream, "urgent_batches": len(lane.claims),
+                      "stage_stops": spec.engine.stage_stops,
                       "gc": collections.summary()}
     return table, summary

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from policies import Policy, Request, SchedulerState, Transition
+from policies import Granularity, Policy, Position, Request, SchedulerState, Stage, Transition
 from real.batch import BatchState, merge
 from real.engine import Engine
 from real.lanes import PriorityLane
@@ -34,6 +34,7 @@ class Step:
     longest: int  # tokens of the longest sequence (prompt, or context when decoding): the padded length
     from_layer: int
     to_layer: int
+    whole: bool  # began and ended at layer boundaries (False: stopped between stages, real.engine's `stop`)
     kind: str  # "advance" | "finish"
     level: int  # stream priority level it was issued at (0: main stream; real.lanes)
     decided_s: float  # host clock when the consult before this step began (NaN: none since the last step)
@@ -60,6 +61,7 @@ class ReplayServer:
     clock: Callable[[], float] = time.perf_counter
     timeline: DeviceTimeline | None = None  # default: one on the engine's device, run-ahead depth 1
     lane: PriorityLane = field(default_factory=lambda: PriorityLane(enabled=False))
+    stage_stops: bool = False  # a stepped layer also ends between stages once an arrival is due (_stop)
     batches: dict[int, BatchState] = field(default_factory=dict)  # by policies' batch_id
     seqs: dict[int, Sequence] = field(default_factory=dict)  # by request_id
     outputs: dict[int, list[int]] = field(default_factory=dict)  # generated token ids of finished requests
@@ -116,11 +118,12 @@ class ReplayServer:
         self._leave_lane(keep=running.batch_id)
         batch = self.batches[running.batch_id]
         with self.lane.issue(running.batch_id):
-            from_layer, begin = batch.position.layer, self.timeline.mark()
-            done = self.engine.advance(batch, self.policy.granularity)
+            start, begin = batch.position, self.timeline.mark()
+            done = self.engine.advance(batch, self.policy.granularity, self._stop(interrupt))
             shape = _shape(batch)  # before the LM head appends a token to every sequence
-            self._log(running.batch_id, batch, shape, from_layer, "advance", issued_s, begin,
-                      self.timeline.mark(throttle=not done, interrupt=interrupt))
+            whole = start.stage == Stage.ATTENTION and (done or batch.position.stage == Stage.ATTENTION)
+            self._log(running.batch_id, batch, shape, start.layer, "advance", issued_s, begin,
+                      self.timeline.mark(throttle=not done, interrupt=interrupt), whole)
             running.position = batch.position
             if done:
                 finish_s, begin = now(), self.timeline.mark()
@@ -139,11 +142,23 @@ class ReplayServer:
         self.busy_s += now() - issued_s
         return len(finished)
 
+    def _stop(self, interrupt: Callable[[], bool]) -> Callable[[Position], bool] | None:
+        """Where a stepped layer may end before the next scheduling point: at a paused batch's position
+        (the two can merge there) and, with `stage_stops`, at any stage boundary once an arrival is due.
+        Issuing an eager prefill layer takes the host 1-2 ms (H200); an LS arrival in that time used to
+        wait for the whole layer's issue (round 4: 62 of the 84 LS reactions over 2 ms)."""
+        if self.policy.granularity < Granularity.LAYER:
+            return None
+        waiting = [b.position for b in self.state.paused]
+        if not waiting and not self.stage_stops:
+            return None
+        return lambda position: any(position.can_absorb(p) for p in waiting) or (self.stage_stops and interrupt())
+
     def _log(self, batch_id: int, batch: BatchState, shape: tuple[int, int], from_layer: int, kind: str,
-             issued_s: float, begin: int, end: int) -> None:
+             issued_s: float, begin: int, end: int, whole: bool = True) -> None:
         longest, prefills = shape
         self.steps.append(Step(batch_id, len(batch.seqs), prefills, batch.layout.num_tokens, longest, from_layer,
-                               batch.position.layer, kind, self.lane.level if batch_id == self.lane.batch_id else 0,
+                               batch.position.layer, whole, kind, self.lane.level if batch_id == self.lane.batch_id else 0,
                                self.decided_s, issued_s,
                                begin, end))
         self.decided_s = float("nan")

@@ -8,12 +8,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from policies import FCFS, QLLM, Granularity, Priority, Request, SchedulerState  # noqa: E402
+from policies import FCFS, QLLM, Granularity, Priority, Request, SchedulerState, Stage  # noqa: E402
 from real.engine import Engine  # noqa: E402
 from real.kv import KVPool  # noqa: E402
 from real.lanes import PriorityLane  # noqa: E402
 from real.model import build_model, preset_config  # noqa: E402
 from real.run import prompt_token_ids  # noqa: E402
+import real.server  # noqa: E402
+from real.batch import merge  # noqa: E402
 from real.server import ReplayServer  # noqa: E402
 from real.timeline import DeviceTimeline  # noqa: E402
 from tests.test_consults import Logged, assert_asked_again_after_every_change  # noqa: E402
@@ -46,10 +48,11 @@ class StepClock:
         return self.now
 
 
-def replay(model, policy, requests, num_slots: int = 6) -> ReplayServer:
+def replay(model, policy, requests, num_slots: int = 6, stage_stops: bool = False) -> ReplayServer:
     engine = Engine(model, KVPool.allocate_for(model.config, num_slots, MAX_LEN, "cpu", torch.float32))
     state = SchedulerState(kv_capacity_tokens=num_slots * MAX_LEN, max_batch_size=4)
-    server = ReplayServer(engine, policy, state, prompt_token_ids(0, model.config.vocab_size), clock=StepClock())
+    server = ReplayServer(engine, policy, state, prompt_token_ids(0, model.config.vocab_size), clock=StepClock(),
+                          stage_stops=stage_stops)
     server.run(requests)
     return server
 
@@ -138,3 +141,26 @@ def test_a_preempting_batch_claims_the_level_above_the_busiest(busy, level):
 def test_a_switched_off_lane_never_claims():
     lane = PriorityLane(enabled=False)
     assert not lane.claim(1, {0}) and lane.claims == []
+
+
+@pytest.mark.parametrize("policy", [QLLM(max_batch_size=4), QLLM(max_batch_size=4, preempt_ls_decode=True,
+                                                                 ls_catch_up_layers=32)],
+                         ids=["qllm", "qllm-catchup"])
+def test_stage_stops_end_layers_between_stages_and_change_no_token(model, policy, monkeypatch):
+    """An arrival ends a stepped layer after its attention or router; the batch is paused there, and a
+    batch that reaches that position absorbs it (merges before the router)."""
+    merged_at = []
+
+    def spy(running, paused):
+        merged_at.append(running.position.stage)
+        return merge(running, paused)
+    monkeypatch.setattr(real.server, "merge", spy)
+    requests = overload()
+    server = replay(model, policy, requests, stage_stops=True)
+    partial = [s for s in server.steps if s.kind == "advance" and not s.whole]
+    assert partial and Stage.ROUTER in merged_at  # layers ended between stages, and a batch merged there
+    assert sorted(server.outputs) == [r.request_id for r in requests]
+    for r in requests:
+        assert r.num_generated_tokens == r.num_output_tokens == len(server.outputs[r.request_id])
+    assert server.engine.pool.num_free == 6
+    assert server.outputs == replay(model, policy, overload()).outputs  # the same tokens as whole layers
