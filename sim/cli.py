@@ -39,9 +39,16 @@ def build_spec(cfg: DictConfig, policy_name: str) -> RunSpec:
         max_batch_size=int(cfg.max_batch_size),
         slo_s=float(cfg.slo_s),
         routing_skew=float(cfg.routing_skew),
+        stage_stops=_flag(cfg.stage_stops, "stage_stops"),
         trace_path=cfg.trace,
         progress=bool(cfg.progress) and sys.stderr.isatty(),
     )
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def save(result: RunResult, out_dir: Path) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
-from policies import Batch, Policy, Request, SchedulerState, Transition
+from policies import Batch, Granularity, Policy, Request, SchedulerState, Transition
 from sim.plan import CostModel
 
 
@@ -39,11 +39,15 @@ class SimEngine:
     _interruptible: bool = False
     _process: simpy.Process | None = None
     _remaining: int = 0
+    stage_stops: bool = False  # an arrival also ends a layer between its stages (real engine.stage_stops)
 
     def __post_init__(self) -> None:
         layout = self.costs.layout
         self._points = layout.points(self.policy.granularity)
         self._every_point = getattr(self.policy, "consults_every_point", False)
+        # where a running batch may stop: the policy's points and, with stage stops, its stages' boundaries
+        stops = self.stage_stops and self.policy.granularity >= Granularity.LAYER
+        self._stops = np.union1d(self._points, layout.stage_points()) if stops else self._points
 
     def start(self, requests: list[Request]) -> simpy.Process:
         self._remaining = len(requests)
@@ -119,17 +123,17 @@ class SimEngine:
         later = self._points[self._points > index]
         if self._every_point:
             return int(later[0]) if len(later) else end
-        for point in later:
+        for point in self._stops[self._stops > index]:
             if any(self.costs.layout.position(int(point)).can_absorb(b.position) for b in self.state.paused):
                 return int(point)
         return end
 
     def _has_point_between(self, index: int, target: int) -> bool:
-        return bool(np.any((self._points > index) & (self._points < target)))
+        return bool(np.any((self._stops > index) & (self._stops < target)))
 
     def _next_point_after(self, stage: int) -> int:
-        """First point at or after the boundary that ends `stage` (the stage running now)."""
-        later = self._points[self._points > stage]
+        """First stop at or after the boundary that ends `stage` (the stage running now)."""
+        later = self._stops[self._stops > stage]
         return int(later[0]) if len(later) else self.costs.layout.end
 
     def _can_merge(self, batch: Batch) -> bool:

@@ -39,6 +39,12 @@ class Layout:
         s = {Stage.ATTENTION: 0, Stage.ROUTER: 1, Stage.EXPERTS: 2 + pos.expert}[pos.stage]
         return pos.layer * self.stages_per_layer + s
 
+    def stage_points(self) -> np.ndarray:
+        """Flat indices of every layer's router and first expert stage: where a layer run stage by stage
+        (router, then all experts in one call) can stop between its stages."""
+        starts = np.arange(self.num_layers) * self.stages_per_layer
+        return np.sort(np.concatenate([starts + 1, starts + 2]))
+
     def points(self, granularity: Granularity) -> np.ndarray:
         """Flat indices (mid-iteration, sorted) where a policy of this granularity is consulted."""
         S, L = self.stages_per_layer, self.num_layers

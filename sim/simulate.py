@@ -31,10 +31,11 @@ def simulate(
     kv_capacity_tokens: int,
     max_batch_size: int = 32,
     on_finish: Callable[[Request], None] = lambda r: None,
+    stage_stops: bool = False,
 ) -> SimOutcome:
     env = simpy.Environment()
     state = SchedulerState(kv_capacity_tokens=kv_capacity_tokens, max_batch_size=max_batch_size)
-    engine = SimEngine(env, state, policy, costs, on_finish=on_finish)
+    engine = SimEngine(env, state, policy, costs, on_finish=on_finish, stage_stops=stage_stops)
     ordered = sorted(requests, key=lambda r: (r.arrival_s, r.request_id))
     engine.start(ordered)
     env.run()

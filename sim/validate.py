@@ -36,7 +36,7 @@ def simulate_like(run_dir: Path, hardware: str, model: str) -> pd.DataFrame:
     router = ExpertRouter(spec.model.num_layers, spec.model.num_experts, spec.model.top_k, seed=spec.seed)
     costs = CostModel(spec.model, build_profile(spec.profile, spec.model, spec.hardware), router)
     outcome = simulate(requests, spec.policy, costs, summary["num_slots"] * summary["kv_slot_tokens"],
-                       spec.max_batch_size)
+                       spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)))
     return requests_table(outcome.requests, "sim", summary["policy"], summary["rate"], summary["seed"])
 
 

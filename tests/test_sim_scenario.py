@@ -51,3 +51,18 @@ def test_pause_resume_merge_costs_are_charged():
     simulate([be, ls], QLLM(), toy_costs(profile), kv_capacity_tokens=1000)
     # pause at 4.2 (+0.2), LS layers 0-1 to 8.6, merge (+0.3) -> 8.9, layers 2-3 + head -> 15.1
     assert ls.first_token_s == pytest.approx(15.1e-3, abs=US)
+
+
+def test_stage_stops_end_the_layer_at_the_next_stage():
+    """QLLM/layer with stage stops: the LS arrival (3.0 ms) falls in layer 1's attention (2.1-3.1), so
+    BE pauses before layer 1's router at 3.1 ms. LS runs layer 0 and layer 1's attention (to 6.2),
+    merges with BE before the router, router + experts (to 7.3), layers 2-3 (to 11.5), head -> 13.5."""
+    be, ls = request(0, 0.0, 10, 2, "BE"), request(1, 3.0e-3, 5, 1, "LS")
+    simulate([be, ls], QLLM(), toy_costs(), kv_capacity_tokens=1000, stage_stops=True)
+    assert ls.first_scheduled_s == pytest.approx(3.1e-3, abs=US)  # the reaction: one stage, not the layer
+    assert ls.first_token_s == be.first_token_s == pytest.approx(13.5e-3, abs=US)
+    assert be.finish_s == pytest.approx(23.9e-3, abs=US)
+    assert (ls.num_preemptions, be.num_preemptions) == (0, 1)
+    fcfs = [request(0, 0.0, 10, 2, "BE"), request(1, 3.0e-3, 5, 1, "LS")]
+    simulate(fcfs, FCFS(), toy_costs(), kv_capacity_tokens=1000, stage_stops=True)  # iteration level: no stops
+    assert fcfs[1].first_scheduled_s == pytest.approx(10.4e-3, abs=US)
