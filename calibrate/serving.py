@@ -3,12 +3,12 @@
 Between two of the engine's steps the GPU idles while the server works on the host: after a pass's
 LM head it waits for the tokens, books them, asks the policy and builds the next batch's layout
 (`server_pass`); when a policy switches batches mid-pass it pauses one and starts or resumes another
-(`server_switch`); a merge rebuilds the running batch's layout (`server_merge`). And between the layers of a
-stepped batch the server marks, throttles and loops: where such a layer is host-bound, its device time
-beyond the layer the profile composes is `server_layer` (from prefill batches, whose load the log gives). A batch started on an
-urgent stream (real.lanes) overlaps the queued layers of the one it paused: that switch costs no idle
-time, and its negative gap counts as zero. `real.run` logs every
-step with device timestamps (steps.parquet); this module turns the idle gaps into rows of a profile's
+(`server_switch`); a merge rebuilds the running batch's layout (`server_merge`). And between the layers
+of a stepped batch the server marks, throttles and loops: where such a layer is host-bound, its device
+time beyond the layer the profile composes is `server_layer` (from prefill batches, whose load the log
+gives). A batch started on an urgent stream (real.lanes) overlaps the queued layers of the one it
+paused: that switch costs no idle time, and its negative gap counts as zero. `real.run` logs every step
+with device timestamps (steps.parquet); this module turns the idle gaps into rows of a profile's
 events.csv, which `sim.profile.measured` charges as the iteration, pause and merge overheads.
 
     python -m calibrate serving RUN_DIR [RUN_DIR ...] --profile calibrate/profiles/h200/mixtral-8x7b-bf16
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="real.run output folders (with steps.parquet), or parents")
     parser.add_argument("--profile", type=Path, required=True, help="profile folder whose events.csv gets the rows")
     parser.add_argument("--check", action="store_true",
-                        help="write nothing: print the simulator's stepped prefill layers against the runs' own")
+                        help="write nothing: print the simulator's stepped prefill layers against the runs'")
     args = parser.parse_args(argv)
     run_dirs = sorted({p.parent for r in args.runs for p in r.rglob("steps.parquet")})
     if not run_dirs:
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.profile / "events.csv").exists():
         raise SystemExit(f"error: {args.profile / 'events.csv'} does not exist (not a calibration profile?)")
     if args.check:
-        print(f"{len(run_dirs)} runs, profile {args.profile}: stepped prefill layers (median per token range)")
+        print(f"{len(run_dirs)} runs, profile {args.profile}: stepped prefill layers (medians by tokens)")
         print(check_report(run_dirs, args.profile).round(3).to_string())
         return
     rows = collect(run_dirs, stepped_profile(args.profile))

@@ -152,14 +152,16 @@ class ReplayServer:
         waiting = [b.position for b in self.state.paused]
         if not waiting and not self.stage_stops:
             return None
-        return lambda position: any(position.can_absorb(p) for p in waiting) or (self.stage_stops and interrupt())
+        def stop(position: Position) -> bool:
+            return any(position.can_absorb(p) for p in waiting) or (self.stage_stops and interrupt())
+        return stop
 
     def _log(self, batch_id: int, batch: BatchState, shape: tuple[int, int], from_layer: int, kind: str,
              issued_s: float, begin: int, end: int, whole: bool = True) -> None:
         longest, prefills = shape
-        self.steps.append(Step(batch_id, len(batch.seqs), prefills, batch.layout.num_tokens, longest, from_layer,
-                               batch.position.layer, whole, kind, self.lane.level if batch_id == self.lane.batch_id else 0,
-                               self.decided_s, issued_s,
+        level = self.lane.level if batch_id == self.lane.batch_id else 0
+        self.steps.append(Step(batch_id, len(batch.seqs), prefills, batch.layout.num_tokens, longest,
+                               from_layer, batch.position.layer, whole, kind, level, self.decided_s, issued_s,
                                begin, end))
         self.decided_s = float("nan")
 

@@ -59,7 +59,8 @@ def execute(spec: RunSpec) -> RunResult:
     costs = CostModel(spec.model, profile, router)
     with tqdm(total=len(requests), disable=not spec.progress, unit="req", leave=False) as bar:
         outcome = simulate(requests, spec.policy, costs, spec.hardware.kv_capacity_tokens(spec.model),
-                           spec.max_batch_size, on_finish=lambda _: bar.update(), stage_stops=spec.stage_stops)
+                           spec.max_batch_size, on_finish=lambda _: bar.update(),
+                           stage_stops=spec.stage_stops)
     table = requests_table(outcome.requests, "sim", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
     summary["run"] = {"policy": spec.policy_name, "rate": spec.workload.rate, "seed": spec.seed,

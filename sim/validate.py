@@ -63,7 +63,8 @@ def paired_pct(real: pd.DataFrame, sim: pd.DataFrame, cls: str, column: str) -> 
     p50 of ~60 LS requests moves by 10-40% between bootstrap resamples (H200, round 5) where the
     distribution has a gap at its middle; the paired median does not, so it tells a model error from
     a percentile's sampling noise."""
-    both = real[real.priority == cls].merge(sim[sim.priority == cls], on="request_id", suffixes=("_real", "_sim"))
+    both = real[real.priority == cls].merge(sim[sim.priority == cls], on="request_id",
+                                            suffixes=("_real", "_sim"))
     ratio = both[f"{column}_sim"] / both[f"{column}_real"]
     return 100 * (float(ratio.median()) - 1) if len(ratio) else float("nan")
 

@@ -64,5 +64,5 @@ def test_stage_stops_end_the_layer_at_the_next_stage():
     assert be.finish_s == pytest.approx(23.9e-3, abs=US)
     assert (ls.num_preemptions, be.num_preemptions) == (0, 1)
     fcfs = [request(0, 0.0, 10, 2, "BE"), request(1, 3.0e-3, 5, 1, "LS")]
-    simulate(fcfs, FCFS(), toy_costs(), kv_capacity_tokens=1000, stage_stops=True)  # iteration level: no stops
+    simulate(fcfs, FCFS(), toy_costs(), kv_capacity_tokens=1000, stage_stops=True)  # iteration level
     assert fcfs[1].first_scheduled_s == pytest.approx(10.4e-3, abs=US)

@@ -137,7 +137,7 @@ class MeasuredProfile:
     clock: str = "pipelined"
     overheads: Overheads | None = None
     projection_share: float = 0.0  # attention projections' weights / one expert's (ModelSpec): see _attention
-    server_layer_s: float = field(init=False, default=0.0)  # the server's host work per stepped layer (events)
+    server_layer_s: float = field(init=False, default=0.0)  # server's host work per stepped layer (events)
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
