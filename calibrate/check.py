@@ -17,7 +17,7 @@ from sim.hardware import HardwareSpec
 from sim.model import ModelSpec
 from sim.profile.analytic import AnalyticProfile
 from sim.profile.base import AttentionLoad
-from sim.profile.derive import decode_step_s, expected_loads, prefill_s
+from sim.profile.derive import decode_step_s, layer_s, prefill_s
 from sim.profile.measured import MeasuredProfile, curves, load_table
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -102,7 +102,7 @@ def pass_predictions(directory: Path, model: ModelSpec, impl: str = "engine", cl
     full = passes[(passes.layers == model.num_layers) & passes.impl.isin(PASS_IMPLS[impl])]
     if full.empty:
         return pd.DataFrame()
-    profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock)
+    profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock, serving=False)
     measured = full.groupby(["phase", "batch", "context", "impl"]).time_s.median().unstack("impl") * 1000
     predict = {"decode": decode_step_s, "prefill": prefill_s}
     out = pd.DataFrame({"predicted_ms": [predict[ph](profile, model, b, c) * 1000 for ph, b, c in measured.index]},
@@ -137,7 +137,7 @@ def layer_checks(directory: Path, model: ModelSpec, impl: str = "engine") -> pd.
     rows = table[(table.impl == impl) & table.stage.isin(WHOLE_LAYERS)]
     if rows.empty:
         return pd.DataFrame()
-    profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl)
+    profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, serving=False)
     measured = rows.groupby(["stage", "x1", "x2"]).time_s.median()
     out = pd.DataFrame([{"stage": stage, "x1": x1, "x2": x2, "measured_ms": t * 1000,
                          "composed_ms": _composed_layer_s(profile, model, stage, x1, x2) * 1000}
@@ -151,9 +151,7 @@ def _composed_layer_s(profile: MeasuredProfile, model: ModelSpec, stage: str, x1
         load = AttentionLoad(num_decode_seqs=x1, decode_ctx_tokens=x1 * x2, decode_max_ctx=x2)
     else:
         load = AttentionLoad(x1, x1 * x2, x1 * x2 * x2, prefill_max_tokens=x2)
-    tokens = load.num_tokens
-    return (profile.attention_s(load) + profile.router_s(tokens) + 2 * profile.overheads_stage_s
-            + float(profile.experts_s(expected_loads(model, tokens)).sum()))
+    return layer_s(profile, model, load)
 
 
 def report(directory: Path, impls: list[str] | None = None, clock: str = "pipelined") -> None:
@@ -165,7 +163,7 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
         impls = [*impls, "engine-graphs"]
     fmt = lambda v: f"{v:.3f}"
     for impl in impls:
-        profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock)
+        profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock, serving=False)
         print(f"\n== {profile.name} ({profile.clock}); overheads: {profile.overheads}")
         if impl != "engine-graphs":
             print("held-out interpolation error (%):")

@@ -20,13 +20,15 @@ Calibrate on some runs and validate (`python -m sim.validate`) on others, so the
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
+from calibrate.check import model_spec
 from sim.model import ModelSpec
 from sim.profile.base import AttentionLoad
-from sim.profile.derive import expected_loads
+from sim.profile.derive import layer_s
 from sim.profile.measured import MeasuredProfile
 
 EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer")
@@ -60,17 +62,22 @@ def prefill_steps(steps: pd.DataFrame) -> pd.DataFrame:
     return steps[advance & (steps.num_tokens > steps.num_seqs) & unmerged]
 
 
+def prefill_layers(steps: pd.DataFrame) -> Iterator[tuple[AttentionLoad, float]]:
+    """(load, device seconds per layer) of each of `prefill_steps`."""
+    for step in prefill_steps(steps).itertuples():
+        load = AttentionLoad(step.num_seqs, step.num_tokens, 0, prefill_max_tokens=step.longest)
+        yield load, (step.end_s - step.begin_s) / (step.to_layer - step.from_layer)
+
+
 def layer_residuals(steps: pd.DataFrame, profile) -> pd.DataFrame:
     """`server_layer` rows: for each host-bound stepped prefill layer (`prefill_steps`, the profile's host
     path at least its GPU path), its device time per layer minus the layer the profile composes. What is
     left is host work the stage grid cannot see (the server's marks, throttle and loop between layers)."""
     rows = []
-    for step in prefill_steps(steps).itertuples():
-        load = AttentionLoad(step.num_seqs, step.num_tokens, 0, prefill_max_tokens=step.longest)
+    for load, per_layer_s in prefill_layers(steps):
         host, gpu = profile.layer_paths(load)
         if host >= gpu:
-            per_layer = (step.end_s - step.begin_s) / (step.to_layer - step.from_layer)
-            rows.append({"event": "server_layer", "time_s": per_layer - host})
+            rows.append({"event": "server_layer", "time_s": per_layer_s - host})
     return pd.DataFrame(rows, columns=["event", "time_s"])
 
 
@@ -101,19 +108,16 @@ def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def profile_model(directory: Path) -> ModelSpec:
-    from calibrate.check import model_spec  # the model is named by the folder: <model>-<dtype>
-
+    """The model a profile folder is named after (<model>-<dtype>)."""
     return model_spec(directory.name.rsplit("-", 1)[0])
 
 
-def stepped_profile(directory: Path, server_layer: bool = False) -> MeasuredProfile:
-    """The profile's stepped engine as the simulator builds it (without `server_layer` unless asked)."""
+def stepped_profile(directory: Path, serving: bool = False) -> MeasuredProfile:
+    """The profile's stepped engine as the simulator builds it; with `serving`, also the server costs
+    already in events.csv (the residuals are measured without them)."""
     model = profile_model(directory)
-    profile = MeasuredProfile(directory, top_k=model.top_k, impl="engine",
-                              projection_share=model.attention_params / model.expert_params)
-    if not server_layer:
-        profile.server_layer_s = 0.0
-    return profile
+    return MeasuredProfile(directory, top_k=model.top_k, impl="engine", serving=serving,
+                           projection_share=model.attention_params / model.expert_params)
 
 
 BINS = [0, 128, 256, 512, 1024, 2048, 4096, 8192, 1 << 20]
@@ -122,20 +126,15 @@ BINS = [0, 128, 256, 512, 1024, 2048, 4096, 8192, 1 << 20]
 def layer_check(steps: pd.DataFrame, profile: MeasuredProfile, model: ModelSpec) -> pd.DataFrame:
     """Per stepped prefill layer of a run (`prefill_steps`): its device time and the layer the simulator
     composes for that load (uniform routing), in ms."""
-    rows = []
-    for step in prefill_steps(steps).itertuples():
-        load = AttentionLoad(step.num_seqs, step.num_tokens, 0, prefill_max_tokens=step.longest)
-        composed = (profile.attention_s(load) + profile.router_s(step.num_tokens)
-                    + float(profile.experts_s(expected_loads(model, step.num_tokens)).sum()))
-        rows.append({"tokens": step.num_tokens, "seqs": step.num_seqs, "composed_ms": 1e3 * composed,
-                     "measured_ms": 1e3 * (step.end_s - step.begin_s) / (step.to_layer - step.from_layer)})
+    rows = [{"tokens": load.num_tokens, "seqs": load.num_seqs, "composed_ms": 1e3 * layer_s(profile, model, load),
+             "measured_ms": 1e3 * per_layer_s} for load, per_layer_s in prefill_layers(steps)]
     return pd.DataFrame(rows, columns=["tokens", "seqs", "composed_ms", "measured_ms"])
 
 
 def check_report(run_dirs: list[Path], directory: Path) -> pd.DataFrame:
     """Median composed / measured prefill layer by token count over the runs: where the simulator's
     price of a stepped layer parts from the engine's."""
-    profile, model = stepped_profile(directory, server_layer=True), profile_model(directory)
+    profile, model = stepped_profile(directory, serving=True), profile_model(directory)
     table = pd.concat([layer_check(pd.read_parquet(d / "steps.parquet"), profile, model) for d in run_dirs],
                       ignore_index=True)
     if table.empty:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from calibrate.serving import collect, gaps, layer_check, layer_residuals, prefill_steps, write_events
+from sim.profile.base import Overheads
 
 
 def step(batch_id, num_seqs, kind, begin_s, end_s):
@@ -95,6 +96,8 @@ def test_a_log_with_the_prefill_count_keeps_merged_prefill_batches_and_drops_mix
 
 class _FlatProfile:
     """Every prefill layer: attention 1 ms, router 0.1 ms, experts 1 us per (token, expert) pair."""
+
+    overheads = Overheads()
 
     def attention_s(self, load):
         return 1e-3

@@ -235,3 +235,4 @@ def test_server_layer_adds_to_the_host_path_of_stepped_layers(tmp_path):
     assert p.server_layer_s == pytest.approx(3.02e-4)  # the median
     assert p.layer_s(4, 100) == pytest.approx(before + 3.02e-4)
     assert MeasuredProfile(directory, impl="engine", clock="time_s").server_layer_s == 0.0  # pipelined only
+    assert MeasuredProfile(directory, serving=False).server_layer_s == 0.0  # calibrate.check: no server

@@ -27,8 +27,12 @@ def prefill_s(profile: Profile, model: ModelSpec, batch_size: int, prompt_tokens
     return _pass_s(profile, model, load)
 
 
+def layer_s(profile: Profile, model: ModelSpec, load: AttentionLoad) -> float:
+    """One decoder layer of `load`, uniform routing, with its per-stage overheads."""
+    return (profile.attention_s(load) + profile.router_s(load.num_tokens) + 2 * profile.overheads.stage_s
+            + float(profile.experts_s(expected_loads(model, load.num_tokens)).sum()))
+
+
 def _pass_s(profile: Profile, model: ModelSpec, load: AttentionLoad) -> float:
-    o = profile.overheads
-    layer = (profile.attention_s(load) + profile.router_s(load.num_tokens) + 2 * o.stage_s
-             + float(profile.experts_s(expected_loads(model, load.num_tokens)).sum()))
-    return model.num_layers * layer + profile.lm_head_s(load.num_seqs) + o.iteration_s
+    return (model.num_layers * layer_s(profile, model, load) + profile.lm_head_s(load.num_seqs)
+            + profile.overheads.iteration_s)

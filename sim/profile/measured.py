@@ -137,6 +137,7 @@ class MeasuredProfile:
     clock: str = "pipelined"
     overheads: Overheads | None = None
     projection_share: float = 0.0  # attention projections' weights / one expert's (ModelSpec): see _attention
+    serving: bool = True  # charge the serving engine's own costs (events.csv server_*: calibrate.serving)
     server_layer_s: float = field(init=False, default=0.0)  # server's host work per stepped layer (events)
 
     def __post_init__(self) -> None:
@@ -162,7 +163,7 @@ class MeasuredProfile:
         self._stage_s = 0.0  # the engine's own work per stage (pipelined: inside the layer's host path)
         # only pure decode layers are replayed as graphs: prefill and mixed layers run stage by stage,
         # with the host path of the engine's stages
-        self._stepped = MeasuredProfile(self.directory, self.top_k, "engine",
+        self._stepped = MeasuredProfile(self.directory, self.top_k, "engine", serving=self.serving,
                                         projection_share=self.projection_share) if graphs else None
         self._graph_fix = _graph_layer_fix(self) if graphs else None  # before overheads: they use layer_s
         if self.overheads is None:
@@ -172,7 +173,7 @@ class MeasuredProfile:
             self.overheads = replace(self.overheads, stage_s=0.0)
         else:
             self._stage_s = self.overheads.stage_s
-        if self.impl == "engine" and self.clock == "pipelined":  # stepped layers of the serving engine
+        if self.serving and self.impl == "engine" and self.clock == "pipelined":  # server's stepped layers
             self.server_layer_s = _event_costs(self.directory).get("server_layer", 0.0)
 
     @property
@@ -292,7 +293,7 @@ def measured_overheads(profile: MeasuredProfile) -> Overheads:
     pause = events.get("pause_resume", 0.0)
     overheads = Overheads(stage_s=stage_s, iteration_s=iteration_s, pause_s=pause / 2, resume_s=pause / 2,
                           merge_s=max(events.get("merge", 0.0), 0.0))
-    if profile.impl in SERVED and "server_pass" in events:  # measured on the serving engine itself
+    if profile.serving and profile.impl in SERVED and "server_pass" in events:  # measured on the server
         overheads = replace(overheads, iteration_s=events["server_pass"], merge_s=events.get("server_merge", 0.0),
                             pause_s=events.get("server_switch", 0.0), resume_s=0.0)
     return overheads
