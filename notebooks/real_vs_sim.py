@@ -1,11 +1,11 @@
 # %% [markdown]
 # # The real engine vs the simulator (H200, Mixtral-8x7B bf16)
 # `python -m real run` replayed ShareGPT traces (300 requests, 32-token outputs, seeds 2 and 3) for fcfs,
-# qllm and qllm_catchup at 8, 18 and 28 req/s on an H200 (CUDA-graph engine with urgent streams, serving
-# round 5, measured on the same machine as the committed H200 profile); `python -m sim.validate` replayed the
-# same traces in the simulator with that profile (server costs calibrated on seed 2). Solid: sim, dashed:
-# real. Reads `results/h200_serving` (or `$QLLM_RESULTS`); writes `figures/real_vs_sim.png`. Round 4's
-# version (seeds 2-4, with qllm_eager) is in git history at f1567c2.
+# qllm and qllm_catchup at 8, 18 and 28 req/s on an H200 (CUDA-graph engine with urgent streams and stage
+# stops, serving round 6, measured on the same machine as the committed H200 profile); `python -m sim.validate`
+# replayed the same traces in the simulator with that profile (server costs calibrated on seed 2). Solid: sim,
+# dashed: real. Reads `results/h200_serving` (or `$QLLM_RESULTS`); writes `figures/real_vs_sim.png`. Round 5's
+# version is in git history at df7695f, round 4's (seeds 2-4, with qllm_eager) at f1567c2.
 
 # %%
 import matplotlib.pyplot as plt

@@ -40,7 +40,7 @@ class EngineSettings:
     graphs: bool | None = None  # None: the fast path on CUDA (sync-free experts, CUDA graphs), HF's loop on CPU
     run_ahead: int = 1  # advances the GPU may hold while the server decides (real.timeline)
     priority_stream: bool = True  # a batch started while the device is busy runs on a high-priority stream (real.lanes)
-    stage_stops: bool = False  # an arrival also ends a stepped layer between stages (unmeasured on a GPU)
+    stage_stops: bool = True  # an arrival also ends a stepped layer between stages (H200: reaction p99 6.4 -> 3.9 ms)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
