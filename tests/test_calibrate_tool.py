@@ -119,3 +119,11 @@ def test_whole_layers_are_checked_against_the_composition_not_pooled(profile_dir
     assert set(layers.stage) == {"layer_decode", "layer_prefill"} and (layers.composed_ms > 0).all()
     interpolated = pooled[~pooled.stage.isin(check.NOT_INTERPOLATED)].error_pct
     assert summary.loc["all", ("gpu", "max")] == pytest.approx(interpolated.max())
+
+
+def test_embeddiag_times_each_part_and_both(capsys):
+    from calibrate import embeddiag
+    embeddiag.main(["--device", "cpu", "--repeats", "2", "--tokens", "4"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [r[1] for r in rows] == ["layout", "gather", "both"]
+    assert all(r[0] == "4" and len(r) == 4 and all(float(v) > 0 for v in r[2:]) for r in rows)
