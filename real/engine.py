@@ -114,7 +114,10 @@ class Engine:
     def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER,
                 stop: Callable[[Position], bool] | None = None) -> bool:
         """Run stages up to the next scheduling point of `granularity`, or to an earlier stage boundary
-        where `stop(position)` says so; True once only the LM head is left."""
+        where `stop(position)` says so; True once only the LM head is left (at once for a batch paused
+        there: the server's `head_stops`)."""
+        if batch.position.layer >= self.num_layers:
+            return True
         while True:
             if self.graphed(batch, granularity):
                 self.runner.run_layer(batch)

@@ -65,6 +65,20 @@ class DeviceTimeline:
             _wait(queue, self.depth, interrupt)
         return len(self._marks) - 1
 
+    def drain(self, interrupt: Callable[[], bool]) -> bool:
+        """Wait until the current stream's issued work has finished on the device, unless `interrupt()`
+        becomes true first; True if it finished. Before a pass's LM head: its sync would otherwise hold
+        the host, deaf to arrivals, for the pass's last layers (a large prefill's: up to 10 ms, H200). On
+        the CPU the work is done already, and only the arrival counts (so replays take the same path)."""
+        if not self.on_cuda:
+            return not interrupt()
+        issued = torch.cuda.Event()  # behind everything issued on the stream (no timing: cheaper)
+        issued.record()
+        while not issued.query():
+            if interrupt():
+                return False
+        return True
+
     def busy_streams(self) -> set[int]:
         """The streams (`cuda_stream` handles) with an advance that may still be running or queued."""
         return {key for key, queue in self._inflight.items() if any(not event.query() for event in queue)}

@@ -3,6 +3,7 @@ nothing is lost under overload, and every request gets exactly its tokens, equal
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -48,11 +49,12 @@ class StepClock:
         return self.now
 
 
-def replay(model, policy, requests, num_slots: int = 6, stage_stops: bool = False) -> ReplayServer:
+def replay(model, policy, requests, num_slots: int = 6, stage_stops: bool = False,
+           head_stops: bool = False) -> ReplayServer:
     engine = Engine(model, KVPool.allocate_for(model.config, num_slots, MAX_LEN, "cpu", torch.float32))
     state = SchedulerState(kv_capacity_tokens=num_slots * MAX_LEN, max_batch_size=4)
     server = ReplayServer(engine, policy, state, prompt_token_ids(0, model.config.vocab_size),
-                          clock=StepClock(), stage_stops=stage_stops)
+                          clock=StepClock(), stage_stops=stage_stops, head_stops=head_stops)
     server.run(requests)
     return server
 
@@ -164,3 +166,48 @@ def test_stage_stops_end_layers_between_stages_and_change_no_token(model, policy
         assert r.num_generated_tokens == r.num_output_tokens == len(server.outputs[r.request_id])
     assert server.engine.pool.num_free == 6
     assert server.outputs == replay(model, policy, overload()).outputs  # the same tokens as whole layers
+
+
+@pytest.mark.parametrize("policy", [QLLM(max_batch_size=4), QLLM(max_batch_size=4, preempt_ls_decode=True,
+                                                                 ls_catch_up_layers=32)],
+                         ids=["qllm", "qllm-catchup"])
+def test_head_stops_pause_before_the_lm_head_and_change_no_token(model, policy):
+    """An LS request that arrives while the host waits for a BE pass's last layer is seen before the LM
+    head: the BE batch is paused where only its LM head is left, the LS batch runs and absorbs it there
+    (one LM head for both), and every token is as without head stops. The clock is deterministic, so
+    the arrival is placed inside that wait by scanning times near the LM head of the BE request alone."""
+    def be():
+        return [Request(0, 0.0, 9, 3, Priority.BE, kv_unit_tokens=MAX_LEN)]
+    alone = replay(model, policy, be(), head_stops=True)
+    finish_s = next(s for s in alone.steps if s.kind == "finish").issued_s
+    # polling for arrivals reads the step clock too, so scan arrival times around the LM head's issue
+    for arrival in np.arange(finish_s - 0.002, finish_s + 0.002, 0.0002):
+        def requests():
+            return be() + [Request(1, float(arrival), 5, 2, Priority.LS, kv_unit_tokens=MAX_LEN)]
+        server = replay(model, policy, requests(), head_stops=True)
+        first_pass = [s for s in server.steps if s.batch_id == 0]
+        if first_pass[-1].kind == "advance" and first_pass[-1].to_layer == server.engine.num_layers:
+            break  # the BE pass ended its layers, then paused before its LM head
+    else:
+        pytest.fail("no arrival time paused the BE batch before its LM head")
+    finishes = [s for s in server.steps if s.kind == "finish"]
+    assert finishes[0].num_seqs == 2  # the LS batch absorbed the paused BE batch: one LM head for both
+    assert sum(s.num_seqs for s in finishes) == 3 + 2  # tokens asked, each generated once
+    reference = replay(model, policy, requests())
+    assert server.outputs == reference.outputs and sorted(server.outputs) == [0, 1]
+    assert (0, "finish") not in [(s.batch_id, s.kind) for s in server.steps]  # no LM head of its own
+    assert (0, "finish") in [(s.batch_id, s.kind) for s in reference.steps]
+    assert server.engine.pool.num_free == 6
+
+
+@pytest.mark.parametrize("policy", [FCFS(max_batch_size=4), QLLM(max_batch_size=4),
+                                    QLLM(max_batch_size=4, preempt_ls_decode=True, ls_catch_up_layers=32)],
+                         ids=["fcfs", "qllm", "qllm-catchup"])
+def test_head_and_stage_stops_lose_nothing_under_overload(model, policy):
+    requests = overload(num_be=12, num_ls=6)
+    server = replay(model, policy, requests, stage_stops=True, head_stops=True)
+    assert sorted(server.outputs) == [r.request_id for r in requests]
+    for r in requests:
+        assert r.num_generated_tokens == r.num_output_tokens == len(server.outputs[r.request_id])
+    assert server.engine.pool.num_free == 6 and not server.batches
+    assert server.outputs == replay(model, policy, overload(num_be=12, num_ls=6)).outputs
