@@ -236,3 +236,20 @@ def test_server_layer_adds_to_the_host_path_of_stepped_layers(tmp_path):
     assert p.layer_s(4, 100) == pytest.approx(before + 3.02e-4)
     assert MeasuredProfile(directory, impl="engine", clock="time_s").server_layer_s == 0.0  # pipelined only
     assert MeasuredProfile(directory, serving=False).server_layer_s == 0.0  # calibrate.check: no server
+
+
+@pytest.mark.parametrize("host, gpu, expected", [
+    (1.0, 0.5, 1.2),  # host-bound: host + mean work
+    # near a tie: of the 20 mid-bin quantiles (0.01, 0.03, ..., 0.39), 5 stay under the GPU path (1.1)
+    # and 15 add (mean 0.25): (5 x 1.1 + 15 x 1.25) / 20, where the median alone gave 1.2
+    (1.0, 1.1, 1.2125),
+    (1.0, 2.0, 2.0),  # GPU-bound beyond every draw
+])
+def test_a_stepped_layer_pays_the_server_work_in_expectation(tmp_path, host, gpu, expected):
+    """max(host + x, gpu) averaged over the measured server work x (events quantiles), not at its median."""
+    directory = synthetic(tmp_path)
+    pd.DataFrame([{"event": "server_layer", "repeat": r, "time_s": x} for r, x in enumerate([0.0, 0.1, 0.2, 0.3, 0.4])]
+                 ).to_csv(directory / "events.csv", index=False)
+    p = MeasuredProfile(directory)
+    assert p.server_layer_s == pytest.approx(0.2)
+    assert p._pipelined(host, gpu) == pytest.approx(expected, rel=1e-9)
