@@ -31,6 +31,11 @@ def model_spec(name: str) -> ModelSpec:
     return ModelSpec(**{k: v for k, v in values.items() if k != "defaults"})
 
 
+def profile_model(directory: Path) -> ModelSpec:
+    """The model a profile folder is named after (<model>-<dtype>)."""
+    return model_spec(Path(directory).name.rsplit("-", 1)[0])
+
+
 def hardware_spec(directory: Path) -> HardwareSpec:
     """Rates of conf/hardware/<folder>.yaml, the folder being the profile's parent (h100, h200) or
     else named after the GPU in meta.json."""
@@ -156,7 +161,7 @@ def _composed_layer_s(profile: MeasuredProfile, model: ModelSpec, stage: str, x1
 
 def report(directory: Path, impls: list[str] | None = None, clock: str = "pipelined") -> None:
     directory = Path(directory)
-    model = model_spec(directory.name.rsplit("-", 1)[0])
+    model = profile_model(directory)
     impls = impls or sorted(set(load_table(directory).impl))
     if "engine" in impls and (directory / "passes.csv").exists() and \
             "engine-graphs" in set(pd.read_csv(directory / "passes.csv").impl):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from calibrate.check import model_spec
+from calibrate.check import profile_model
 from sim.model import ModelSpec
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import layer_s
@@ -105,11 +105,6 @@ def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
     table = pd.concat([kept, rows], ignore_index=True)
     table.to_csv(path, index=False)
     return table
-
-
-def profile_model(directory: Path) -> ModelSpec:
-    """The model a profile folder is named after (<model>-<dtype>)."""
-    return model_spec(directory.name.rsplit("-", 1)[0])
 
 
 def stepped_profile(directory: Path, serving: bool = False) -> MeasuredProfile:

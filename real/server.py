@@ -130,9 +130,8 @@ class ReplayServer:
                           self.timeline.mark(throttle=not done, interrupt=interrupt), whole)
             running.position = batch.position
             if done and not self._head_wait(running.batch_id, interrupt):
-                self.busy_s += now() - issued_s
-                return 0
-            if done:
+                done = False  # the policy decides before the LM head (head_stops)
+            elif done:
                 finish_s, begin = now(), self.timeline.mark()
                 self.engine.finish(batch)  # synchronises (its stream): token times below are real
                 self._log(running.batch_id, batch, shape, batch.position.layer, "finish", finish_s, begin,

@@ -74,10 +74,9 @@ class DeviceTimeline:
             return not interrupt()
         issued = torch.cuda.Event()  # behind everything issued on the stream (no timing: cheaper)
         issued.record()
-        while not issued.query():
-            if interrupt():
-                return False
-        return True
+        pending = deque([issued])
+        _wait(pending, 0, interrupt)
+        return not pending
 
     def busy_streams(self) -> set[int]:
         """The streams (`cuda_stream` handles) with an advance that may still be running or queued."""
