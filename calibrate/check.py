@@ -151,6 +151,22 @@ def layer_checks(directory: Path, model: ModelSpec, impl: str = "engine") -> pd.
     return out
 
 
+def prefill_pass_checks(directory: Path, model: ModelSpec) -> pd.DataFrame:
+    """Short prefill passes (`python -m calibrate.prefillpass`: prefill_passes.csv) vs the stepped engine's
+    layer composed from the stages (without server costs), per (sequences, tokens) and issue mode, in ms."""
+    path = Path(directory) / "prefill_passes.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    table = load_table(directory, "prefill_passes.csv", ["mode", "seqs", "tokens", "repeat", "layer_s", "issue_s"])
+    profile = MeasuredProfile(directory, top_k=model.top_k, impl="engine", serving=False,
+                              projection_share=model.attention_params / model.expert_params)
+    out = (table.groupby(["seqs", "tokens", "mode"])[["layer_s", "issue_s"]].median() * 1000).unstack("mode")
+    out.columns = [f"{mode} {clock.removesuffix('_s')} ms" for clock, mode in out.columns]
+    out["composed ms"] = [_composed_layer_s(profile, model, "layer_prefill", s, t) * 1000 for s, t in out.index]
+    out["composed / whole %"] = 100 * (out["composed ms"] / out["whole layer ms"] - 1)
+    return out
+
+
 def _composed_layer_s(profile: MeasuredProfile, model: ModelSpec, stage: str, x1: int, x2: int) -> float:
     if stage == "layer_decode":
         load = AttentionLoad(num_decode_seqs=x1, decode_ctx_tokens=x1 * x2, decode_max_ctx=x2)
@@ -180,6 +196,11 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
                 print("whole layers: measured (steady) vs composed from the stages, |error| % median / max:")
                 print(layers.assign(abs_error=layers.error_pct.abs()).groupby("stage").abs_error
                       .agg(["median", "max"]).to_string(float_format=fmt))
+        if impl == "engine":
+            passes = prefill_pass_checks(directory, model)
+            if not passes.empty:
+                print("short prefill passes (device ms per layer, whole / stepped issue) vs composed:")
+                print(passes.to_string(float_format=fmt))
         predictions = pass_predictions(directory, model, impl, clock)
         if not predictions.empty:
             print("whole passes: prediction vs measured:")

@@ -22,7 +22,7 @@ from real import stages
 from real.batch import BatchState, MoEState
 from real.graphs import DecodeRunner
 from real.kv import KVPool
-from real.layout import build_layout, to_device
+from real.layout import build_layout
 from real.sequence import Sequence
 
 
@@ -107,8 +107,8 @@ class Engine:
     @torch.inference_mode()
     def start(self, seqs: list[Sequence]) -> BatchState:
         """A new pass at layer 0 for the tokens each sequence has not yet fed through the model."""
-        ids = to_device([np.array([t for s in seqs for t in s.token_ids[s.num_cached:]])], self.device)[0]
-        return BatchState(list(seqs), stages.embed(self.model, ids), build_layout(seqs, self.device), Position())
+        layout = build_layout(seqs, self.device, with_ids=True)
+        return BatchState(list(seqs), stages.embed(self.model, layout.token_ids), layout, Position())
 
     @torch.inference_mode()
     def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
 from pathlib import Path
 
@@ -127,3 +128,20 @@ def test_embeddiag_times_each_part_and_both(capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [r[1] for r in rows] == ["layout", "gather", "both"]
     assert all(r[0] == "4" and len(r) == 4 and all(float(v) > 0 for v in r[2:]) for r in rows)
+
+
+def test_prefill_passes_are_timed_both_ways_and_checked_against_the_composition(profile_dir, tmp_path):
+    from calibrate import prefillpass
+    directory = tmp_path / profile_dir.name
+    shutil.copytree(profile_dir, directory)
+    prefillpass.main(["--model", "tiny-mixtral", "--device", "cpu", "--layers", "2", "--repeats", "2",
+                      "--seqs", "1", "2", "--lengths", "8", "16", "--out", str(directory)])
+    table = pd.read_csv(directory / "prefill_passes.csv")
+    assert table.groupby(["mode", "seqs", "tokens"]).size().to_dict() == {
+        (mode, seqs, tokens): 2 for mode in ("whole", "stepped") for seqs in (1, 2) for tokens in (8, 16)}
+    assert (table[["layer_s", "issue_s"]] > 0).all().all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checked = check.prefill_pass_checks(directory, TINY)
+    assert list(checked.index) == [(1, 8), (1, 16), (2, 8), (2, 16)]
+    assert (checked["composed ms"] > 0).all() and checked["composed / whole %"].notna().all()

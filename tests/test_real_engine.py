@@ -155,3 +155,15 @@ def test_loads_a_local_checkpoint(tmp_path):
     assert (logits[0] - hf_last_logits(model, prompt)).abs().max() <= TOL
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(tmp_path / "nothing-here")
+
+
+def test_a_pass_start_sends_its_new_token_ids_with_the_layout():
+    from real.layout import build_layout
+    from real.sequence import Sequence
+    seqs = [Sequence(0, [5, 6, 7], slot=2), Sequence(1, [8, 9, 10, 11], slot=0, num_cached=3),
+            Sequence(2, [12, 13], slot=1)]
+    layout = build_layout(seqs, "cpu", with_ids=True)
+    assert layout.token_ids.tolist() == [5, 6, 7, 11, 12, 13]
+    assert layout.positions.tolist() == [0, 1, 2, 3, 0, 1] and layout.slots.tolist() == [2, 2, 2, 0, 1, 1]
+    assert layout.last_rows.tolist() == [2, 3, 5]
+    assert build_layout(seqs, "cpu").token_ids is None  # merges and splits rebuild layouts without them
