@@ -83,6 +83,7 @@ def measure(engine: Engine, vocab: int, seqs_list, lengths, repeats: int, log=pr
     return rows
 
 
+@torch.inference_mode()
 def routing_rows(engine: Engine, vocab: int, seqs_list, lengths, repeats: int, log=print) -> list[dict]:
     """Per layer of one pass: expert loads (max over mean) and the experts stage's device time with the
     pass's own routing and with balanced routing (`calibrate.timing.measure`, GPU clock)."""
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seqs", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--routing", action="store_true", help="also time the experts with the pass's own routing")
+    parser.add_argument("--no-passes", action="store_true", help="with --routing: skip the pass timings")
     parser.add_argument("--out", type=Path, required=True, help="profile directory: writes prefill_passes.csv")
     args = parser.parse_args(argv)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -138,10 +140,11 @@ def main(argv: list[str] | None = None) -> None:
     engine = Engine(model, pool, grouped_experts=args.device == "cuda")  # the server's stepped engine
     engine.warm_up(max(args.seqs))
     print(f"prefill passes, {args.model} ({args.layers} layers, {args.device}): device ms per layer")
-    rows = measure(engine, config.vocab_size, args.seqs, args.lengths, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(args.out / "prefill_passes.csv", index=False)
-    print(f"wrote {args.out / 'prefill_passes.csv'}")
+    if not args.no_passes:
+        rows = measure(engine, config.vocab_size, args.seqs, args.lengths, args.repeats)
+        pd.DataFrame(rows).to_csv(args.out / "prefill_passes.csv", index=False)
+        print(f"wrote {args.out / 'prefill_passes.csv'}")
     if args.routing:
         rows = routing_rows(engine, config.vocab_size, args.seqs, args.lengths, args.repeats)
         pd.DataFrame(rows).to_csv(args.out / "prefill_routing.csv", index=False)
