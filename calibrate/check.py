@@ -167,6 +167,20 @@ def prefill_pass_checks(directory: Path, model: ModelSpec) -> pd.DataFrame:
     return out
 
 
+def routing_checks(directory: Path) -> pd.DataFrame:
+    """The experts stage with the engine's own routing (`calibrate.prefillpass --routing`: prefill_routing.csv)
+    over the grid's balanced routing, per layer token count: medians over the measured layers."""
+    path = Path(directory) / "prefill_routing.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    table = load_table(directory, "prefill_routing.csv", ["seqs", "tokens", "layer", "max_over_mean", "pass_s", "balanced_s"])
+    table = table.assign(layer_tokens=table.seqs * table.tokens, ratio=table.pass_s / table.balanced_s)
+    out = table.groupby("layer_tokens").agg(max_over_mean=("max_over_mean", "median"), own_ms=("pass_s", "median"),
+                                            balanced_ms=("balanced_s", "median"), own_over_balanced=("ratio", "median"))
+    out[["own_ms", "balanced_ms"]] *= 1000
+    return out
+
+
 def _composed_layer_s(profile: MeasuredProfile, model: ModelSpec, stage: str, x1: int, x2: int) -> float:
     if stage == "layer_decode":
         load = AttentionLoad(num_decode_seqs=x1, decode_ctx_tokens=x1 * x2, decode_max_ctx=x2)
@@ -201,6 +215,10 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
             if not passes.empty:
                 print("short prefill passes (device ms per layer, whole / stepped issue) vs composed:")
                 print(passes.to_string(float_format=fmt))
+            routing = routing_checks(directory)
+            if not routing.empty:
+                print("experts stage, the engine's own routing vs the grid's balanced routing (not charged by the simulator):")
+                print(routing.to_string(float_format=fmt))
         predictions = pass_predictions(directory, model, impl, clock)
         if not predictions.empty:
             print("whole passes: prediction vs measured:")

@@ -135,7 +135,7 @@ def test_prefill_passes_are_timed_both_ways_and_checked_against_the_composition(
     directory = tmp_path / profile_dir.name
     shutil.copytree(profile_dir, directory)
     prefillpass.main(["--model", "tiny-mixtral", "--device", "cpu", "--layers", "2", "--repeats", "2",
-                      "--seqs", "1", "2", "--lengths", "8", "16", "--out", str(directory)])
+                      "--seqs", "1", "2", "--lengths", "8", "16", "--routing", "--out", str(directory)])
     table = pd.read_csv(directory / "prefill_passes.csv")
     assert table.groupby(["mode", "seqs", "tokens"]).size().to_dict() == {
         (mode, seqs, tokens): 2 for mode in ("whole", "stepped") for seqs in (1, 2) for tokens in (8, 16)}
@@ -145,3 +145,8 @@ def test_prefill_passes_are_timed_both_ways_and_checked_against_the_composition(
         checked = check.prefill_pass_checks(directory, TINY)
     assert list(checked.index) == [(1, 8), (1, 16), (2, 8), (2, 16)]
     assert (checked["composed ms"] > 0).all() and checked["composed / whole %"].notna().all()
+    routing = pd.read_csv(directory / "prefill_routing.csv")
+    assert routing.groupby(["seqs", "tokens"]).layer.apply(sorted).map(list).tolist() == [[0, 1]] * 4  # every layer
+    assert (routing.max_over_mean >= 1).all() and routing.active.between(1, TINY.num_experts).all()
+    ratios = check.routing_checks(directory)
+    assert list(ratios.index) == [8, 16, 32] and (ratios.own_over_balanced > 0).all()  # seqs x tokens = 8 twice
