@@ -116,10 +116,10 @@ class EngineBench(_Bench):
         return run
 
     def embed(self, num_seqs: int, _):
-        """Engine.start for decode sequences: packed layout (host) and token embedding."""
+        """Engine.start for decode sequences: the packed layout with the new token ids (one host-to-device
+        copy) and their embedding."""
         seqs = [Sequence(i, [1] * 512, slot=i, num_cached=511) for i in range(num_seqs)]
-        ids = torch.randint(0, self.model.config.vocab_size, (num_seqs,), device=self.device)
-        return lambda: (build_layout(seqs, self.device), stages.embed(self.model, ids))
+        return lambda: self.engine.start(seqs)
 
 
 class FixedCache:

@@ -1,6 +1,7 @@
 """Which part of the engine's `embed` stage makes its GPU clock bimodal: the layout's pinned host-to-device
 copy, the token gather, or the two together (sixth calibration run: together 8.7 or 17 us per call, each
-alone steady). Times the three with the calibration's own `calibrate.timing.measure`.
+alone steady; since then the ids travel in the layout's copy and the gather reads them). Times the three
+with the calibration's own `calibrate.timing.measure`.
 
     python -m calibrate.embeddiag [--device cuda] [--repeats 20]"""
 
@@ -21,8 +22,8 @@ def parts(table: torch.nn.Embedding, tokens: int, device: str) -> dict:
     """The stage as the engine runs it for `tokens` decode sequences, and its two parts alone."""
     seqs = [Sequence(i, [1] * 512, slot=i, num_cached=511) for i in range(tokens)]
     ids = torch.randint(0, VOCAB, (tokens,), device=device)
-    return {"layout": lambda: build_layout(seqs, device), "gather": lambda: table(ids),
-            "both": lambda: (build_layout(seqs, device), table(ids))}
+    return {"layout": lambda: build_layout(seqs, device, with_ids=True), "gather": lambda: table(ids),
+            "both": lambda: table(build_layout(seqs, device, with_ids=True).token_ids)}
 
 
 def main(argv: list[str] | None = None) -> None:
