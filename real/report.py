@@ -58,16 +58,22 @@ def runs_table(root: Path, slo_s: float = 3.0) -> pd.DataFrame:
     return pd.DataFrame([run_row(r, slo_s) for r in run_dirs(root)])
 
 
-PARTS = ("reaction", "notice", "host", "device")
+PARTS = ("reaction", "notice", "host", "device", "in-flight layers")
 
 
 def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     """Per LS request, where its reaction went (ms): `notice`, from its arrival to the consult that started its
     batch; `host`, from that consult to the issue of the batch's first advance; `device`, the rest, to its first
-    stage done on the GPU; and the stream `level` it ran at (real.lanes). The step log names batches, not
+    stage done on the GPU; the stream `level` it ran at (real.lanes); and `in-flight layers`, the reaction over
+    the layer time of the work the arrival found on the device (a layer of the advance running then; the run's
+    median layer, `layer_ms`, where that was shorter or the device idle): preemption happens at layer
+    boundaries, so one layer of the preempted batch is the granularity. The step log names batches, not
     requests: the batch's first advance is the first layer-0 advance issued after the arrival that begins no
     earlier than the request's `scheduled_s`."""
     starts = steps[(steps.kind == "advance") & (steps.from_layer == 0)]
+    advances = steps[(steps.kind == "advance") & (steps.to_layer > steps.from_layer)]
+    per_layer_ms = 1e3 * (advances.end_s - advances.begin_s) / (advances.to_layer - advances.from_layer)
+    median_ms = layer_ms(steps)
     rows = []
     for q in requests[requests.priority == "LS"].itertuples():
         first = starts[(starts.issued_s >= q.arrival_s) & (starts.begin_s >= q.scheduled_s - 1e-6)]
@@ -75,8 +81,11 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
             continue
         step = first.iloc[0]
         reaction, notice, host = q.scheduled_s - q.arrival_s, step.decided_s - q.arrival_s, step.issued_s - step.decided_s
+        running = per_layer_ms[(advances.begin_s <= q.arrival_s) & (advances.end_s > q.arrival_s)]
+        layer = max(running.max() if len(running) else 0.0, median_ms)
         rows.append({"request_id": q.request_id, "reaction": 1e3 * reaction, "notice": 1e3 * notice,
-                     "host": 1e3 * host, "device": 1e3 * (reaction - notice - host), "level": int(step.level)})
+                     "host": 1e3 * host, "device": 1e3 * (reaction - notice - host),
+                     "in-flight layers": 1e3 * reaction / layer, "level": int(step.level)})
     return pd.DataFrame(rows, columns=["request_id", *PARTS, "level"])
 
 
@@ -101,8 +110,10 @@ def reaction_table(root: Path) -> pd.DataFrame:
         row = {"policy": policy, "run": run, "LS": len(group), "urgent share": float((group.level > 0).mean()),
                "over 2 ms": int((group.reaction > 2).sum())}
         for part in PARTS:
-            row[f"{part} p50 ms"] = group[part].median()
-            row[f"{part} p99 ms"] = group[part].quantile(0.99)
+            unit = "" if part.endswith("layers") else " ms"
+            row[f"{part} p50{unit}"] = group[part].median()
+            row[f"{part} p99{unit}"] = group[part].quantile(0.99)
+        row["within one in-flight layer"] = float((group["in-flight layers"] <= 1).mean())
         rows.append(row)
     return pd.DataFrame(rows)
 
