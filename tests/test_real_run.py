@@ -123,3 +123,16 @@ def test_gc_watch_records_each_collection_and_its_pause():
     assert [g for g, _ in watch.pauses] == [0, 2]
     assert watch.summary() == {"collections": [1, 0, 1], "max_pause_ms": 500.0, "total_pause_ms": 750.0}
     assert watch._callback not in gc.callbacks
+
+
+def test_hostprof_times_the_start_path_of_a_real_replay(tmp_path):
+    """In a subprocess: its timers wrap module functions for the whole process."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "real.hostprof", "policy=qllm", "rate=50", "num_requests=6",
+                          "workload.output_mode=fixed", "workload.fixed_output_tokens=2", f"hydra.run.dir={tmp_path}"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    counts = {line.split()[0]: int(line.split("n=")[1].split()[0]) for line in out.stdout.splitlines() if " n=" in line}
+    assert counts["engine.start"] == counts["embed"] >= 6 and counts["consult"] >= counts["engine.start"] / 2
+    assert (tmp_path / "requests.parquet").exists()  # the replay itself ran and wrote its results

@@ -1,0 +1,64 @@
+"""Host time per call of the functions between an LS arrival and its first kernel, during a real replay:
+`python -m real.hostprof [the overrides of python -m real run]` runs `real.cli` with timers wrapped around
+them (about 1 us each) and prints p50 / p90 / max per function. A diagnostic: the replay's own numbers carry
+the timers' cost. `consult` holds the policy's decisions and `bookkeep`; `bookkeep` holds `engine.start`
+(layout, copy, embedding) for a batch it starts."""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+import real.engine
+import real.lanes
+import real.layout
+import real.server
+import real.timeline
+from real import stages
+
+TIMES: dict[str, list[float]] = defaultdict(list)
+WRAPPED = [(real.server.ReplayServer, "_consult", "consult"), (real.server.ReplayServer, "_bookkeep", "bookkeep"),
+           (real.engine.Engine, "start", "engine.start"), (real.engine, "build_layout", "build_layout"),
+           (real.layout, "to_device", "to_device"), (torch.Tensor, "pin_memory", "pin_memory"),
+           (stages, "embed", "embed"), (real.engine.Engine, "add_sequence", "add_sequence"),
+           (real.timeline.DeviceTimeline, "busy_streams", "busy_streams"),
+           (real.timeline.DeviceTimeline, "mark", "mark"), (real.lanes.PriorityLane, "claim", "lane.claim"),
+           (real.lanes.PriorityLane, "join", "lane.join")]
+
+
+def wrap(owner, name: str, label: str) -> None:
+    fn = getattr(owner, name)
+
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            TIMES[label].append(time.perf_counter() - start)
+    setattr(owner, name, timed)
+
+
+def main() -> None:
+    for owner, name, label in WRAPPED:
+        wrap(owner, name, label)
+    from real.cli import main as run
+    sys.argv = ["real", *sys.argv[1:]]
+    try:
+        run()
+    except SystemExit as done:
+        if done.code:
+            raise
+    for label, times in TIMES.items():
+        us = np.array(times) * 1e6
+        print(f"{label:14s} n={len(us):6d} p50={np.median(us):9.1f}us p90={np.quantile(us, 0.9):9.1f}us "
+              f"max={us.max():9.1f}us")
+
+
+if __name__ == "__main__":
+    main()
