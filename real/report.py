@@ -59,6 +59,7 @@ def runs_table(root: Path, slo_s: float = 3.0) -> pd.DataFrame:
 
 
 PARTS = ("reaction", "notice", "host", "device", "in-flight layers")
+FOUND = ("BE", "LS", "idle")
 
 
 def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
@@ -67,26 +68,33 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     stage done on the GPU; the stream `level` it ran at (real.lanes); and `in-flight layers`, the reaction over
     the layer time of the work the arrival found on the device (a layer of the advance running then; the run's
     median layer, `layer_ms`, where that was shorter or the device idle): preemption happens at layer
-    boundaries, so one layer of the preempted batch is the granularity. The step log names batches, not
+    boundaries, so one layer of the preempted batch is the granularity; and `found`, what the arrival found on
+    the device: `BE` work (the request preempts it), `LS` work (a batch some LS request started in: the policies
+    do not preempt LS for LS, so the request queues), or nothing (`idle`). The step log names batches, not
     requests: the batch's first advance is the first layer-0 advance issued after the arrival that begins no
     earlier than the request's `scheduled_s`."""
     starts = steps[(steps.kind == "advance") & (steps.from_layer == 0)]
     advances = steps[(steps.kind == "advance") & (steps.to_layer > steps.from_layer)]
     per_layer_ms = 1e3 * (advances.end_s - advances.begin_s) / (advances.to_layer - advances.from_layer)
     median_ms = layer_ms(steps)
-    rows = []
+    on_device = steps[steps.kind.isin(["advance", "finish"])]
+    firsts = {}
     for q in requests[requests.priority == "LS"].itertuples():
         first = starts[(starts.issued_s >= q.arrival_s) & (starts.begin_s >= q.scheduled_s - 1e-6)]
-        if first.empty:
-            continue
-        step = first.iloc[0]
+        if not first.empty:
+            firsts[q] = first.iloc[0]
+    ls_batches = {step.batch_id for step in firsts.values()} if "batch_id" in steps else set()
+    rows = []
+    for q, step in firsts.items():
+        found = on_device[(on_device.begin_s <= q.arrival_s) & (on_device.end_s > q.arrival_s)]
         reaction, notice, host = q.scheduled_s - q.arrival_s, step.decided_s - q.arrival_s, step.issued_s - step.decided_s
         running = per_layer_ms[(advances.begin_s <= q.arrival_s) & (advances.end_s > q.arrival_s)]
         layer = max(running.max() if len(running) else 0.0, median_ms)
         rows.append({"request_id": q.request_id, "reaction": 1e3 * reaction, "notice": 1e3 * notice,
                      "host": 1e3 * host, "device": 1e3 * (reaction - notice - host),
-                     "in-flight layers": 1e3 * reaction / layer, "level": int(step.level)})
-    return pd.DataFrame(rows, columns=["request_id", *PARTS, "level"])
+                     "in-flight layers": 1e3 * reaction / layer, "level": int(step.level),
+                     "found": "idle" if found.empty else "LS" if set(found.get("batch_id", ())) & ls_batches else "BE"})
+    return pd.DataFrame(rows, columns=["request_id", *PARTS, "level", "found"])
 
 
 def reaction_table(root: Path) -> pd.DataFrame:
@@ -104,9 +112,9 @@ def reaction_table(root: Path) -> pd.DataFrame:
     if not parts:
         raise SystemExit(f"error: no step logs with decided_s and level under {root} (runs before serving round 4)")
     table = pd.concat(parts, ignore_index=True)
-    pooled = table.assign(run="all")
+    pooled = [table.assign(run="all")] + [table[table.found == f].assign(run=f"all, found {f}") for f in FOUND]
     rows = []
-    for (policy, run), group in pd.concat([table, pooled]).groupby(["policy", "run"], sort=False):
+    for (policy, run), group in pd.concat([table, *pooled]).groupby(["policy", "run"], sort=False):
         row = {"policy": policy, "run": run, "LS": len(group), "urgent share": float((group.level > 0).mean()),
                "over 2 ms": int((group.reaction > 2).sum())}
         for part in PARTS:

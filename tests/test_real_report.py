@@ -75,7 +75,8 @@ def test_reaction_split_into_notice_host_and_device(tmp_path):
             ("real", "qllm_catchup", 8.0, 2, 2, "BE", 0.500, 0.5000, 0.60, 1.9, 20, 10, 10, 0)]
     with_latencies(pd.DataFrame(rows, columns=REQUEST_COLUMNS)).to_parquet(folder / "requests.parquet")
     (folder / "summary.json").write_text(json.dumps({"run": {"policy": "qllm_catchup", "rate": 8.0, "seed": 2}}))
-    steps = pd.DataFrame({"kind": ["advance"] * 4, "from_layer": [0, 0, 5, 0], "to_layer": [1, 1, 7, 1],
+    steps = pd.DataFrame({"batch_id": [7, 8, 7, 9], "kind": ["advance"] * 4, "from_layer": [0, 0, 5, 0],
+                          "to_layer": [1, 1, 7, 1],
                           "level": [0, 1, 0, 0], "decided_s": [0.4999, 1.0000, float("nan"), 2.0030],
                           "issued_s": [0.5, 1.0008, 1.9, 2.0038], "begin_s": [0.5, 1.0009, 1.9, 2.0040],
                           "end_s": [0.501, 1.002, 2.01, 2.005]})
@@ -87,7 +88,9 @@ def test_reaction_split_into_notice_host_and_device(tmp_path):
     # layers: 1, 1.1, 55 and 1 ms (median 1.05); the first arrival finds the device idle (the median layer),
     # the second a 55 ms layer (layers 5-6 of a 110 ms advance)
     assert parts["in-flight layers"].tolist() == pytest.approx([0.9 / 1.05, 4.0 / 55])
+    assert parts.found.tolist() == ["idle", "BE"]  # batch 7 is the BE request's
     table = reaction_table(tmp_path).set_index("run")
     assert table.loc["all", "LS"] == 2 and table.loc["all", "over 2 ms"] == 1
     assert table.loc["all", "urgent share"] == pytest.approx(0.5)
     assert table.loc["all", "within one in-flight layer"] == pytest.approx(1.0)
+    assert table.loc["all, found BE", "LS"] == table.loc["all, found idle", "LS"] == 1
