@@ -167,3 +167,14 @@ def test_a_pass_start_sends_its_new_token_ids_with_the_layout():
     assert layout.positions.tolist() == [0, 1, 2, 3, 0, 1] and layout.slots.tolist() == [2, 2, 2, 0, 1, 1]
     assert layout.last_rows.tolist() == [2, 3, 5]
     assert build_layout(seqs, "cpu").token_ids is None  # merges and splits rebuild layouts without them
+
+
+
+def test_stagecheck_compares_every_layout_field(capsys):
+    import random
+    from real import stagecheck
+    from real.layout import build_layout
+    stagecheck.main(["--iters", "20", "--device", "cpu"])
+    assert capsys.readouterr().out.strip() == "stagecheck: 20 layouts, 0 differ"
+    layout = build_layout(stagecheck.random_batch(random.Random(1)), "cpu", with_ids=True)
+    assert len(stagecheck.tensors(layout)) == 4 + 5 * len(layout.groups)  # every tensor of the layout
