@@ -6,9 +6,10 @@
   depth 1: the qllm policies).
 
 Serving round 6 (H200) priced fcfs's prefill layers of 129-1,024 tokens 0.25 ms under their device time and the
-qllm variants' within 0.05 ms, with the same stage profile; this measures both issue modes on the same
-shapes, with the layout build and embedding of `Engine.start`, so the simulator can charge the measured
-per-layer time of whole passes (`prefill_passes.csv` in the profile).
+qllm variants' within 0.05 ms, with the same stage profile. This times both issue modes on the same shapes,
+with the layout build and embedding of `Engine.start` (`prefill_passes.csv` in the profile). On the H200 the
+mode was not the cause (the two agree within 1% where the device is the bottleneck); the experts' routing was
+(`--routing`, BENCHMARKS_calibrate.md).
 
     python3 -m calibrate.prefillpass --model mixtral-8x7b --out DIR [--layers 8] [--repeats 7] [--routing]
 
@@ -29,7 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from calibrate.benches import balanced_routing
+from calibrate.timing import measure as time_point
 from policies import Granularity
+from real import stages
 from real.engine import Engine
 from real.kv import KVPool
 from real.model import build_model, preset_config
@@ -83,37 +87,47 @@ def measure(engine: Engine, vocab: int, seqs_list, lengths, repeats: int, log=pr
     return rows
 
 
+def _recorded_routing(engine: Engine, prompts: list[list[int]]) -> list[tuple]:
+    """(x, weights, experts) of every layer of one stepped prefill pass of `prompts` (the router's own output)."""
+    seen, original = [], stages.router
+
+    def recording(model, layer: int, hidden: torch.Tensor):
+        seen.append(original(model, layer, hidden))
+        return seen[-1]
+    stages.router = recording
+    try:
+        one_pass(engine, prompts, "stepped")
+    finally:
+        stages.router = original
+    return seen
+
+
+def _experts_gpu_s(engine: Engine, layer: int, x, weights, experts, repeats: int) -> float:
+    """Median GPU-clock time of the layer's experts stage for this routing (`calibrate.timing.measure`)."""
+    queued, out = torch.ones_like(experts, dtype=torch.bool), torch.empty_like(x)
+    run = engine.experts_for(x.shape[0])
+    rows = time_point(lambda: run(engine.model, layer, x, weights, experts, queued, out), engine.device.type,
+                      repeats, inner=2)
+    return float(np.median([r["gpu_s"] for r in rows]))
+
+
 @torch.inference_mode()
 def routing_rows(engine: Engine, vocab: int, seqs_list, lengths, repeats: int, log=print) -> list[dict]:
-    """Per layer of one pass: expert loads (max over mean) and the experts stage's device time with the
-    pass's own routing and with balanced routing (`calibrate.timing.measure`, GPU clock)."""
-    from calibrate.benches import balanced_routing
-    from calibrate.timing import measure as time_point
-    from real import stages
+    """Per layer of one pass: expert loads (max over mean, experts used) and the experts stage's device time
+    with the pass's own routing and with balanced routing (`calibrate.benches.balanced_routing`)."""
     gen, rows = torch.Generator().manual_seed(11), []
     top_k, num_experts = engine.model.config.num_experts_per_tok, engine.num_experts
     for num_seqs in seqs_list:
         for tokens in lengths:
             prompts = [torch.randint(3, vocab, (tokens,), generator=gen).tolist() for _ in range(num_seqs)]
-            seen = []
-            original = stages.router
-            stages.router = lambda model, layer, hidden: seen.append(original(model, layer, hidden)) or seen[-1]
-            try:
-                one_pass(engine, prompts, "stepped")
-            finally:
-                stages.router = original
+            seen = _recorded_routing(engine, prompts)
             for layer, (x, weights, experts) in enumerate(seen):
                 loads = torch.bincount(experts.flatten(), minlength=num_experts).float()
-                queued, out = torch.ones_like(experts, dtype=torch.bool), torch.empty_like(x)
-                run = engine.experts_for(x.shape[0])
                 balanced = balanced_routing(x.shape[0], num_experts, top_k, x.device)
-                times = {name: time_point(lambda e=e: run(engine.model, layer, x, weights, e, queued, out),
-                                          engine.device.type, repeats, inner=2)
-                         for name, e in (("pass", experts), ("balanced", balanced))}
                 rows.append({"seqs": num_seqs, "tokens": tokens, "layer": layer,
-                             "max_over_mean": float(loads.max() / loads.mean()),
-                             "active": int((loads > 0).sum()),
-                             **{f"{n}_s": float(np.median([r["gpu_s"] for r in t])) for n, t in times.items()}})
+                             "max_over_mean": float(loads.max() / loads.mean()), "active": int((loads > 0).sum()),
+                             "pass_s": _experts_gpu_s(engine, layer, x, weights, experts, repeats),
+                             "balanced_s": _experts_gpu_s(engine, layer, x, weights, balanced, repeats)})
             done = pd.DataFrame(rows[-len(seen):])
             log(f"  routing {num_seqs} x {tokens}: max/mean load {done.max_over_mean.median():.2f}, experts "
                 f"{1e3 * done.pass_s.median():.3f} ms with the pass's routing, {1e3 * done.balanced_s.median():.3f} balanced")
