@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sim.entry import needs_engine
+
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = """usage: python -m calibrate run [key=value ...]    (keys: calibrate/conf/calibrate.yaml)
        python -m calibrate check DIR [--impl engine hf]
@@ -59,8 +61,11 @@ def argv_for(config: CalibrateConfig) -> list[str]:
 def entry() -> None:
     command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "run":
-        from calibrate.measure import main
+        def load():
+            from calibrate.measure import main
 
+            return main
+        main = needs_engine(load)  # before argv_for, which asks torch for the GPU
         main(argv_for(compose(args)))
     elif command == "check":
         from calibrate.check import main

@@ -1,6 +1,6 @@
 """`python -m real run [hydra overrides]`."""
 
-from sim.entry import dispatch
+from sim.entry import dispatch, needs_engine
 
 USAGE = """usage: python -m real run [key=value ...]
 
@@ -12,9 +12,11 @@ examples:
 
 def entry() -> None:
     def load_main():
-        from real.cli import main  # imported late: `--help` must not pay for Hydra (or torch)
+        def load():
+            from real.cli import main  # imported late: `--help` must not pay for Hydra (or torch)
 
-        return main
+            return main
+        return needs_engine(load)
 
     dispatch(USAGE, load_main)
 

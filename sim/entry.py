@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+ENGINE_MODULES = ("torch", "transformers")
 
 
 def dispatch(usage: str, load_main: Callable[[], Callable[[], None]]) -> None:
@@ -13,3 +17,14 @@ def dispatch(usage: str, load_main: Callable[[], Callable[[], None]]) -> None:
         sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
     sys.argv = [f"{sys.argv[0]} run", *sys.argv[2:]]
     load_main()()
+
+
+def needs_engine(load: Callable[[], T]) -> T:
+    """`load()`, or a one-line error (exit 2) where the engine's packages are not installed."""
+    try:
+        return load()
+    except ModuleNotFoundError as error:
+        if error.name not in ENGINE_MODULES:
+            raise
+        print(f"error: this command needs {error.name}: pip install -e '.[engine]'", file=sys.stderr)
+        sys.exit(2)

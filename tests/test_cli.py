@@ -65,3 +65,19 @@ def test_bad_input_gives_a_message_and_nonzero_exit(tmp_path, overrides, message
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_missing_engine_package_is_one_line_and_exit_2(capsys):
+    from sim.entry import needs_engine
+
+    def load():
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+    with pytest.raises(SystemExit) as stop:
+        needs_engine(load)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: this command needs torch: pip install -e '.[engine]'"
+
+    def other():
+        raise ModuleNotFoundError("No module named 'nosuch'", name="nosuch")
+    with pytest.raises(ModuleNotFoundError):  # anything else is a bug, not a missing extra
+        needs_engine(other)
