@@ -12,7 +12,7 @@ import argparse
 import torch
 
 from calibrate.timing import measure
-from real.layout import build_layout
+from real.layout import PinnedStaging, build_layout
 from real.sequence import Sequence
 
 HIDDEN, VOCAB = 4096, 32000  # Mixtral-8x7B's embedding
@@ -22,8 +22,11 @@ def parts(table: torch.nn.Embedding, tokens: int, device: str) -> dict:
     """The stage as the engine runs it for `tokens` decode sequences, and its two parts alone."""
     seqs = [Sequence(i, [1] * 512, slot=i, num_cached=511) for i in range(tokens)]
     ids = torch.randint(0, VOCAB, (tokens,), device=device)
-    return {"layout": lambda: build_layout(seqs, device, with_ids=True), "gather": lambda: table(ids),
-            "both": lambda: table(build_layout(seqs, device, with_ids=True).token_ids)}
+    staging = PinnedStaging.allocate(torch.device(device)) if device == "cuda" else None  # as an Engine has
+
+    def layout():
+        return build_layout(seqs, device, with_ids=True, staging=staging)
+    return {"layout": layout, "gather": lambda: table(ids), "both": lambda: table(layout().token_ids)}
 
 
 def main(argv: list[str] | None = None) -> None:

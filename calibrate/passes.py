@@ -147,7 +147,8 @@ def _preemption_rows(engine: Engine, a: list, b: list, repeats: int) -> list[dic
         left, right = engine.start(a), engine.start(b)
         to_middle(left), to_middle(right)
         holder = []
-        merged = timed_s(lambda h=holder, r=right, l=left: h.append(merge(r, l)), device, 1, warmup=0)[0]
+        merged = timed_s(lambda h=holder, r=right, l=left: h.append(merge(r, l, engine.staging)), device, 1,
+                         warmup=0)[0]
         finish(holder[0])
         rows += [{"event": "pause_resume", "repeat": i, "time_s": paused - plain},
                  {"event": "merge", "repeat": i, "time_s": merged}]

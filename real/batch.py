@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from policies import Position, Stage
-from real.layout import Layout, build_layout
+from real.layout import Layout, PinnedStaging, build_layout
 from real.sequence import Sequence
 
 
@@ -39,10 +39,10 @@ class BatchState:
         return [s.seq_id for s in self.seqs]
 
 
-def merge(running: BatchState, paused: BatchState) -> BatchState:
+def merge(running: BatchState, paused: BatchState, staging: PinnedStaging | None = None) -> BatchState:
     """Fold `paused` into `running`; inside the MoE stage the paused tokens keep their place in
     the expert queues (they skip the experts they already ran). Before the router (a batch stopped
-    between stages) the residual streams are simply stacked."""
+    between stages) the residual streams are simply stacked. `staging`: the engine's (real.layout)."""
     if not running.position.can_absorb(paused.position):
         raise ValueError(f"cannot merge a batch at {paused.position} into one at {running.position}")
     seqs = running.seqs + paused.seqs
@@ -52,7 +52,7 @@ def merge(running: BatchState, paused: BatchState) -> BatchState:
         moe = MoEState(*(torch.cat([getattr(p, f) for p in parts]) for f in
                          ("x", "weights", "experts", "out", "first_expert")))
     hidden = torch.cat([running.hidden, paused.hidden])
-    return BatchState(seqs, hidden, build_layout(seqs, hidden.device), running.position, moe)
+    return BatchState(seqs, hidden, build_layout(seqs, hidden.device, staging=staging), running.position, moe)
 
 
 def split(batch: BatchState, seq_ids: set[int]) -> tuple[BatchState, BatchState]:

@@ -21,7 +21,7 @@ from real import stages
 from real.batch import BatchState, MoEState
 from real.graphs import DecodeRunner
 from real.kv import KVPool
-from real.layout import build_layout
+from real.layout import PinnedStaging, build_layout
 from real.sequence import Sequence
 
 
@@ -33,9 +33,12 @@ class Engine:
     graphs: bool = False  # decode layers through per-bucket CUDA graphs (run eagerly on CPU)
     dense_tokens: tuple[int, int] | None = None  # batches of this many tokens run all experts densely
     runner: DecodeRunner | None = field(init=False, default=None)
+    staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
 
     def __post_init__(self):
         on_cuda = self.device.type == "cuda"
+        if on_cuda:
+            self.staging = PinnedStaging.allocate(self.device)
         if self.graphs and on_cuda and not self.grouped_experts:
             raise ValueError("CUDA graphs need sync-free experts: set grouped_experts=True")
         if self.graphs:
@@ -106,7 +109,7 @@ class Engine:
     @torch.inference_mode()
     def start(self, seqs: list[Sequence]) -> BatchState:
         """A new pass at layer 0 for the tokens each sequence has not yet fed through the model."""
-        layout = build_layout(seqs, self.device, with_ids=True)
+        layout = build_layout(seqs, self.device, with_ids=True, staging=self.staging)
         return BatchState(list(seqs), stages.embed(self.model, layout.token_ids), layout, Position())
 
     @torch.inference_mode()

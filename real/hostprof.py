@@ -10,6 +10,7 @@ import functools
 import sys
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,7 +22,6 @@ import real.server
 import real.timeline
 from real import stages
 
-TIMES: dict[str, list[float]] = defaultdict(list)
 WRAPPED = [(real.server.ReplayServer, "_consult", "consult"), (real.server.ReplayServer, "_bookkeep", "bookkeep"),
            (real.engine.Engine, "start", "engine.start"), (real.engine, "build_layout", "build_layout"),
            (real.layout, "to_device", "to_device"), (torch.Tensor, "pin_memory", "pin_memory"),
@@ -31,22 +31,39 @@ WRAPPED = [(real.server.ReplayServer, "_consult", "consult"), (real.server.Repla
            (real.lanes.PriorityLane, "join", "lane.join")]
 
 
-def wrap(owner, name: str, label: str) -> None:
-    fn = getattr(owner, name)
+@dataclass
+class Timers:
+    """Seconds per call of each wrapped function, by label."""
 
-    @functools.wraps(fn)
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            TIMES[label].append(time.perf_counter() - start)
-    setattr(owner, name, timed)
+    times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def wrap(self, owner, name: str, label: str) -> None:
+        """Replace `owner.name` by a timed version (for the rest of the process)."""
+        fn, times = getattr(owner, name), self.times[label]
+
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                times.append(time.perf_counter() - start)
+        setattr(owner, name, timed)
+
+    def report(self) -> str:
+        lines = []
+        for label, times in self.times.items():
+            us = np.array(times) * 1e6
+            if len(us):
+                lines.append(f"{label:14s} n={len(us):6d} p50={np.median(us):9.1f}us p90={np.quantile(us, 0.9):9.1f}us "
+                             f"max={us.max():9.1f}us")
+        return "\n".join(lines)
 
 
 def main() -> None:
+    timers = Timers()
     for owner, name, label in WRAPPED:
-        wrap(owner, name, label)
+        timers.wrap(owner, name, label)
     from real.cli import main as run
     sys.argv = ["real", *sys.argv[1:]]
     try:
@@ -54,10 +71,7 @@ def main() -> None:
     except SystemExit as done:
         if done.code:
             raise
-    for label, times in TIMES.items():
-        us = np.array(times) * 1e6
-        print(f"{label:14s} n={len(us):6d} p50={np.median(us):9.1f}us p90={np.quantile(us, 0.9):9.1f}us "
-              f"max={us.max():9.1f}us")
+    print(timers.report())
 
 
 if __name__ == "__main__":

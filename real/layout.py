@@ -40,18 +40,20 @@ class Layout:
     token_ids: torch.Tensor | None = None  # [T] the new tokens themselves (a pass's start embeds them)
 
 
-def build_layout(seqs: list[Sequence], device, with_ids: bool = False) -> Layout:
+def build_layout(seqs: list[Sequence], device, with_ids: bool = False,
+                 staging: PinnedStaging | None = None) -> Layout:
     """Decode sequences (one new token) and prefill sequences are padded separately. Built with numpy
     and sent in one copy (with `with_ids`, the new token ids too): this sits between an LS arrival and
     its first kernel (torch's per-op dispatch on small host tensors cost about 1 ms per batch; a second
-    copy for the ids, 0.13 ms of host time per pass start, H200)."""
+    copy for the ids, 0.13 ms of host time per pass start, H200). `staging`: the engine's pinned buffers
+    (`to_device`)."""
     if len(seqs) == 1:  # an LS arrival's prefill, mostly: the same arrays with a few numpy calls
         host, groups, total = _single(seqs[0])
     else:
         host, groups, total = _packed(seqs)
     if with_ids:
         host.append(np.array(list(chain.from_iterable(s.token_ids[s.num_cached:] for s in seqs)), dtype=np.int64))
-    dev = to_device(host, device)
+    dev = to_device(host, device, staging)
     layout_groups = tuple(AttentionGroup(*dev[3 + 5 * i: 8 + 5 * i], num_keys=g[-1]) for i, g in enumerate(groups))
     return Layout(total, dev[0], dev[1], dev[2], layout_groups, dev[-1] if with_ids else None)
 
@@ -92,29 +94,27 @@ def _packed(seqs: list[Sequence]) -> tuple[list[np.ndarray], list[tuple], int]:
     return host, groups, total
 
 
-def to_device(host: list[np.ndarray], device) -> list[torch.Tensor]:
+def to_device(host: list[np.ndarray], device, staging: PinnedStaging | None = None) -> list[torch.Tensor]:
     """One asynchronous host-to-device copy (from pinned memory) for many small index arrays:
-    a pageable copy would wait for the GPU to drain, a hidden sync at every merge or pass start."""
+    a pageable copy would wait for the GPU to drain, a hidden sync at every merge or pass start.
+    Through `staging` where given and large enough, else from a block pinned for this copy."""
     sizes = [np.size(a) for a in host]
     total = sum(sizes)
-    if torch.device(device).type != "cuda":
+    if staging is not None and total <= staging.capacity:
+        flat = staging.send(host, total)
+    else:
         flat = torch.from_numpy(np.concatenate([np.ravel(a) for a in host]).astype(np.int64, copy=False))
-    elif total <= STAGING_ELEMENTS:
-        flat = _staging(torch.device(device)).send(host, total)
-    else:  # larger than a staging buffer: a one-off pinned block
-        flat = torch.from_numpy(np.concatenate([np.ravel(a) for a in host]).astype(np.int64, copy=False))
-        flat = flat.pin_memory().to(device, non_blocking=True)
+        if torch.device(device).type == "cuda":
+            flat = flat.pin_memory().to(device, non_blocking=True)
     return [chunk if np.ndim(a) == 1 else chunk.view(np.shape(a)) for chunk, a in zip(flat.split(sizes), host)]
 
 
-STAGING_ELEMENTS = 1 << 17  # int64s per staging buffer (1 MiB): a layout of up to ~16k prefill tokens
-STAGING_BUFFERS = 16
 
 
 @dataclass
 class PinnedStaging:
-    """A ring of pinned host buffers for `to_device`, each reused once the copy that last read it has run
-    (an event per buffer). Torch's pinned-memory pool costs about 47 µs per `pin_memory()` on the H200's host
+    """A ring of pinned host buffers for `to_device` (one per engine), each reused once the copy that last
+    read it has run (an event per buffer). Torch's pinned-memory pool costs about 47 µs per `pin_memory()` on the H200's host
     (p50), and up to 3.5 ms when it has to pin a new block (`real.hostprof`, round 7): both on the way from an LS
     arrival to its first kernel."""
 
@@ -125,9 +125,14 @@ class PinnedStaging:
     next: int = 0
 
     @classmethod
-    def allocate(cls, device: torch.device) -> PinnedStaging:
-        buffers = [torch.empty(STAGING_ELEMENTS, dtype=torch.int64, pin_memory=True) for _ in range(STAGING_BUFFERS)]
-        return cls(device, buffers, [b.numpy() for b in buffers], [None] * STAGING_BUFFERS)
+    def allocate(cls, device: torch.device, elements: int = 1 << 17, count: int = 16) -> PinnedStaging:
+        """`count` buffers of `elements` int64s (default 16 x 1 MiB: layouts of up to ~16k prefill tokens)."""
+        buffers = [torch.empty(elements, dtype=torch.int64, pin_memory=True) for _ in range(count)]
+        return cls(device, buffers, [b.numpy() for b in buffers], [None] * count)
+
+    @property
+    def capacity(self) -> int:
+        return self.buffers[0].numel()
 
     def send(self, host: list[np.ndarray], total: int) -> torch.Tensor:
         """The arrays, concatenated as int64, on the device (asynchronously, on the current stream)."""
@@ -140,17 +145,6 @@ class PinnedStaging:
             self.copied[i] = torch.cuda.Event()
         self.copied[i].record()
         return out
-
-
-_STAGING: dict[torch.device, PinnedStaging] = {}
-
-
-def _staging(device: torch.device) -> PinnedStaging:
-    if device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    if device not in _STAGING:
-        _STAGING[device] = PinnedStaging.allocate(device)
-    return _STAGING[device]
 
 
 def _group(new: np.ndarray, cached: np.ndarray, slots: np.ndarray, offsets: np.ndarray) -> tuple:

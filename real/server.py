@@ -201,7 +201,8 @@ class ReplayServer:
                 self._leave_lane()  # graph replays stay on the main stream
         for paused in t.merged:
             running_id = self.state.running.batch_id
-            self.batches[running_id] = merge(self.batches[running_id], self.batches.pop(paused.batch_id))
+            self.batches[running_id] = merge(self.batches[running_id], self.batches.pop(paused.batch_id),
+                                             self.engine.staging)
 
     def _leave_lane(self, keep: int | None = None) -> None:
         """Join the urgent stream back unless batch `keep` holds it."""

@@ -1,4 +1,4 @@
-"""Layouts sent through the pinned staging ring (real.layout.PinnedStaging) equal the ones built on the CPU,
+"""Layouts sent through a pinned staging ring (real.layout.PinnedStaging) equal the ones built on the CPU,
 while copies queue behind sleep kernels (the ring wraps and must wait for its buffers) and on two streams.
 
     python -m real.stagecheck [--iters 3000]        # on a GPU (H200: 3,000 layouts, none differ)
@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from real.layout import Layout, build_layout
+from real.layout import Layout, PinnedStaging, build_layout
 from real.sequence import Sequence
 
 
@@ -38,15 +38,16 @@ def check(iters: int, device: torch.device, seed: int = 0) -> int:
     rng, kept = random.Random(seed), []
     on_cuda = device.type == "cuda"
     side = torch.cuda.Stream(priority=-1) if on_cuda else None
+    staging = PinnedStaging.allocate(device) if on_cuda else None
     for i in range(iters):
         seqs = random_batch(rng)
         if on_cuda and i % 7 == 0:
             torch.cuda._sleep(200_000)  # ~0.1 ms: the next copies queue behind it
         if side is not None and i % 3 == 0:
             with torch.cuda.stream(side):
-                kept.append((seqs, build_layout(seqs, device, with_ids=True)))
+                kept.append((seqs, build_layout(seqs, device, with_ids=True, staging=staging)))
         else:
-            kept.append((seqs, build_layout(seqs, device, with_ids=True)))
+            kept.append((seqs, build_layout(seqs, device, with_ids=True, staging=staging)))
     if on_cuda:
         torch.cuda.synchronize()
     return sum(any(not torch.equal(a.cpu(), b) for a, b in zip(tensors(lay), tensors(build_layout(seqs, "cpu", True))))

@@ -153,9 +153,9 @@ def test_stage_stops_end_layers_between_stages_and_change_no_token(model, policy
     batch that reaches that position absorbs it (merges before the router)."""
     merged_at = []
 
-    def spy(running, paused):
+    def spy(running, paused, staging=None):
         merged_at.append(running.position.stage)
-        return merge(running, paused)
+        return merge(running, paused, staging)
     monkeypatch.setattr(real.server, "merge", spy)
     requests = overload()
     server = replay(model, policy, requests, stage_stops=True)
