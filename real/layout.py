@@ -109,14 +109,12 @@ def to_device(host: list[np.ndarray], device, staging: PinnedStaging | None = No
     return [chunk if np.ndim(a) == 1 else chunk.view(np.shape(a)) for chunk, a in zip(flat.split(sizes), host)]
 
 
-
-
 @dataclass
 class PinnedStaging:
     """A ring of pinned host buffers for `to_device` (one per engine), each reused once the copy that last
-    read it has run (an event per buffer). Torch's pinned-memory pool costs about 47 µs per `pin_memory()` on the H200's host
-    (p50), and up to 3.5 ms when it has to pin a new block (`real.hostprof`, round 7): both on the way from an LS
-    arrival to its first kernel."""
+    read it has run (an event per buffer). Torch's pinned-memory pool costs about 47 µs per `pin_memory()` on
+    the H200's host (p50), and up to 3.5 ms when it has to pin a new block (`real.hostprof`, round 7): both on
+    the way from an LS arrival to its first kernel."""
 
     device: torch.device
     buffers: list[torch.Tensor]
