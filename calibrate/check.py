@@ -36,6 +36,15 @@ def profile_model(directory: Path) -> ModelSpec:
     return model_spec(Path(directory).name.rsplit("-", 1)[0])
 
 
+def stepped_profile(directory: Path, serving: bool = False, model: ModelSpec | None = None) -> MeasuredProfile:
+    """The profile's stepped engine as the simulator builds it (`model`: default, the folder's); with
+    `serving`, also the server costs already in events.csv (calibrate.serving measures its residuals
+    without them)."""
+    model = model or profile_model(directory)
+    return MeasuredProfile(directory, top_k=model.top_k, impl="engine", serving=serving,
+                           projection_share=model.attention_params / model.expert_params)
+
+
 def hardware_spec(directory: Path) -> HardwareSpec:
     """Rates of conf/hardware/<folder>.yaml, the folder being the profile's parent (h100, h200) or
     else named after the GPU in meta.json."""
@@ -158,8 +167,7 @@ def prefill_pass_checks(directory: Path, model: ModelSpec) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame()
     table = load_table(directory, "prefill_passes.csv", ["mode", "seqs", "tokens", "repeat", "layer_s", "issue_s"])
-    profile = MeasuredProfile(directory, top_k=model.top_k, impl="engine", serving=False,
-                              projection_share=model.attention_params / model.expert_params)
+    profile = stepped_profile(directory, model=model)
     out = (table.groupby(["seqs", "tokens", "mode"])[["layer_s", "issue_s"]].median() * 1000).unstack("mode")
     out.columns = [f"{mode} {clock.removesuffix('_s')} ms" for clock, mode in out.columns]
     out["composed ms"] = [_composed_layer_s(profile, model, "layer_prefill", s, t) * 1000 for s, t in out.index]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from calibrate.check import profile_model
+from calibrate.check import profile_model, stepped_profile
 from sim.model import ModelSpec
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import layer_s
@@ -105,14 +105,6 @@ def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
     table = pd.concat([kept, rows], ignore_index=True)
     table.to_csv(path, index=False)
     return table
-
-
-def stepped_profile(directory: Path, serving: bool = False) -> MeasuredProfile:
-    """The profile's stepped engine as the simulator builds it; with `serving`, also the server costs
-    already in events.csv (the residuals are measured without them)."""
-    model = profile_model(directory)
-    return MeasuredProfile(directory, top_k=model.top_k, impl="engine", serving=serving,
-                           projection_share=model.attention_params / model.expert_params)
 
 
 BINS = [0, 128, 256, 512, 1024, 2048, 4096, 8192, 1 << 20]

@@ -206,11 +206,6 @@ class MeasuredProfile:
             return max(host_path, gpu_path)
         return sum(max(host_path + x, gpu_path) for x in self.server_layer) / len(self.server_layer)
 
-    @property
-    def server_layer_s(self) -> float:
-        """Mean server work per stepped layer (0 without serving events)."""
-        return float(np.mean(self.server_layer)) if self.server_layer else 0.0
-
     def layer_paths(self, load: AttentionLoad) -> tuple[float, float]:
         """Pipelined clock, one stepped layer: (host path, GPU path) in seconds, without the server's
         own per-layer work (`server_layer`)."""
