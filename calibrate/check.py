@@ -18,7 +18,7 @@ from sim.model import ModelSpec
 from sim.profile.analytic import AnalyticProfile
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import decode_step_s, layer_s, prefill_s
-from sim.profile.measured import MeasuredProfile, curves, load_table
+from sim.profile.measured import MeasuredProfile, curves, load_table, point_times
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 WHOLE_LAYERS = ("layer_decode", "layer_prefill")  # measured to check how the simulator composes layers
@@ -60,7 +60,7 @@ def heldout_errors(directory: Path, impl: str = "engine", clock: str = "time_s")
     table = load_table(directory)
     fitted = curves(table, impl, "grid", clock)
     rows = table[(table.impl == impl) & (table.split == "heldout")]
-    held = rows.groupby(["stage", "x1", "x2"])[clock].median()
+    held = point_times(rows, clock)
     out = pd.DataFrame([{"stage": s, "x1": x1, "x2": x2, "measured_ms": t * 1000,
                          "interpolated_ms": fitted[s](x1, x2) * 1000} for (s, x1, x2), t in held.items()])
     out["error_pct"] = 100 * (out.interpolated_ms - out.measured_ms).abs() / out.measured_ms

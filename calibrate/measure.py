@@ -32,14 +32,14 @@ from real.kv import KVPool
 from real.model import PRESETS, build_model, preset_config
 
 
-def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print) -> list[dict]:
+def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print, sweeps: int = 5) -> list[dict]:
     rows = []
     for stage, splits in grids.items():
         if stage not in bench.stages():
             continue
         start = time.perf_counter()
         try:
-            rows += _stage_rows(bench, stage, splits, repeats, inner)
+            rows += _stage_rows(bench, stage, splits, repeats, inner, sweeps)
         except Exception as error:  # noqa: BLE001 - one broken stage must not lose a device run
             log(f"  {bench.impl} {stage}: FAILED {error!r}")
             continue
@@ -48,20 +48,24 @@ def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print) -> lis
     return rows
 
 
-def _stage_rows(bench, stage: str, splits: dict, repeats: int, inner: int, sweeps: int = 2) -> list[dict]:
+def _stage_rows(bench, stage: str, splits: dict, repeats: int, inner: int, sweeps: int = 5) -> list[dict]:
     """The host's speed on these shared machines drifts by 10-15% over minutes, which a host-bound
     stage's times follow. So grid and held-out points are timed together, in order of size (a held-out
     point next to its grid neighbours), and the repeats are spread over `sweeps` passes through the
     stage, so that a slow spell lands on every point's median rather than on a run of neighbours
-    (H200, one sweep: prefill attention's host time 1.26 ms at 2-4 sequences, 0.77 at 1, 1.02 at 8)."""
+    (H200, one sweep: prefill attention's host time 1.26 ms at 2-4 sequences, 0.77 at 1, 1.02 at 8).
+    Each sweep builds the point's inputs anew, so HF's layer, which routes its own random hidden
+    states, is timed over `sweeps` routings (two sweeps: its decode layer 10.9% off at batch 10, H200)."""
     points = sorted((x1, x2, split) for split, pts in splits.items() for x1, x2 in pts)
     per_sweep = [len(part) for part in np.array_split(np.arange(repeats), min(sweeps, repeats))]
-    rows = []
-    for sweep, count in enumerate(per_sweep):
-        for x1, x2, split in points:
-            for i, clocks in enumerate(time_point(bench.call(stage, x1, x2), bench.device, count, inner)):
+    rows, counts = [], dict.fromkeys(points, 0)
+    for count in per_sweep:
+        for point in points:
+            x1, x2, split = point
+            for clocks in time_point(bench.call(stage, x1, x2), bench.device, count, inner):
                 rows.append({"impl": bench.impl, "stage": stage, "x1": x1, "x2": x2, "split": split,
-                             "repeat": sum(per_sweep[:sweep]) + i, **clocks})
+                             "repeat": counts[point], **clocks})
+                counts[point] += 1
     return rows
 
 
@@ -95,7 +99,8 @@ def meta(args, dtype: torch.dtype) -> dict:
         "torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda,
         "git_revision": revision or "unknown",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "calibration_layers": max(PASS_DEPTHS), "repeats": args.repeats, "inner": args.inner, "impls": args.impls,
+        "calibration_layers": max(PASS_DEPTHS), "repeats": args.repeats, "inner": args.inner, "sweeps": args.sweeps,
+        "impls": args.impls,
         "method": "calibrate.timing: latency (sync-bracketed call), time (steady state of back-to-back calls), "
                   "host (issue time behind a sleep kernel), gpu (CUDA events behind it); 3 warm-up calls",
         "routing": "balanced (token i -> experts (i*k+j) mod E)",
@@ -135,7 +140,8 @@ def run_grids(args, dtype, writer: Writer) -> None:
     hf_experts = "grouped_mm" if args.device == "cuda" else "eager"
     for impl in [] if args.passes_only else args.impls:
         model.set_experts_implementation(hf_experts)
-        writer.add("stages", measure_grid(BENCHES[impl](model, pool, args.device), grids, args.repeats, args.inner))
+        writer.add("stages", measure_grid(BENCHES[impl](model, pool, args.device), grids, args.repeats, args.inner,
+                                          sweeps=args.sweeps))
     impls = [i if i == "engine" else f"hf-{hf_experts}" for i in args.impls]
     impls += ["engine-graphs"] * ("engine" in impls and args.device == "cuda")
     for depth in PASS_DEPTHS:
@@ -184,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", nargs="+", default=["engine", "hf"], choices=sorted(BENCHES))
     parser.add_argument("--repeats", type=int, default=10, help="repeats per grid point (one row each)")
     parser.add_argument("--inner", type=int, default=4, help="back-to-back calls per repeat")
+    parser.add_argument("--sweeps", type=int, default=5, help="passes through each stage's points, the repeats split among them")
     parser.add_argument("--pass-repeats", type=int, default=10)
     parser.add_argument("--small", action="store_true", help="tiny grids (smoke test of the tool)")
     parser.add_argument("--no-grid", action="store_true", help="skip the calibration model (grids and passes)")

@@ -145,6 +145,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size),
                           timeline=timeline, lane=lane, stage_stops=spec.engine.stage_stops,
                           head_stops=spec.engine.head_stops)
+    allocator_before = allocator_counts(engine.device)
     gc.collect()
     gc.freeze()  # the weights' and engine's objects stay out of the collector's scans
     gc.disable()  # and no collection during the replay: round 5 (H200) had 17 gen-1 collections per run of
@@ -164,5 +165,19 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead,
                       "priority_stream": spec.engine.priority_stream, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
-                      "gc": collections.summary()}
+                      "gc": collections.summary(),
+                      "allocator": {k: v - allocator_before[k] for k, v in allocator_counts(engine.device).items()}}
     return table, summary
+
+
+ALLOCATOR_COUNTS = ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams")
+
+
+def allocator_counts(device) -> dict[str, int]:
+    """The caching allocator's cudaMalloc / cudaFree calls, retries after a failed allocation and
+    synchronisations of all streams: each stalls the host for up to milliseconds, so a replay should
+    cause none (their change over the replay goes to summary.json; empty on the CPU)."""
+    if torch.device(device).type != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats(device)
+    return {key: int(stats.get(key, 0)) for key in ALLOCATOR_COUNTS}
