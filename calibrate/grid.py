@@ -16,6 +16,13 @@ TILE_ROWS = 128  # rows of a GEMM tile: expert time is a staircase in the rows e
 EXPERT_TOKENS = sorted({*range(1, 9), 15, 257} | {m * 2**i for m in (2, 3) for i in range(2, 14)})
 # Held out: 1.25x and 1.75x a power of two, between the grid points (and never across a switch).
 EXPERT_HELDOUT = sorted({m * 2**i for m in (5, 7) for i in range(1, 12)})
+# Decode sequences for the engine's `embed` (its pass start: the layout's copy, then the token gather), with
+# both sides of two steps: the gather's kernel changes after 16 tokens (8.3 us at 16, 2.2 at 32, H200), and
+# from 15 sequences on (a layout copy over 1 KiB: 72 bytes a sequence) the gather waits 4-12 us longer for
+# the copy (H200, eighth calibration run: 8.3 us at 12 sequences, 18 at 16; held out at 12, the powers-of-two
+# grid missed by 53%). The second step fits the driver sending small copies inline with its commands and
+# larger ones through a copy engine; that is a reading, not a measurement.
+EMBED_SEQS = (1, 2, 4, 8, 14, 15, 16, 17, 24, 32, 64)
 
 
 def after_tiles(rows_per_token: float, skip: set[int], tiles: int = 16, limit: int = 24576) -> set[int]:
@@ -57,7 +64,7 @@ def grids_for(num_experts: int, top_k: int) -> dict:
         "expert": _one_d(expert, EXPERT_HELDOUT),
         "experts_layer": _one_d(layer, EXPERT_HELDOUT),
         "lm_head": _one_d(POW2[:9], [3, 12, 48, 192]),
-        "embed": _one_d(POW2[:7], [3, 12, 48]),
+        "embed": _one_d(EMBED_SEQS, [3, 12, 48]),
         # whole layers (calibrate.check compares them with the simulator's composition); the simulator reads
         # layer_decode's host time, never layer_prefill
         # every batch to 8: HF's layer at batch 5 sat above both neighbours in every run (fifth run: 15.6%

@@ -28,8 +28,12 @@ from calibrate import passes
 from calibrate.benches import BENCHES
 from calibrate.grid import PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, grids_for, largest, small
 from calibrate.timing import measure as time_point
+from sim.profile.measured import MEAN_STAGES
 from real.kv import KVPool
 from real.model import PRESETS, build_model, preset_config
+
+
+MEAN_REPEATS = 10
 
 
 def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print, sweeps: int = 5) -> list[dict]:
@@ -57,6 +61,8 @@ def _stage_rows(bench, stage: str, splits: dict, repeats: int, inner: int, sweep
     Each sweep builds the point's inputs anew, so HF's layer, which routes its own random hidden
     states, is timed over `sweeps` routings (two sweeps: its decode layer 10.9% off at batch 10, H200)."""
     points = sorted((x1, x2, split) for split, pts in splits.items() for x1, x2 in pts)
+    if stage in MEAN_STAGES:  # its point time is a mean of two modes: ten times the repeats (a few ms each)
+        repeats *= MEAN_REPEATS
     per_sweep = [len(part) for part in np.array_split(np.arange(repeats), min(sweeps, repeats))]
     rows, counts = [], dict.fromkeys(points, 0)
     for count in per_sweep:

@@ -18,8 +18,6 @@ import torch
 
 MIN_REPEAT_S = 0.5e-3  # back-to-back calls per repeat: at least this long in all
 MAX_INNER = 32
-TINY_CALL_S = 30e-6  # calls shorter than this (the engine's embed: 5-17 us) get TINY_REPEATS x the repeats:
-TINY_REPEATS = 10  # embed is bimodal per repeat, and its mean (sim.profile.measured.MEAN_STAGES) needs many
 CLOCK_HZ = 2.0e9  # sleep-kernel cycles per second (Hopper boost ~1.98 GHz; lower clocks sleep longer)
 
 
@@ -61,8 +59,6 @@ def measure(fn: Callable[[], object], device: str, repeats: int, inner: int, war
         repeats, inner = max(min(repeats, 3), repeats // 2), max(1, inner // 2)
     elif estimate * inner < MIN_REPEAT_S:  # tiny calls (an embedding: 12 us): a sync's jitter swamps them
         inner = min(math.ceil(MIN_REPEAT_S / max(estimate, 1e-6)), MAX_INNER)
-    if estimate < TINY_CALL_S and device == "cuda":  # a few ms per repeat at most
-        repeats *= TINY_REPEATS
     rows = []
     for _ in range(repeats):
         row = {"latency_s": _wall(fn, device, 1), "time_s": _wall(fn, device, inner)}

@@ -111,6 +111,17 @@ def test_stage_points_are_timed_in_size_order_over_sweeps():
     assert rows.set_index("x1").split.to_dict() == {1: "grid", 2: "heldout", 4: "grid"}
 
 
+def test_embed_gets_ten_times_the_repeats_for_its_mean():
+    rows = pd.DataFrame(_stage_rows(_CountingBench(), "embed", {"grid": [(1, 0)]}, repeats=4, inner=1, sweeps=2))
+    assert sorted(rows.repeat) == list(range(40))
+
+
+def test_embed_grid_holds_both_sides_of_its_steps():
+    seqs = {x for x, _ in GRIDS["embed"]["grid"]}
+    assert {14, 15, 16, 17} <= seqs  # the layout copy's 1 KiB step and the gather's kernel switch
+    assert not seqs & {x for x, _ in GRIDS["embed"]["heldout"]}
+
+
 def test_whole_layers_are_checked_against_the_composition_not_pooled(profile_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

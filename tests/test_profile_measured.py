@@ -14,7 +14,7 @@ from sim.hardware import HardwareSpec
 from sim.model import ModelSpec
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import decode_step_s
-from sim.profile.measured import MeasuredProfile, MeasuredProfileError
+from sim.profile.measured import MeasuredProfile, MeasuredProfileError, point_times
 from sim.profile.select import PROFILES_DIR, ProfileError, ProfileSpec, build_profile
 
 GRID = {"attention_decode": [(b, c) for b in (1, 4, 16) for c in (100, 1000)],
@@ -59,6 +59,14 @@ def test_interpolates_piecewise_linearly(tmp_path):
     loads = np.array([[10, 10, 0, 0]])  # 10 tokens x top-2 -> the layer's grouped time, split by load
     assert p.experts_s(loads).sum() == pytest.approx(cost_s(10, 0) + 1e-7)
     assert p.experts_s(loads)[0, 2] == 0
+
+
+def test_a_point_is_its_median_and_embed_the_mean_of_its_two_modes():
+    rows = pd.DataFrame([{"stage": stage, "x1": 32, "x2": 0, "time_s": t}
+                         for stage in ("router", "embed") for t in (9e-6, 9e-6, 17e-6, 17e-6, 17e-6)])
+    times = point_times(rows, "time_s")
+    assert times[("router", 32, 0)] == pytest.approx(17e-6)  # robust to the odd slow repeat
+    assert times[("embed", 32, 0)] == pytest.approx(13.8e-6)  # what a pass pays on average
 
 
 def test_clock_column_selects_the_timing(tmp_path):
