@@ -23,6 +23,12 @@ from sim.profile.measured import MeasuredProfile, curves, load_table, point_time
 CONF = Path(__file__).resolve().parents[1] / "conf"
 WHOLE_LAYERS = ("layer_decode", "layer_prefill")  # measured to check how the simulator composes layers
 NOT_INTERPOLATED = ("layer_prefill",)  # the simulator reads layer_decode (its host time), never layer_prefill
+# Which clock the pipelined profile charges each stage (sim.profile.measured.MeasuredProfile): a stepped layer's
+# GPU path from the device times, its host path from the issue times (a pure decode layer's from the whole
+# `layer_decode`), embed and the LM head at their steady time. (`expert` only prices prefill padding.)
+READ = {"time_s": ("embed", "lm_head"),
+        "host_s": ("attention_decode", "attention_prefill", "router", "expert", "experts_layer", "layer_decode"),
+        "gpu_s": ("attention_decode", "attention_prefill", "router", "expert", "experts_layer")}
 PASS_IMPLS = {"engine": ["engine"], "engine-graphs": ["engine-graphs"], "hf": ["hf-grouped_mm", "hf-eager"]}
 
 
@@ -130,15 +136,20 @@ def pass_predictions(directory: Path, model: ModelSpec, impl: str = "engine", cl
 def heldout_summary(directory: Path, impl: str) -> pd.DataFrame:
     """Median and max held-out error (%) per stage, for each timing column. The row `all` pools the
     stages the simulator interpolates; `layer_prefill` is listed but not pooled: the
-    simulator composes prefill layers from the stages (`layer_checks` compares the two)."""
+    simulator composes prefill layers from the stages (`layer_checks` compares the two). The row
+    `read` pools, per clock, only the stages the pipelined simulator charges at that clock (READ)."""
     table = load_table(directory)
-    parts = {clock.removesuffix("_s"): heldout_errors(directory, impl, clock).groupby("stage").error_pct
-             .agg(["median", "max"]) for clock in ("time_s", "host_s", "gpu_s") if clock in table}
+    clocks = [clock for clock in ("time_s", "host_s", "gpu_s") if clock in table]
+    errors = {clock: heldout_errors(directory, impl, clock) for clock in clocks}
+    parts = {clock.removesuffix("_s"): errors[clock].groupby("stage").error_pct.agg(["median", "max"])
+             for clock in clocks}
     out = pd.concat(parts, axis=1)
-    def pooled(clock: str) -> pd.Series:
-        errors = heldout_errors(directory, impl, clock)
-        return errors[~errors.stage.isin(NOT_INTERPOLATED)].error_pct
+    def pooled(clock: str, stages=None) -> pd.Series:
+        rows = errors[clock]
+        keep = rows.stage.isin(stages) if stages is not None else ~rows.stage.isin(NOT_INTERPOLATED)
+        return rows[keep].error_pct
     out.loc["all"] = [pooled(c + "_s").agg(m) for c, m in out.columns]
+    out.loc["read"] = [pooled(c + "_s", READ[c + "_s"]).agg(m) for c, m in out.columns]
     return out
 
 

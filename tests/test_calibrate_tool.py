@@ -131,6 +131,8 @@ def test_whole_layers_are_checked_against_the_composition_not_pooled(profile_dir
     assert set(layers.stage) == {"layer_decode", "layer_prefill"} and (layers.composed_ms > 0).all()
     interpolated = pooled[~pooled.stage.isin(check.NOT_INTERPOLATED)].error_pct
     assert summary.loc["all", ("gpu", "max")] == pytest.approx(interpolated.max())
+    read = pooled[pooled.stage.isin(check.READ["gpu_s"])].error_pct
+    assert summary.loc["read", ("gpu", "median")] == pytest.approx(read.median())
 
 
 def test_embeddiag_times_each_part_and_both(capsys):
