@@ -28,12 +28,11 @@ from calibrate import passes
 from calibrate.benches import BENCHES
 from calibrate.grid import PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, grids_for, largest, small
 from calibrate.timing import measure as time_point
-from sim.profile.measured import MEAN_STAGES
 from real.kv import KVPool
 from real.model import PRESETS, build_model, preset_config
+from sim.profile.measured import MEAN_STAGES
 
-
-MEAN_REPEATS = 10
+MEAN_REPEATS = 10  # repeats per point of MEAN_STAGES, over --repeats: their two modes need many for a mean
 
 
 def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print, sweeps: int = 5) -> list[dict]:
@@ -196,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", nargs="+", default=["engine", "hf"], choices=sorted(BENCHES))
     parser.add_argument("--repeats", type=int, default=10, help="repeats per grid point (one row each)")
     parser.add_argument("--inner", type=int, default=4, help="back-to-back calls per repeat")
-    parser.add_argument("--sweeps", type=int, default=5, help="passes through each stage's points, the repeats split among them")
+    parser.add_argument("--sweeps", type=int, default=5,
+                        help="passes through each stage's points, the repeats split among them")
     parser.add_argument("--pass-repeats", type=int, default=10)
     parser.add_argument("--small", action="store_true", help="tiny grids (smoke test of the tool)")
     parser.add_argument("--no-grid", action="store_true", help="skip the calibration model (grids and passes)")

@@ -156,6 +156,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
         gc.enable()
         gc.unfreeze()
     num_slots = engine.pool.num_slots
+    allocator = {k: v - allocator_before[k] for k, v in allocator_counts(engine.device).items()}
     pd.DataFrame(outcome.steps).to_parquet(out_dir / "steps.parquet", index=False)
     table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
@@ -166,7 +167,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "priority_stream": spec.engine.priority_stream, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "gc": collections.summary(),
-                      "allocator": {k: v - allocator_before[k] for k, v in allocator_counts(engine.device).items()}}
+                      "allocator": allocator}
     return table, summary
 
 
