@@ -37,6 +37,7 @@ def test_serve_twice_keeps_the_engine_and_logs_every_step(tmp_path):
     assert real_run._built[0].engine is engine and engine.pool.num_free == engine.pool.num_slots == 8
     assert summary["run"]["kv_slot_tokens"] % 256 == 0 and summary["run"]["graphs"]
     assert summary["run"]["gc"]["collections"] == [0, 0, 0] and gc.isenabled()  # off during the replay only
+    assert summary["run"]["allocator"] == {}  # the caching allocator's counts exist on CUDA only
     for t in (first, table):
         assert len(t) == 12 and (t.generated_tokens == 3).all()
         assert (t.arrival_s <= t.scheduled_s).all() and (t.scheduled_s <= t.first_token_s).all()
@@ -67,6 +68,8 @@ def test_a_too_short_kv_slot_is_an_error(tmp_path):
         real_run.EngineSettings(run_ahead=0)
     with pytest.raises(ValueError, match="priority_stream"):
         real_run.EngineSettings(priority_stream="maybe")
+    with pytest.raises(ValueError, match="pool_prewarm_gib"):
+        real_run.EngineSettings(pool_prewarm_gib=-1.0)
 
 
 def test_prepare_builds_every_bucket_up_to_the_batch_size():
