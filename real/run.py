@@ -42,7 +42,7 @@ class EngineSettings:
     priority_stream: bool = True  # a batch started while the device is busy runs on a high-priority stream (real.lanes)
     stage_stops: bool = True  # an arrival also ends a stepped layer between stages (H200: reaction p99 6.4 -> 3.9 ms)
     head_stops: bool = False  # an arrival also ends the wait for a pass's last layer, before its LM head
-    pool_prewarm_gib: float = 0.0  # per stream, cached by the allocator after the warm-up (prewarm_pools)
+    pool_prewarm_gib: float = 2.0  # per stream, cached by the allocator after the warm-up (prewarm_pools)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -109,8 +109,10 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
 def prewarm_pools(device: torch.device, gib: float, streams) -> None:
     """Grow the caching allocator's pool of each stream (the current one and `streams`) by a block of `gib`,
     allocated and freed at once: the allocator keeps a freed block for its stream and splits it for later
-    requests, so a replay's first batch larger than any of the warm-up's is served without a cudaMalloc
-    (H200 serving, Engine-owned staging ring: 3 cudaMallocs per replay at 18 and 28 req/s, none at 8)."""
+    requests, so a replay's first batch larger than any of the warm-up's is served without a cudaMalloc.
+    H200, qllm_catchup at 8 / 18 / 28 req/s, on and off on one lease (results/real/h200_prewarm_ab): 2 GiB
+    per stream took the cudaMallocs per replay from 0 / 3 / 3 to none, LS reactions over 2 ms from 28 to 20
+    of 189, and those that found BE work from p99 3.8 to 2.3 ms, for 3.1-3.7 GiB more held by the allocator."""
     for stream in (torch.cuda.current_stream(device), *streams):
         with torch.cuda.stream(stream):
             block = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
@@ -187,6 +189,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead,
                       "priority_stream": spec.engine.priority_stream, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
+                      "pool_prewarm_gib": spec.engine.pool_prewarm_gib,
                       "gc": collections.summary(),
                       "allocator": allocator}
     return table, summary
