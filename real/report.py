@@ -60,6 +60,7 @@ def runs_table(root: Path, slo_s: float = 3.0) -> pd.DataFrame:
 
 PARTS = ("reaction", "notice", "host", "device", "in-flight layers")
 FOUND = ("BE", "LS", "idle")
+HOST_IN = ("LM head", "other")  # where the host was when the request arrived (`reaction_parts`)
 
 
 def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
@@ -70,9 +71,11 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     median layer, `layer_ms`, where that was shorter or the device idle): preemption happens at layer
     boundaries, so one layer of the preempted batch is the granularity; and `found`, what the arrival found on
     the device: `BE` work (the request preempts it), `LS` work (a batch some LS request started in: the policies
-    do not preempt LS for LS, so the request queues), or nothing (`idle`). The step log names batches, not
-    requests: the batch's first advance is the first layer-0 advance issued after the arrival that begins no
-    earlier than the request's `scheduled_s`."""
+    do not preempt LS for LS, so the request queues), or nothing (`idle`); and `host in`, `LM head` when the
+    host's latest step at the arrival was a pass's LM head still running on the device (its token sync holds
+    the host deaf to arrivals until then), else `other`. The step log names batches, not requests: the
+    batch's first advance is the first layer-0 advance issued after the arrival that begins no earlier than
+    the request's `scheduled_s`."""
     starts = steps[(steps.kind == "advance") & (steps.from_layer == 0)]
     advances = steps[(steps.kind == "advance") & (steps.to_layer > steps.from_layer)]
     per_layer_ms = 1e3 * (advances.end_s - advances.begin_s) / (advances.to_layer - advances.from_layer)
@@ -90,11 +93,14 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
         reaction, notice, host = q.scheduled_s - q.arrival_s, step.decided_s - q.arrival_s, step.issued_s - step.decided_s
         running = per_layer_ms[(advances.begin_s <= q.arrival_s) & (advances.end_s > q.arrival_s)]
         layer = max(running.max() if len(running) else 0.0, median_ms)
+        latest = steps[steps.issued_s <= q.arrival_s].tail(1)
+        at_head = not latest.empty and latest.kind.iloc[0] == "finish" and latest.end_s.iloc[0] > q.arrival_s
         rows.append({"request_id": q.request_id, "reaction": 1e3 * reaction, "notice": 1e3 * notice,
                      "host": 1e3 * host, "device": 1e3 * (reaction - notice - host),
                      "in-flight layers": 1e3 * reaction / layer, "level": int(step.level),
-                     "found": "idle" if found.empty else "LS" if set(found.get("batch_id", ())) & ls_batches else "BE"})
-    return pd.DataFrame(rows, columns=["request_id", *PARTS, "level", "found"])
+                     "found": "idle" if found.empty else "LS" if set(found.get("batch_id", ())) & ls_batches else "BE",
+                     "host in": HOST_IN[0] if at_head else HOST_IN[1]})
+    return pd.DataFrame(rows, columns=["request_id", *PARTS, "level", "found", "host in"])
 
 
 def reaction_table(root: Path) -> pd.DataFrame:
@@ -113,6 +119,7 @@ def reaction_table(root: Path) -> pd.DataFrame:
         raise SystemExit(f"error: no step logs with decided_s and level under {root} (runs before serving round 4)")
     table = pd.concat(parts, ignore_index=True)
     pooled = [table.assign(run="all")] + [table[table.found == f].assign(run=f"all, found {f}") for f in FOUND]
+    pooled.append(table[table["host in"] == HOST_IN[0]].assign(run=f"all, host in {HOST_IN[0]}"))
     rows = []
     for (policy, run), group in pd.concat([table, *pooled]).groupby(["policy", "run"], sort=False):
         row = {"policy": policy, "run": run, "LS": len(group), "urgent share": float((group.level > 0).mean()),

@@ -94,3 +94,26 @@ def test_reaction_split_into_notice_host_and_device(tmp_path):
     assert table.loc["all", "urgent share"] == pytest.approx(0.5)
     assert table.loc["all", "within one in-flight layer"] == pytest.approx(1.0)
     assert table.loc["all, found BE", "LS"] == table.loc["all, found idle", "LS"] == 1
+
+
+def test_an_arrival_during_an_lm_head_is_pooled_apart(tmp_path):
+    """LS request 0 arrives at 1.000 s while a pass's LM head (issued at 0.990) runs until 1.004: the host
+    waits in its token sync. LS request 1 arrives at 2.000 s with the host idle."""
+    folder = tmp_path / "qllm_catchup_seed2"
+    folder.mkdir()
+    rows = [("real", "qllm_catchup", 8.0, 2, 0, "LS", 1.000, 1.0052, 1.05, 1.5, 20, 10, 10, 0),
+            ("real", "qllm_catchup", 8.0, 2, 1, "LS", 2.000, 2.0009, 2.05, 2.5, 20, 10, 10, 0)]
+    with_latencies(pd.DataFrame(rows, columns=REQUEST_COLUMNS)).to_parquet(folder / "requests.parquet")
+    (folder / "summary.json").write_text(json.dumps({"run": {"policy": "qllm_catchup", "rate": 8.0, "seed": 2}}))
+    steps = pd.DataFrame({"batch_id": [3, 3, 4, 5], "kind": ["advance", "finish", "advance", "advance"],
+                          "from_layer": [0, 4, 0, 0], "to_layer": [4, 4, 1, 1], "level": [0, 0, 0, 0],
+                          "decided_s": [0.95, float("nan"), 1.0045, 2.0],
+                          "issued_s": [0.95, 0.990, 1.0050, 2.0008], "begin_s": [0.95, 0.999, 1.0052, 2.0009],
+                          "end_s": [0.999, 1.004, 1.006, 2.002]})
+    steps.to_parquet(folder / "steps.parquet")
+    parts = reaction_parts(pd.read_parquet(folder / "requests.parquet"), steps).set_index("request_id")
+    assert parts["host in"].tolist() == ["LM head", "other"]
+    assert parts.loc[0, "notice"] == pytest.approx(4.5)  # the LM head's sync, then the consult
+    table = reaction_table(tmp_path).set_index("run")
+    assert table.loc["all, host in LM head", "LS"] == 1
+    assert table.loc["all, host in LM head", "reaction p50 ms"] == pytest.approx(5.2)
