@@ -18,18 +18,11 @@ from sim.model import ModelSpec
 from sim.profile.analytic import AnalyticProfile
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import decode_step_s, layer_s, prefill_s
-from sim.profile.measured import MeasuredProfile, curves, load_table, point_times
+from sim.profile.measured import READ, MeasuredProfile, curves, load_table, point_times
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 WHOLE_LAYERS = ("layer_decode", "layer_prefill")  # measured to check how the simulator composes layers
 NOT_INTERPOLATED = ("layer_prefill",)  # the simulator reads layer_decode (its host time), never layer_prefill
-# Which clock the pipelined profile charges each stage (sim.profile.measured.MeasuredProfile): a stepped
-# layer's GPU path from the device times, its host path from the issue times (a pure decode layer's from the
-# whole `layer_decode`), embed and the LM head at their steady time. (`expert` only prices prefill padding.)
-READ = {"time_s": ("embed", "lm_head"),
-        "host_s": ("attention_decode", "attention_prefill", "router", "expert", "experts_layer",
-                   "layer_decode"),
-        "gpu_s": ("attention_decode", "attention_prefill", "router", "expert", "experts_layer")}
 PASS_IMPLS = {"engine": ["engine"], "engine-graphs": ["engine-graphs"], "hf": ["hf-grouped_mm", "hf-eager"]}
 
 

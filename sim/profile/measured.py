@@ -130,6 +130,15 @@ def curves(table: pd.DataFrame, impl: str = "engine", split: str = "grid", clock
     return out
 
 
+# The clock the pipelined profile charges each stage at (MeasuredProfile.layer_paths and lm_head_s): a stepped
+# layer's GPU path from the device times, its host path from the issue times (a pure decode layer's from the
+# whole `layer_decode`), embed and the LM head at their steady time. (`expert` only prices prefill padding.)
+# calibrate.check pools the held-out errors of these (its row `read`).
+READ = {"time_s": ("embed", "lm_head"),
+        "host_s": ("attention_decode", "attention_prefill", "router", "expert", "experts_layer", "layer_decode"),
+        "gpu_s": ("attention_decode", "attention_prefill", "router", "expert", "experts_layer")}
+
+
 @dataclass
 class MeasuredProfile:
     """Stage costs of one implementation: `impl` engine (real/'s stage functions, stage by stage),
