@@ -6,8 +6,8 @@ Runs where Hydra is not installed (the GPU image): `python3 -m calibrate.measure
 mixtral-8x7b --out DIR [--full]`; `python -m calibrate run model=...` wraps it.
 
 Writes DIR/stages.csv (impl, stage, x1, x2, split, repeat, time_s, latency_s, host_s, gpu_s),
-DIR/passes.csv (impl, layers, phase, batch, context, repeat, time_s), DIR/events.csv (event,
-repeat, time_s), with --full DIR/hf_steps.csv (HF's decode step by step: growing vs fixed cache,
+DIR/passes.csv (impl, layers, phase, batch, context, repeat, time_s, gc_s, gc0-gc2: collections inside
+the pass), DIR/events.csv (event, repeat, time_s; gc_*: the collector's heap census), with --full DIR/hf_steps.csv (HF's decode step by step: growing vs fixed cache,
 allocator mallocs) and DIR/meta.json. The calibration model has 4 decoder layers (stages time layer 0; passes run 1, 2 and 4 of them)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from calibrate import passes
+from calibrate import hostpin, passes
 from calibrate.benches import BENCHES
 from calibrate.grid import PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, grids_for, largest, small
 from calibrate.timing import measure as time_point
@@ -149,6 +149,7 @@ def run_grids(args, dtype, writer: Writer) -> None:
                                           sweeps=args.sweeps))
     impls = [i if i == "engine" else f"hf-{hf_experts}" for i in args.impls]
     impls += ["engine-graphs"] * ("engine" in impls and args.device == "cuda")
+    writer.add("events", passes.heap_census())
     for depth in PASS_DEPTHS:
         for impl in impls:
             with passes.layers(model, depth):
@@ -167,6 +168,7 @@ def run_full(args, dtype, writer: Writer) -> None:
     pool = KVPool.allocate_for(config, 2 * max(PASS_BATCHES) + 8, PASS_CONTEXT + 128, args.device, dtype)
     engine = passes.make_engine(model, pool, "engine")
     impls = [i for i in args.full_impls if args.device == "cuda" or i != "hf-grouped_mm"]
+    writer.add("events", [{**row, "event": f"{row['event']}_full"} for row in passes.heap_census()])
     for impl in impls:
         _guarded(lambda impl=impl: writer.add("passes", passes.decode_passes(model, pool, [impl], PASS_BATCHES, PASS_CONTEXT,
                                                                    args.pass_repeats)), label=f"{impl} full decode")
@@ -188,6 +190,21 @@ def run_full(args, dtype, writer: Writer) -> None:
              label="full events")
 
 
+def _pin_host(args, writer: Writer) -> None:
+    """--pin: probe the CPUs (auto) and move the process to one; the probe and the choice go in the run."""
+    if args.pin == "none" or args.device != "cuda":  # on a CPU the stages' own threads need the cores
+        return
+    cpu = int(args.pin) if args.pin.isdigit() else -1
+    if args.pin == "auto":
+        table = hostpin.probe(rounds=5)
+        writer.add("host_probe", table.to_dict("records"))
+        print(hostpin.summary(table).round(2).to_string(), flush=True)
+        cpu = hostpin.best_cpu(table)
+    hostpin.pin(cpu)
+    writer.info["host_cpu"] = cpu
+    print(f"host pinned to cpu {cpu}" if cpu >= 0 else "host not pinned (no CPU beat the scheduler)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mixtral-8x7b", choices=sorted(PRESETS))
@@ -204,10 +221,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", nargs="+", default=None, help="time only these stages (default: all)")
     parser.add_argument("--full", action="store_true", help="also time whole-model passes (needs its memory)")
     parser.add_argument("--full-impls", nargs="+", default=["engine", "engine-graphs", "hf-grouped_mm", "hf-eager"])
+    parser.add_argument("--pin", default="none",
+                        help="run the host on one CPU: auto (the fastest steady one, calibrate.hostpin), "
+                             "none, or a CPU number")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.pin not in ("auto", "none") and not args.pin.isdigit():
+        parser.error(f"--pin must be auto, none or a CPU number, got {args.pin!r}")
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     writer = Writer(args.out, meta(args, dtype))
+    _pin_host(args, writer)
     start = time.perf_counter()
     with torch.inference_mode():  # no autograd history: in-place KV writes would otherwise chain every call
         if not args.no_grid:

@@ -18,6 +18,7 @@ from calibrate.timing import timed_s
 from policies import Granularity, Position, Stage
 from real.batch import merge
 from real.engine import Engine
+from real.gcwatch import GCWatch
 
 
 @contextmanager
@@ -40,7 +41,7 @@ def hf_decode(model, ids: torch.Tensor, repeats: int) -> list[float]:
     cache = _new_cache(model)
     out = model(ids.to(model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1:].argmax(-1)
-    return timed_s(lambda: model(token, past_key_values=cache, use_cache=True), _device(model), repeats, warmup=2)
+    return timed_gc(lambda: model(token, past_key_values=cache, use_cache=True), _device(model), repeats, warmup=2)
 
 
 @torch.inference_mode()
@@ -53,10 +54,39 @@ def engine_decode(engine: Engine, ids: torch.Tensor, repeats: int) -> list[float
     seqs = [engine.add_sequence(i, row.tolist()) for i, row in enumerate(ids)]
     try:
         engine.run_pass(seqs)  # prefill
-        return timed_s(lambda: engine.run_pass(seqs, Granularity.LAYER), engine.device.type, repeats, warmup=2)
+        return timed_gc(lambda: engine.run_pass(seqs, Granularity.LAYER), engine.device.type, repeats, warmup=2)
     finally:
         for seq in seqs:
             engine.release(seq)
+
+
+def timed_gc(fn, device: str, repeats: int, warmup: int = 1) -> list[dict]:
+    """Per repeat: the pass's wall seconds, and the garbage collections that fell inside it (count per
+    generation, seconds paused). HF's own forward runs with the collector on; at batch 1, where its pass is
+    host-bound, the pauses are part of what the pass costs (the real engine replays with it off)."""
+    rows = []
+    for _ in range(warmup):
+        fn()
+    for _ in range(repeats):
+        with GCWatch() as watch:
+            time_s = timed_s(fn, device, 1, warmup=0)[0]
+        counts = watch.summary()["collections"]
+        rows.append({"time_s": time_s, "gc_s": sum(p for _, p in watch.pauses),
+                     **{f"gc{g}": n for g, n in enumerate(counts)}})
+    return rows
+
+
+def heap_census(repeats: int = 5) -> list[dict]:
+    """The collector's state where passes are timed: objects it tracks, and the pause of a forced
+    collection of each generation (median of `repeats`), from which a pass's collections are priced."""
+    gc.collect()
+    rows = [{"event": "gc_tracked_objects", "repeat": 0, "time_s": float(len(gc.get_objects()))}]
+    for generation in range(3):
+        for i in range(repeats):
+            with GCWatch() as watch:
+                gc.collect(generation)
+            rows.append({"event": f"gc_collect{generation}", "repeat": i, "time_s": sum(p for _, p in watch.pauses)})
+    return rows
 
 
 def engine_prefill(engine: Engine, ids: torch.Tensor, repeats: int) -> list[float]:
@@ -89,7 +119,7 @@ def decode_passes(model, pool, impls: list[str], batches, context: int, repeats:
                 model.set_experts_implementation(impl.removeprefix("hf-"))
                 times = hf_decode(model, ids, repeats)
             rows += [{"impl": impl, "layers": depth, "phase": "decode", "batch": batch, "context": context,
-                      "repeat": i, "time_s": t} for i, t in enumerate(times)]
+                      "repeat": i, **t} for i, t in enumerate(times)]
     return rows
 
 

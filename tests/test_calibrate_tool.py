@@ -41,6 +41,11 @@ def test_tool_writes_long_tables_and_meta(profile_dir):
     passes = pd.read_csv(profile_dir / "passes.csv")
     assert {1, 2, 4} <= set(passes.layers) and "prefill" in set(passes.phase)
     assert {"merge", "pause_resume", "merge_full"} <= set(pd.read_csv(profile_dir / "events.csv").event)
+    decode = passes[passes.phase == "decode"]  # each pass's garbage collections, counted and timed
+    assert decode[["gc_s", "gc0", "gc1", "gc2"]].notna().all().all() and (decode.gc_s >= 0).all()
+    events = pd.read_csv(profile_dir / "events.csv").set_index("event")
+    assert events.time_s["gc_tracked_objects"] > 0 and events.time_s["gc_tracked_objects_full"] > 0
+    assert (events.loc[["gc_collect0", "gc_collect2_full"], "time_s"] > 0).all()
     steps = pd.read_csv(profile_dir / "hf_steps.csv")
     assert set(steps.variant) == {"grow", "grow-nogc", "fixed"} and (steps.time_s > 0).all()
     assert steps.groupby(["variant", "batch"]).size().eq(2).all()  # --pass-repeats steps each, warm-up dropped
@@ -163,3 +168,32 @@ def test_prefill_passes_are_timed_both_ways_and_checked_against_the_composition(
     assert (routing.max_over_mean >= 1).all() and routing.active.between(1, TINY.num_experts).all()
     ratios = check.routing_checks(directory)
     assert list(ratios.index) == [8, 16, 32] and (ratios.own_over_balanced > 0).all()  # seqs x tokens = 8 twice
+
+
+def test_timed_passes_count_the_collections_inside_them():
+    import gc
+
+    from calibrate.passes import timed_gc
+
+    rows = timed_gc(lambda: gc.collect(1), "cpu", repeats=3, warmup=0)
+    assert [(r["gc0"], r["gc1"], r["gc2"]) for r in rows] == [(0, 1, 0)] * 3
+    assert all(r["gc_s"] > 0 and r["time_s"] >= r["gc_s"] for r in rows)
+
+
+@pytest.mark.parametrize(("probes", "best"), [
+    ({-1: [10, 20], 0: [9, 9], 1: [8, 30]}, 0),   # 1 is fastest at its median but slow at times
+    ({-1: [10, 11], 0: [12, 12], 1: [10, 14]}, -1),  # no core beats the scheduler's choice
+    ({0: [12, 13], 3: [11, 12]}, 3),               # no unpinned probe: the steadiest core
+])
+def test_host_pin_picks_the_core_whose_worst_round_is_fastest(probes, best):
+    from calibrate.hostpin import best_cpu
+
+    table = pd.DataFrame([{"round": r, "cpu": cpu, "issue_us": t} for cpu, times in probes.items()
+                          for r, t in enumerate(times)])
+    assert best_cpu(table) == best
+
+
+def test_measure_rejects_a_bad_pin(capsys):
+    with pytest.raises(SystemExit) as stop:
+        measure(["--model", "tiny-mixtral", "--device", "cpu", "--pin", "fast", "--out", "/tmp/unused"])
+    assert stop.value.code == 2 and "--pin must be auto, none or a CPU number" in capsys.readouterr().err
