@@ -61,10 +61,45 @@ def heldout_errors(directory: Path, impl: str = "engine", clock: str = "time_s")
     fitted = curves(table, impl, "grid", clock)
     rows = table[(table.impl == impl) & (table.split == "heldout")]
     held = point_times(rows, clock)
+    early = rows.repeat < rows.groupby(["stage", "x1", "x2"]).repeat.transform("max") / 2
+    halves = point_times(rows[early], clock), point_times(rows[~early], clock)
     out = pd.DataFrame([{"stage": s, "x1": x1, "x2": x2, "measured_ms": t * 1000,
-                         "interpolated_ms": fitted[s](x1, x2) * 1000} for (s, x1, x2), t in held.items()])
+                         "interpolated_ms": fitted[s](x1, x2) * 1000,
+                         "noise_pct": 50 * abs(halves[0][s, x1, x2] - halves[1][s, x1, x2]) / t}
+                        for (s, x1, x2), t in held.items()])
     out["error_pct"] = 100 * (out.interpolated_ms - out.measured_ms).abs() / out.measured_ms
     return out
+
+
+def noise_summary(directory: Path, impl: str) -> pd.DataFrame:
+    """Per clock, over the interpolated stages' held-out points: the error (%) and the points' own noise
+    (half the difference of the medians of their earlier and later sweeps, % of the point: about one
+    standard error of the point's time). Where the noise is as large as the error, the target measures the
+    host, not the interpolation."""
+    table = load_table(directory)
+    rows = {}
+    for clock in (c for c in ("time_s", "host_s", "gpu_s") if c in table):
+        errors = heldout_errors(directory, impl, clock)
+        errors = errors[~errors.stage.isin(NOT_INTERPOLATED)]
+        rows[clock.removesuffix("_s")] = {
+            "error median": errors.error_pct.median(), "error max": errors.error_pct.max(),
+            "points > 10%": int((errors.error_pct > 10).sum()), "noise median": errors.noise_pct.median(),
+            "noise max": errors.noise_pct.max(), "points with noise > 5%": int((errors.noise_pct > 5).sum()),
+            "points": len(errors)}
+    return pd.DataFrame(rows).T
+
+
+def host_steadiness(directory: Path) -> pd.DataFrame:
+    """The host's issue speed logged through the run (host_probe.csv, us per tiny launch): per step, and
+    its spread. A host that changed speed between the stage grids and the whole passes makes a host-bound
+    pass's prediction miss by that factor, whatever the interpolation."""
+    path = Path(directory) / "host_probe.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    probes = pd.read_csv(path)
+    phase = probes.label.map(lambda label: "full passes" if "full" in label else
+                             "calibration passes" if "passes" in label else "stage grids")
+    return probes.groupby(phase, sort=False).issue_us.agg(["count", "median", "min", "max"])
 
 
 def roofline_points(model: ModelSpec) -> list[tuple[str, int, int]]:
@@ -210,12 +245,18 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
             "engine-graphs" in set(pd.read_csv(directory / "passes.csv").impl):
         impls = [*impls, "engine-graphs"]
     fmt = lambda v: f"{v:.3f}"
+    steadiness = host_steadiness(directory)
+    if not steadiness.empty:
+        print("host issue speed through the run (us per launch, host_probe.csv):")
+        print(steadiness.to_string(float_format=fmt))
     for impl in impls:
         profile = MeasuredProfile(directory, top_k=model.top_k, impl=impl, clock=clock, serving=False)
         print(f"\n== {profile.name} ({profile.clock}); overheads: {profile.overheads}")
         if impl != "engine-graphs":
             print("held-out interpolation error (%):")
             print(heldout_summary(directory, impl).to_string(float_format=fmt))
+            print("held-out error against the points' own noise (%, stages pooled as in `all`):")
+            print(noise_summary(directory, impl).to_string(float_format=fmt))
             print("measured vs roofline floor (one layer):")
             print(roofline(directory, model, hardware_spec(directory), impl).to_string(index=False, float_format=fmt))
             layers = layer_checks(directory, model, impl)

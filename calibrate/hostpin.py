@@ -34,6 +34,15 @@ def _issue_s(x: torch.Tensor) -> float:
     return elapsed / LAUNCHES
 
 
+def issue_us(probes: int = 5) -> float:
+    """The host's issue speed now: median microseconds per tiny launch over `probes` probes. Logged
+    through a calibration run (`calibrate.measure`: host_probe.csv), so a host that changed speed
+    between the stages and the passes they predict shows in the run's own record."""
+    x = torch.zeros(16, device="cuda")
+    _issue_s(x)
+    return 1e6 * float(np.median([_issue_s(x) for _ in range(probes)]))
+
+
 def allowed_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 

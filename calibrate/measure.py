@@ -7,7 +7,9 @@ mixtral-8x7b --out DIR [--full]`; `python -m calibrate run model=...` wraps it.
 
 Writes DIR/stages.csv (impl, stage, x1, x2, split, repeat, time_s, latency_s, host_s, gpu_s),
 DIR/passes.csv (impl, layers, phase, batch, context, repeat, time_s, gc_s, gc0-gc2: collections inside
-the pass), DIR/events.csv (event, repeat, time_s; gc_*: the collector's heap census), with --full DIR/hf_steps.csv (HF's decode step by step: growing vs fixed cache,
+the pass), DIR/events.csv (event, repeat, time_s; gc_*: the collector's heap census), DIR/host_probe.csv (label,
+at_s, issue_us: the host's speed before each step), with --full DIR/hf_steps.csv (HF's decode step by
+step: growing vs fixed cache,
 allocator mallocs) and DIR/meta.json. The calibration model has 4 decoder layers (stages time layer 0; passes run 1, 2 and 4 of them)."""
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ from sim.profile.measured import MEAN_STAGES
 MEAN_REPEATS = 10  # repeats per point of MEAN_STAGES, over --repeats: their two modes need many for a mean
 
 
-def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print, sweeps: int = 5) -> list[dict]:
+def measure_grid(bench, grids: dict, repeats: int, inner: int, log=print, sweeps: int = 5,
+                 probe=lambda label: None) -> list[dict]:
+    """Every stage's points; `probe(label)` is called before each stage (the host-speed log)."""
     rows = []
     for stage, splits in grids.items():
         if stage not in bench.stages():
             continue
+        probe(f"{bench.impl} {stage}")
         start = time.perf_counter()
         try:
             rows += _stage_rows(bench, stage, splits, repeats, inner, sweeps)
@@ -115,10 +120,17 @@ def meta(args, dtype: torch.dtype) -> dict:
 class Writer:
     """Writes the tables after each step, so a run cut short still leaves what it measured."""
 
-    def __init__(self, out: Path, info: dict):
-        self.out, self.info = out, info
+    def __init__(self, out: Path, info: dict, device: str = "cpu"):
+        self.out, self.info, self.device = out, info, device
         self.tables: dict[str, list[dict]] = {"stages": [], "passes": [], "events": []}
+        self.start = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
+
+    def probe(self, label: str) -> None:
+        """One row of host_probe.csv: the host's issue speed before the step `label` (GPU runs only)."""
+        if self.device == "cuda":
+            self.add("host_probe", [{"label": label, "at_s": round(time.perf_counter() - self.start, 1),
+                                     "issue_us": hostpin.issue_us()}])
 
     def add(self, table: str, rows: list[dict]) -> None:
         self.tables.setdefault(table, [])
@@ -146,12 +158,13 @@ def run_grids(args, dtype, writer: Writer) -> None:
     for impl in [] if args.passes_only else args.impls:
         model.set_experts_implementation(hf_experts)
         writer.add("stages", measure_grid(BENCHES[impl](model, pool, args.device), grids, args.repeats, args.inner,
-                                          sweeps=args.sweeps))
+                                          sweeps=args.sweeps, probe=writer.probe))
     impls = [i if i == "engine" else f"hf-{hf_experts}" for i in args.impls]
     impls += ["engine-graphs"] * ("engine" in impls and args.device == "cuda")
     writer.add("events", passes.heap_census())
     for depth in PASS_DEPTHS:
         for impl in impls:
+            writer.probe(f"{impl} passes {depth}")
             with passes.layers(model, depth):
                 _guarded(lambda impl=impl: writer.add("passes", passes.decode_passes(
                     model, pool, [impl], PASS_BATCHES, PASS_CONTEXT, args.pass_repeats)), label=f"{impl} passes")
@@ -170,6 +183,7 @@ def run_full(args, dtype, writer: Writer) -> None:
     impls = [i for i in args.full_impls if args.device == "cuda" or i != "hf-grouped_mm"]
     writer.add("events", [{**row, "event": f"{row['event']}_full"} for row in passes.heap_census()])
     for impl in impls:
+        writer.probe(f"{impl} full decode")
         _guarded(lambda impl=impl: writer.add("passes", passes.decode_passes(model, pool, [impl], PASS_BATCHES, PASS_CONTEXT,
                                                                    args.pass_repeats)), label=f"{impl} full decode")
     for impl in [i for i in impls if i in ("engine", "hf-grouped_mm")]:
@@ -197,7 +211,7 @@ def _pin_host(args, writer: Writer) -> None:
     cpu = int(args.pin) if args.pin.isdigit() else -1
     if args.pin == "auto":
         table = hostpin.probe(rounds=5)
-        writer.add("host_probe", table.to_dict("records"))
+        writer.add("cpu_probe", table.to_dict("records"))
         print(hostpin.summary(table).round(2).to_string(), flush=True)
         cpu = hostpin.best_cpu(table)
     hostpin.pin(cpu)
@@ -229,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.pin not in ("auto", "none") and not args.pin.isdigit():
         parser.error(f"--pin must be auto, none or a CPU number, got {args.pin!r}")
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    writer = Writer(args.out, meta(args, dtype))
+    writer = Writer(args.out, meta(args, dtype), args.device)
     _pin_host(args, writer)
     start = time.perf_counter()
     with torch.inference_mode():  # no autograd history: in-place KV writes would otherwise chain every call
