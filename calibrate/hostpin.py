@@ -5,7 +5,9 @@ On the lent H100 the host clock of a stage moved between two states from one swe
 states on the H200. A thread the kernel moves between cores, some of them far from the GPU or busy
 with a neighbour's work, would do that. `probe` times the host's issue speed on each CPU this
 process may use, in interleaved rounds, so that a core that is slow, or slow at times, shows; `pin`
-moves the process to the fastest steady one.
+moves the calling (issuing) thread, and the threads it starts later, to the steadiest one. On the
+lent H100 (session 9) every core was noisy (6.5-10 us per launch from probe to probe, spikes to 30-99):
+pinning picks the steadiest core; it does not make such a host steady (BENCHMARKS_calibrate.md).
 
 `python3 -m calibrate.hostpin [--rounds 20]` prints the table (GPU machine)."""
 

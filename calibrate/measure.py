@@ -6,11 +6,12 @@ Runs where Hydra is not installed (the GPU image): `python3 -m calibrate.measure
 mixtral-8x7b --out DIR [--full]`; `python -m calibrate run model=...` wraps it.
 
 Writes DIR/stages.csv (impl, stage, x1, x2, split, repeat, time_s, latency_s, host_s, gpu_s),
-DIR/passes.csv (impl, layers, phase, batch, context, repeat, time_s, gc_s, gc0-gc2: collections inside
-the pass), DIR/events.csv (event, repeat, time_s; gc_*: the collector's heap census), DIR/host_probe.csv (label,
-at_s, issue_us: the host's speed before each step), with --full DIR/hf_steps.csv (HF's decode step by
-step: growing vs fixed cache,
-allocator mallocs) and DIR/meta.json. The calibration model has 4 decoder layers (stages time layer 0; passes run 1, 2 and 4 of them)."""
+DIR/passes.csv (impl, layers, phase, batch, context, repeat, time_s, gc_s, gc0-gc2: the garbage
+collections inside the pass), DIR/events.csv (event, repeat, time_s; gc_*: the collector's heap census),
+DIR/host_probe.csv (label, at_s, issue_us: the host's speed before each step), with --full
+DIR/hf_steps.csv (HF's decode step by step: growing vs fixed cache, allocator mallocs) and
+DIR/meta.json. The calibration model has 4 decoder layers (stages time layer 0; passes run 1, 2 and 4
+of them)."""
 
 from __future__ import annotations
 
@@ -209,6 +210,8 @@ def _pin_host(args, writer: Writer) -> None:
     if args.pin == "none" or args.device != "cuda":  # on a CPU the stages' own threads need the cores
         return
     cpu = int(args.pin) if args.pin.isdigit() else -1
+    if cpu >= 0 and cpu not in hostpin.allowed_cpus():
+        raise SystemExit(f"error: --pin {cpu}: this process may run on CPUs {hostpin.allowed_cpus()} only")
     if args.pin == "auto":
         table = hostpin.probe(rounds=5)
         writer.add("cpu_probe", table.to_dict("records"))

@@ -37,7 +37,7 @@ def prompts(batch: int, length: int, vocab: int, seed: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def hf_decode(model, ids: torch.Tensor, repeats: int) -> list[float]:
+def hf_decode(model, ids: torch.Tensor, repeats: int) -> list[dict]:
     cache = _new_cache(model)
     out = model(ids.to(model.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1:].argmax(-1)
@@ -50,7 +50,7 @@ def hf_prefill(model, ids: torch.Tensor, repeats: int) -> list[float]:
     return timed_s(lambda: model(ids, use_cache=False, logits_to_keep=1), _device(model), repeats)  # as generate
 
 
-def engine_decode(engine: Engine, ids: torch.Tensor, repeats: int) -> list[float]:
+def engine_decode(engine: Engine, ids: torch.Tensor, repeats: int) -> list[dict]:
     seqs = [engine.add_sequence(i, row.tolist()) for i, row in enumerate(ids)]
     try:
         engine.run_pass(seqs)  # prefill
