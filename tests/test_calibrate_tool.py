@@ -197,3 +197,23 @@ def test_measure_rejects_a_bad_pin(capsys):
     with pytest.raises(SystemExit) as stop:
         measure(["--model", "tiny-mixtral", "--device", "cpu", "--pin", "fast", "--out", "/tmp/unused"])
     assert stop.value.code == 2 and "--pin must be auto, none or a CPU number" in capsys.readouterr().err
+
+
+def test_heldout_noise_is_half_the_split_half_difference(tmp_path):
+    """A held-out router point whose later sweeps ran at twice the earlier ones' time: its median is 1.5 ms,
+    its halves' medians 1 and 2 ms, so its noise is 50 x 1 / 1.5 = 33.3%; its interpolated time is exact
+    at the grid's 1 ms, an error of 33.3% too, and the host probes' phases are summarised in run order."""
+    rows = [{"impl": "engine", "stage": "router", "x1": x, "x2": 0, "split": "grid", "repeat": r,
+             "time_s": 1e-3, "host_s": 1e-3, "gpu_s": 1e-3} for x in (1, 100) for r in range(10)]
+    rows += [{"impl": "engine", "stage": "router", "x1": 10, "x2": 0, "split": "heldout", "repeat": r,
+              "time_s": t, "host_s": t, "gpu_s": t} for r, t in enumerate([1e-3] * 5 + [2e-3] * 5)]
+    pd.DataFrame(rows).to_csv(tmp_path / "stages.csv", index=False)
+    errors = check.heldout_errors(tmp_path, "engine", "host_s")
+    assert errors.noise_pct.tolist() == pytest.approx([100 / 3]) and errors.error_pct.tolist() == pytest.approx([100 / 3])
+    summary = check.noise_summary(tmp_path, "engine")
+    assert summary.loc["gpu", "points > 10%"] == 1 and summary.loc["host", "points with noise > 5%"] == 1
+    pd.DataFrame({"label": ["engine router", "engine passes 1", "engine full decode"], "at_s": [0, 5, 9],
+                  "issue_us": [6.0, 8.0, 7.0]}).to_csv(tmp_path / "host_probe.csv", index=False)
+    steadiness = check.host_steadiness(tmp_path)
+    assert steadiness.index.tolist() == ["stage grids", "calibration passes", "full passes"]
+    assert steadiness["median"].tolist() == [6.0, 8.0, 7.0]
