@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,21 +153,13 @@ def calibration_model(args, dtype):
     return grids, model, pool
 
 
-def run_grids(args, dtype, writer: Writer, full: FullModel | None = None) -> None:
-    """The calibration model's stage grids, passes and events. With `full` (--interleave), one round of
-    the whole model's decode passes runs before each stage, so the passes the stages predict sample the
-    host over the same stretch of the run as the stages do."""
+def run_grids(args, dtype, writer: Writer) -> None:
     grids, model, pool = calibration_model(args, dtype)
     hf_experts = "grouped_mm" if args.device == "cuda" else "eager"
-
-    def before_stage(label: str) -> None:
-        writer.probe(label)
-        if full is not None:
-            _guarded(full.decode_round, writer, label="interleaved full decode")
     for impl in [] if args.passes_only else args.impls:
         model.set_experts_implementation(hf_experts)
         writer.add("stages", measure_grid(BENCHES[impl](model, pool, args.device), grids, args.repeats, args.inner,
-                                          sweeps=args.sweeps, probe=before_stage))
+                                          sweeps=args.sweeps, probe=writer.probe))
     impls = [i if i == "engine" else f"hf-{hf_experts}" for i in args.impls]
     impls += ["engine-graphs"] * ("engine" in impls and args.device == "cuda")
     writer.add("events", passes.heap_census())
@@ -184,41 +175,15 @@ def run_grids(args, dtype, writer: Writer, full: FullModel | None = None) -> Non
     print("  passes and events done", flush=True)
 
 
-@dataclass
-class FullModel:
-    """The whole model on the device, with an engine per full impl (graph engines keep their graphs)."""
-
-    model: object
-    pool: KVPool
-    impls: list[str]
-    engines: dict
-    rounds: int = 0
-
-    @classmethod
-    def build(cls, args, dtype) -> FullModel:
-        config = preset_config(args.model, **({"num_hidden_layers": 4} if args.small else {}))
-        model = build_model(config, args.device, dtype)
-        pool = KVPool.allocate_for(config, 2 * max(PASS_BATCHES) + 8, PASS_CONTEXT + 128, args.device, dtype)
-        impls = [i for i in args.full_impls if args.device == "cuda" or i != "hf-grouped_mm"]
-        engines = {impl: passes.make_engine(model, pool, impl) for impl in impls if impl.startswith("engine")}
-        return cls(model, pool, impls, engines)
-
-    def decode_round(self, writer: Writer) -> None:
-        """One timed decode pass per impl and batch size (--interleave: one round before each stage)."""
-        rows = passes.decode_passes(self.model, self.pool, self.impls, PASS_BATCHES, PASS_CONTEXT, 1, self.engines)
-        writer.add("passes", [{**row, "repeat": self.rounds} for row in rows])
-        self.rounds += 1
-
-
-def run_full(args, dtype, writer: Writer, full: FullModel | None = None) -> None:
-    """The whole model, built on the device: decode (and one prefill) passes to predict. Given `full`
-    (--interleave), its decode passes were timed between the stages, and only the rest is left here."""
-    interleaved = full is not None
-    full = full or FullModel.build(args, dtype)
-    model, pool, impls, config = full.model, full.pool, full.impls, full.model.config
+def run_full(args, dtype, writer: Writer) -> None:
+    """The whole model, built on the device: decode (and one prefill) passes to predict."""
+    config = preset_config(args.model, **({"num_hidden_layers": 4} if args.small else {}))
+    model = build_model(config, args.device, dtype)
+    pool = KVPool.allocate_for(config, 2 * max(PASS_BATCHES) + 8, PASS_CONTEXT + 128, args.device, dtype)
     engine = passes.make_engine(model, pool, "engine")
+    impls = [i for i in args.full_impls if args.device == "cuda" or i != "hf-grouped_mm"]
     writer.add("events", [{**row, "event": f"{row['event']}_full"} for row in passes.heap_census()])
-    for impl in [] if interleaved else impls:
+    for impl in impls:
         writer.probe(f"{impl} full decode")
         _guarded(lambda impl=impl: writer.add("passes", passes.decode_passes(model, pool, [impl], PASS_BATCHES, PASS_CONTEXT,
                                                                    args.pass_repeats)), label=f"{impl} full decode")
@@ -273,17 +238,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", nargs="+", default=None, help="time only these stages (default: all)")
     parser.add_argument("--full", action="store_true", help="also time whole-model passes (needs its memory)")
     parser.add_argument("--full-impls", nargs="+", default=["engine", "engine-graphs", "hf-grouped_mm", "hf-eager"])
-    parser.add_argument("--interleave", action="store_true",
-                        help="with --full: build the whole model first and time one round of its decode passes "
-                             "before each stage, instead of all repeats after the grids (both then sample the "
-                             "host's drift over the same stretch; needs both models' memory)")
     parser.add_argument("--pin", default="none",
                         help="run the host on one CPU: auto (the fastest steady one, calibrate.hostpin), "
                              "none, or a CPU number")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    if args.interleave and (not args.full or args.no_grid):
-        parser.error("--interleave needs --full and the stage grids")
     if args.pin not in ("auto", "none") and not args.pin.isdigit():
         parser.error(f"--pin must be auto, none or a CPU number, got {args.pin!r}")
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
@@ -291,17 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     _pin_host(args, writer)
     start = time.perf_counter()
     with torch.inference_mode():  # no autograd history: in-place KV writes would otherwise chain every call
-        full = None
-        if args.interleave:
-            print(f"{args.model}: whole model, its decode passes timed between the stages", flush=True)
-            full = FullModel.build(args, dtype)
         if not args.no_grid:
             print(f"{args.model}: stage grids ({', '.join(args.impls)})", flush=True)
-            _guarded(run_grids, args, dtype, writer, full)
+            _guarded(run_grids, args, dtype, writer)
             _free_memory(args.device)
         if args.full:
             print(f"{args.model}: full-model passes", flush=True)
-            _guarded(run_full, args, dtype, writer, full)
+            _guarded(run_full, args, dtype, writer)
     print(f"done in {time.perf_counter() - start:.0f} s -> {args.out}", flush=True)
     try:  # the roofline and held-out checks, where the simulator's profile code imports
         import warnings

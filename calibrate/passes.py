@@ -106,13 +106,10 @@ def make_engine(model, pool, impl: str) -> Engine:
     return Engine(model, pool, grouped_experts=on_cuda, graphs=impl == "engine-graphs" and on_cuda)
 
 
-def decode_passes(model, pool, impls: list[str], batches, context: int, repeats: int,
-                  engines: dict[str, Engine] | None = None) -> list[dict]:
-    """Rows (impl, layers, phase, batch, context, repeat, time_s) at the model's current depth. `engines`
-    (by impl) are reused where given: a graph engine keeps the graphs it captured."""
+def decode_passes(model, pool, impls: list[str], batches, context: int, repeats: int) -> list[dict]:
+    """Rows (impl, layers, phase, batch, context, repeat, time_s) at the model's current depth."""
     rows, depth = [], model.config.num_hidden_layers
-    engines = engines if engines is not None else \
-        {impl: make_engine(model, pool, impl) for impl in impls if impl.startswith("engine")}
+    engines = {impl: make_engine(model, pool, impl) for impl in impls if impl.startswith("engine")}
     for batch in batches:
         ids = prompts(batch, context, model.config.vocab_size, seed=batch)
         for impl in impls:

@@ -217,23 +217,3 @@ def test_heldout_noise_is_half_the_split_half_difference(tmp_path):
     steadiness = check.host_steadiness(tmp_path)
     assert steadiness.index.tolist() == ["stage grids", "calibration passes", "full passes"]
     assert steadiness["median"].tolist() == [6.0, 8.0, 7.0]
-
-
-def test_interleaved_full_passes_run_one_round_before_each_stage(tmp_path):
-    """--interleave: the whole model's decode passes are timed one round (every impl and batch size) before
-    each stage of each impl, not all after the grids; the rest of --full (prefill passes) still runs."""
-    measure(["--model", "tiny-mixtral", "--device", "cpu", "--small", "--repeats", "2", "--inner", "1",
-             "--pass-repeats", "2", "--stages", "router", "lm_head", "--full", "--interleave",
-             "--full-impls", "engine", "hf-eager", "--out", str(tmp_path)])
-    passes = pd.read_csv(tmp_path / "passes.csv")
-    stages = pd.read_csv(tmp_path / "stages.csv").groupby("impl").stage.nunique().sum()  # 2 impls x 2 stages
-    decode = passes[(passes.phase == "decode") & (passes.repeat < stages)]
-    rounds = decode.groupby(["impl", "batch"]).repeat.agg(["nunique", "max"])
-    assert stages == 4 and (rounds["nunique"] == stages).all() and (rounds["max"] == stages - 1).all()
-    assert set(passes[passes.phase == "prefill"].impl) == {"engine"}
-
-
-def test_interleave_needs_the_full_model_and_the_grids(capsys):
-    with pytest.raises(SystemExit) as stop:
-        measure(["--model", "tiny-mixtral", "--device", "cpu", "--interleave", "--out", "/tmp/unused"])
-    assert stop.value.code == 2 and "--interleave needs --full" in capsys.readouterr().err
