@@ -31,7 +31,7 @@ from sim.profile.base import AttentionLoad
 from sim.profile.derive import layer_s
 from sim.profile.measured import MeasuredProfile
 
-EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer")
+EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer", "padding_charge")
 MAX_GAP_S = 0.02  # longer gaps are the server sleeping until the next arrival, not working
 
 
@@ -81,6 +81,29 @@ def layer_residuals(steps: pd.DataFrame, profile) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["event", "time_s"])
 
 
+MIN_EXCESS_S = 0.1e-3  # padded layers whose padding costs less than this on the grid say little about it
+
+
+def padding_rows(steps: pd.DataFrame, profile, host_extra: float = 0.0) -> pd.DataFrame:
+    """`padding_charge` rows: for each GPU-bound stepped prefill layer with padding (`prefill_steps`; its
+    GPU path over 1.05x its host path plus `host_extra`, the server's median work per layer), the share
+    of the padded attention call's excess over the same sequences at their mean length that its device
+    time implies, (measured - GPU path without the excess) / excess. The profile charges their median."""
+    rows, saved = [], profile.padding_charge
+    try:
+        for load, per_layer_s in prefill_layers(steps):
+            profile.padding_charge = 1.0
+            host, padded = profile.layer_paths(load)
+            profile.padding_charge = 0.0
+            packed = profile.layer_paths(load)[1]
+            excess = padded - packed
+            if excess >= MIN_EXCESS_S and padded >= 1.05 * (host + host_extra):
+                rows.append({"event": "padding_charge", "time_s": (per_layer_s - packed) / excess})
+    finally:
+        profile.padding_charge = saved
+    return pd.DataFrame(rows, columns=["event", "time_s"])
+
+
 def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
     """Every run's idle gaps and, given the stepped engine's MeasuredProfile, its prefill-layer residuals."""
     found = [d / "steps.parquet" for d in run_dirs if (d / "steps.parquet").exists()]
@@ -89,7 +112,10 @@ def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
     logs = [pd.read_parquet(path) for path in found]
     parts = [gaps(log) for log in logs]
     if profile is not None:
-        parts += [layer_residuals(log, profile) for log in logs if "level" in log]
+        residuals = [layer_residuals(log, profile) for log in logs if "level" in log]
+        server_layer = pd.concat(residuals).time_s if residuals else pd.Series(dtype=float)
+        host_extra = float(server_layer.median()) if len(server_layer) else 0.0
+        parts += residuals + [padding_rows(log, profile, host_extra) for log in logs if "level" in log]
     table = pd.concat(parts, ignore_index=True)
     table["repeat"] = table.groupby("event").cumcount()
     return table[["event", "repeat", "time_s"]]
@@ -153,6 +179,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = collect(run_dirs, stepped_profile(args.profile))
     write_events(args.profile, rows)
+    shares = rows[rows.event == "padding_charge"].time_s
+    if len(shares):
+        print(f"padding_charge: median {shares.median():.3f} over {len(shares)} padded GPU-bound prefill layers")
+    rows = rows[rows.event != "padding_charge"]
     ms = rows.assign(time_ms=rows.time_s * 1e3).groupby("event").time_ms
     summary = ms.agg(n="size", mean="mean", p50="median", p90=lambda t: t.quantile(0.9))
     print(f"{len(run_dirs)} runs -> {args.profile / 'events.csv'} (ms):")

@@ -4,7 +4,8 @@
 # qllm and qllm_catchup at 8, 18 and 28 req/s on an H200 (CUDA-graph engine with urgent streams and stage
 # stops, serving round 7); `python -m sim.validate` replayed the same traces in the simulator with the committed
 # H200 profile (eighth calibration run), measured on another H200 lease (server costs calibrated on round 6's
-# seed 2): seeds 4 and 5 were used for nothing else, a clean hold-out. Solid: sim, dashed: real. Reads `results/h200_serving` (or
+# seed 2, and since session 9 the share of padded attention the engine pays, from the same runs): seeds 4 and 5
+# were used for nothing else, a clean hold-out. Solid: sim, dashed: real. Reads `results/h200_serving` (or
 # `$QLLM_RESULTS`); writes `figures/real_vs_sim.png`. Round 6's version is in git history at eb24afc, round 5's
 # at df7695f, round 4's (seeds 2-4, with qllm_eager) at f1567c2.
 

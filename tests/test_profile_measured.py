@@ -223,7 +223,7 @@ def test_padding_projection_work_is_taken_out(tmp_path, tokens, longest, share, 
 def test_graph_decode_layers_cost_what_the_graph_passes_measured(tmp_path):
     """engine-graphs: a decode layer is the graph passes' per-layer slope, not the stages' summed GPU time."""
     directory = synthetic(tmp_path)
-    composed = lambda b: 0.5 * (cost_s(b, 512) + 2 * cost_s(b, 0))  # noqa: E731 (gpu_s = half of cost_s)
+    composed = lambda b: 0.5 * (cost_s(b, 512) + 2 * cost_s(b, 0))
     gap = {1: 1e-4, 4: -5e-5, 16: -1e-4}  # measured minus composed, per layer
     pd.DataFrame([{"impl": "engine-graphs", "layers": n, "phase": "decode", "batch": b, "context": 512,
                    "repeat": 0, "time_s": 1e-3 + n * (composed(b) + gap[b])} for n in (2, 4) for b in gap]
@@ -262,3 +262,25 @@ def test_a_stepped_layer_pays_the_server_work_in_expectation(tmp_path, host, gpu
     p = MeasuredProfile(directory)
     assert np.mean(p.server_layer) == pytest.approx(0.2)
     assert p._pipelined(host, gpu) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize(("charge", "expected_ms"), [(1.0, 1.0 + 1e-3 * 4 + 2e-3 * 100), (0.0, 1.0 + 1e-3 * 4 + 2e-3 * 25),
+                                                   (0.5, 1.0 + 1e-3 * 4 + 2e-3 * 62.5)])
+def test_padding_charge_prices_that_share_of_the_padded_attention_excess(tmp_path, charge, expected_ms):
+    """4 sequences of 100 tokens in all, the longest 100: the padded call is the grid at (4, 100), the
+    same sequences at their mean length the grid at (4, 25); the charge prices that share of the gap."""
+    from sim.profile.measured import _attention, curves
+
+    fitted = curves(pd.read_csv(synthetic(tmp_path) / "stages.csv"), clock="time_s")
+    load = AttentionLoad(num_prefill_seqs=4, num_prefill_tokens=100, prefill_max_tokens=100)
+    assert _attention(fitted, load, padded=True, padding_charge=charge) * 1e3 == pytest.approx(expected_ms, rel=1e-3)
+
+
+def test_serving_profile_reads_the_padding_charge_from_its_events(tmp_path):
+    """The median of events' padding_charge rows (clipped to [0, 1]); a non-serving profile keeps 1."""
+    directory = synthetic(tmp_path, passes=True)
+    events = pd.read_csv(directory / "events.csv")
+    shares = pd.DataFrame({"event": "padding_charge", "repeat": range(3), "time_s": [0.7, 0.8, 1.4]})
+    pd.concat([events, shares]).to_csv(directory / "events.csv", index=False)
+    assert MeasuredProfile(directory, serving=True).padding_charge == pytest.approx(0.8)
+    assert MeasuredProfile(directory, serving=False).padding_charge == 1.0

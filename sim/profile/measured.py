@@ -175,6 +175,9 @@ class MeasuredProfile:
     serving: bool = True  # charge the serving engine's own costs (events.csv server_*: calibrate.serving)
     # the server's host work per stepped layer (events' server_layer), as quantiles of its distribution
     server_layer: tuple[float, ...] = field(init=False, default=())
+    # share of a padded prefill attention call's excess over its packed equivalent that the device pays
+    # (events' padding_charge, from serving runs: calibrate.serving); 1 = the padded grid call as measured
+    padding_charge: float = field(init=False, default=1.0)
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -211,6 +214,7 @@ class MeasuredProfile:
             self._stage_s = self.overheads.stage_s
         if self.serving and self.impl == "engine" and self.clock == "pipelined":  # server's stepped layers
             self.server_layer = _event_quantiles(self.directory, "server_layer")
+            self.padding_charge = min(max(_event_costs(self.directory).get("padding_charge", 1.0), 0.0), 1.0)
 
     @property
     def name(self) -> str:
@@ -251,7 +255,8 @@ class MeasuredProfile:
         else:
             host_path = (_attention(host, load, padded, share) + host["router"](tokens)
                          + host["experts_layer"](tokens) + 2 * self._stage_s)
-        gpu_path = _attention(gpu, load, padded, share) + gpu["router"](tokens) + gpu["experts_layer"](tokens)
+        gpu_path = (_attention(gpu, load, padded, share, self.padding_charge) + gpu["router"](tokens)
+                    + gpu["experts_layer"](tokens))
         return host_path, gpu_path
 
     def router_s(self, num_tokens: int) -> float:
@@ -280,14 +285,17 @@ class MeasuredProfile:
 
 
 def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = False,
-               projection_share: float = 0.0) -> float:
+               projection_share: float = 0.0, padding_charge: float = 1.0) -> float:
     """`padded` (the real engine): a group of sequences is attended as one [B, Q, K] call, Q and K being
     the group's longest (the grids were measured with equal lengths, so curve(B, longest) is the padded
     call). The stage's q/k/v/o projections, though, run on the packed tokens: with `projection_share`
     (their weights over one expert's) the padding's projection work, priced as that share of the
     measured one-expert FFN on the padding tokens, is taken back out. Otherwise, and for loads without
     their maxima, the mean context (decode) and the root-mean-square length (prefill: exact for both the
-    linear and the quadratic work), as a variable-length kernel (TGI's, the paper's baseline) does."""
+    linear and the quadratic work), as a variable-length kernel (TGI's, the paper's baseline) does.
+    `padding_charge` < 1 charges only that share of the padded call's excess over the same sequences at
+    their mean length (the engine's stepped prefill layers cost less than the equal-length grid says,
+    the more so the more padding: H200 round 6, composed / measured 0.99 at 1-1.2x padding, 1.06 at 3-5x)."""
     total = 0.0
     if load.num_decode_seqs:
         context = (padded and load.decode_max_ctx) or load.decode_ctx_tokens / load.num_decode_seqs
@@ -300,6 +308,9 @@ def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = Fal
                 expert = curves["expert"]
                 excess = expert(load.num_prefill_tokens + padding) - expert(load.num_prefill_tokens)
                 call = max(call - projection_share * max(excess, 0.0), 0.5 * call)
+            if padding_charge < 1.0 and padding > 0:
+                packed = curves["attention_prefill"](load.num_prefill_seqs, load.num_prefill_tokens / load.num_prefill_seqs)
+                call = min(call, packed + padding_charge * max(call - packed, 0.0))
             total += call
         else:
             length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
