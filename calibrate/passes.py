@@ -62,8 +62,8 @@ def engine_decode(engine: Engine, ids: torch.Tensor, repeats: int) -> list[dict]
 
 def timed_gc(fn, device: str, repeats: int, warmup: int = 1) -> list[dict]:
     """Per repeat: the pass's wall seconds, and the garbage collections that fell inside it (count per
-    generation, seconds paused). HF's own forward runs with the collector on; at batch 1, where its pass is
-    host-bound, the pauses are part of what the pass costs (the real engine replays with it off)."""
+    generation, seconds paused). HF's own forward runs with the collector on, so a pause would be part of
+    what a host-bound pass costs (H200, session 9: at most 2 generation-0 collections in 60 HF passes)."""
     rows = []
     for _ in range(warmup):
         fn()
@@ -78,7 +78,7 @@ def timed_gc(fn, device: str, repeats: int, warmup: int = 1) -> list[dict]:
 
 def heap_census(repeats: int = 5) -> list[dict]:
     """The collector's state where passes are timed: objects it tracks, and the pause of a forced
-    collection of each generation (median of `repeats`), from which a pass's collections are priced."""
+    collection of each generation (`repeats` each): what a collection inside a pass would cost."""
     gc.collect()
     rows = [{"event": "gc_tracked_objects", "repeat": 0, "time_s": float(len(gc.get_objects()))}]
     for generation in range(3):

@@ -89,18 +89,13 @@ def padding_rows(steps: pd.DataFrame, profile, host_extra: float = 0.0) -> pd.Da
     GPU path over 1.05x its host path plus `host_extra`, the server's median work per layer), the share
     of the padded attention call's excess over the same sequences at their mean length that its device
     time implies, (measured - GPU path without the excess) / excess. The profile charges their median."""
-    rows, saved = [], profile.padding_charge
-    try:
-        for load, per_layer_s in prefill_layers(steps):
-            profile.padding_charge = 1.0
-            host, padded = profile.layer_paths(load)
-            profile.padding_charge = 0.0
-            packed = profile.layer_paths(load)[1]
-            excess = padded - packed
-            if excess >= MIN_EXCESS_S and padded >= 1.05 * (host + host_extra):
-                rows.append({"event": "padding_charge", "time_s": (per_layer_s - packed) / excess})
-    finally:
-        profile.padding_charge = saved
+    rows = []
+    for load, per_layer_s in prefill_layers(steps):
+        host, padded = profile.layer_paths(load, padding_charge=1.0)
+        packed = profile.layer_paths(load, padding_charge=0.0)[1]
+        excess = padded - packed
+        if excess >= MIN_EXCESS_S and padded >= 1.05 * (host + host_extra):
+            rows.append({"event": "padding_charge", "time_s": (per_layer_s - packed) / excess})
     return pd.DataFrame(rows, columns=["event", "time_s"])
 
 

@@ -10,15 +10,14 @@ examples:
 """
 
 
+def _main():
+    from real.cli import main  # imported late: `--help` must not pay for Hydra (or torch)
+
+    return main
+
+
 def entry() -> None:
-    def load_main():
-        def load():
-            from real.cli import main  # imported late: `--help` must not pay for Hydra (or torch)
-
-            return main
-        return needs_engine(load)
-
-    dispatch(USAGE, load_main)
+    dispatch(USAGE, lambda: needs_engine(_main))
 
 
 if __name__ == "__main__":

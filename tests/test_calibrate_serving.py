@@ -130,18 +130,16 @@ class _PaddedProfile:
     """GPU path 2 us per token plus a padded attention excess of 1 us per padding token, scaled by
     `padding_charge`; host path 1 ms (GPU-bound from 500 tokens)."""
 
-    padding_charge = 1.0
-
-    def layer_paths(self, load):
+    def layer_paths(self, load, padding_charge=1.0):
         padding = load.num_prefill_seqs * load.prefill_max_tokens - load.num_prefill_tokens
-        return 1e-3, 2e-6 * load.num_tokens + self.padding_charge * 1e-6 * padding
+        return 1e-3, 2e-6 * load.num_tokens + padding_charge * 1e-6 * padding
 
 
 @pytest.mark.parametrize(("measured_share", "expected"), [(1.0, 1.0), (0.5, 0.5), (0.0, 0.0)])
 def test_padding_charge_is_the_share_of_the_padded_excess_a_layer_paid(measured_share, expected):
     """Two GPU-bound padded layers (4 x 1,000 padded, 2,000 real tokens: 2,000 padding tokens, 2 ms of
     excess) whose device time paid `measured_share` of the excess; an unpadded one and a host-bound one
-    say nothing about padding and give no row. The profile's own charge is left as it was."""
+    say nothing about padding and give no row."""
     def padded(from_layer, tokens, seqs, longest, paid):
         return {**prefill(0, seqs, tokens, from_layer, 2e-6 * tokens + paid), "longest": longest}
     steps = pd.DataFrame([padded(0, 2000, 4, 1000, measured_share * 2e-3),
@@ -152,4 +150,3 @@ def test_padding_charge_is_the_share_of_the_padded_excess_a_layer_paid(measured_
     rows = padding_rows(steps, profile)
     assert rows.event.tolist() == ["padding_charge"] * 2
     assert rows.time_s.tolist() == pytest.approx([expected] * 2)
-    assert profile.padding_charge == 1.0

@@ -244,9 +244,9 @@ class MeasuredProfile:
             return max(host_path, gpu_path)
         return sum(max(host_path + x, gpu_path) for x in self.server_layer) / len(self.server_layer)
 
-    def layer_paths(self, load: AttentionLoad) -> tuple[float, float]:
+    def layer_paths(self, load: AttentionLoad, padding_charge: float | None = None) -> tuple[float, float]:
         """Pipelined clock, one stepped layer: (host path, GPU path) in seconds, without the server's
-        own per-layer work (`server_layer`)."""
+        own per-layer work (`server_layer`); `padding_charge`: None = the profile's."""
         host, gpu = self.clocks["host_s"], self.clocks["gpu_s"]
         share, padded = self.projection_share, self.impl in SERVED
         tokens = max(load.num_tokens, 1)
@@ -255,7 +255,8 @@ class MeasuredProfile:
         else:
             host_path = (_attention(host, load, padded, share) + host["router"](tokens)
                          + host["experts_layer"](tokens) + 2 * self._stage_s)
-        gpu_path = (_attention(gpu, load, padded, share, self.padding_charge) + gpu["router"](tokens)
+        charge = self.padding_charge if padding_charge is None else padding_charge
+        gpu_path = (_attention(gpu, load, padded, share, charge) + gpu["router"](tokens)
                     + gpu["experts_layer"](tokens))
         return host_path, gpu_path
 
