@@ -12,7 +12,7 @@ and everything else (prefill, mixed batches, expert-level stepping) stage by sta
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -22,6 +22,9 @@ from real.batch import BatchState, MoEState
 from real.graphs import DecodeRunner
 from real.kv import KVPool
 from real.layout import PinnedStaging, build_layout
+from real.pending import HostRing, PendingTokens
+from real.pending import fill as fill_pending
+from real.pending import input_ids as pending_ids
 from real.sequence import Sequence
 
 
@@ -34,11 +37,13 @@ class Engine:
     dense_tokens: tuple[int, int] | None = None  # batches of this many tokens run all experts densely
     runner: DecodeRunner | None = field(init=False, default=None)
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
+    token_ring: HostRing | None = field(init=False, default=None)  # pinned buffers for sampled ids (GPU only)
 
     def __post_init__(self):
         on_cuda = self.device.type == "cuda"
         if on_cuda:
             self.staging = PinnedStaging.allocate(self.device)
+            self.token_ring = HostRing.allocate(self.pool.num_slots)
         if self.graphs and on_cuda and not self.grouped_experts:
             raise ValueError("CUDA graphs need sync-free experts: set grouped_experts=True")
         if self.graphs:
@@ -108,8 +113,12 @@ class Engine:
 
     @torch.inference_mode()
     def start(self, seqs: list[Sequence]) -> BatchState:
-        """A new pass at layer 0 for the tokens each sequence has not yet fed through the model."""
-        layout = build_layout(seqs, self.device, with_ids=True, staging=self.staging)
+        """A new pass at layer 0 for the tokens each sequence has not yet fed through the model (a token
+        still on its way to the host is read on the device: real.pending)."""
+        ids, pendings = pending_ids(seqs)
+        layout = build_layout(seqs, self.device, ids, staging=self.staging)
+        if pendings:
+            layout = replace(layout, token_ids=fill_pending(layout.token_ids, pendings))
         return BatchState(list(seqs), stages.embed(self.model, layout.token_ids), layout, Position())
 
     @torch.inference_mode()
@@ -167,15 +176,26 @@ class Engine:
 
     @torch.inference_mode()
     def finish(self, batch: BatchState) -> tuple[torch.Tensor, list[int]]:
-        """LM head and greedy sampling: logits [S, V] and one new token per sequence."""
+        """LM head and greedy sampling: logits [S, V] and one new token per sequence (waits for them)."""
+        logits, pending = self._sample(batch)
+        return logits, pending.resolve()
+
+    @torch.inference_mode()
+    def finish_async(self, batch: BatchState) -> PendingTokens:
+        """`finish` without waiting: the tokens reach the host once the device has run the pass
+        (`PendingTokens.poll`), and a next pass of these sequences reads them on the device."""
+        return self._sample(batch)[1]
+
+    def _sample(self, batch: BatchState) -> tuple[torch.Tensor, PendingTokens]:
         if batch.position.layer < self.num_layers:
             raise ValueError(f"pass not complete: batch is at {batch.position}")
         logits = stages.lm_head(self.model, batch.hidden[batch.layout.last_rows])
-        tokens = logits.argmax(dim=-1).tolist()
-        for seq, token in zip(batch.seqs, tokens):
-            seq.num_cached = len(seq.token_ids)
-            seq.token_ids.append(int(token))
-        return logits, tokens
+        ids = logits.argmax(dim=-1)
+        host = self.token_ring.take(len(batch.seqs)) if self.token_ring is not None else None
+        pending = PendingTokens.issue(ids, batch.seqs, host)
+        if self.token_ring is not None:
+            self.token_ring.claim(pending)
+        return logits, pending
 
     def run_pass(self, seqs: list[Sequence], granularity: Granularity = Granularity.LAYER):
         """One uninterrupted pass (prefill or decode) for `seqs`."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from real.pending import PendingTokens
 
 
 @dataclass(eq=False)
@@ -11,6 +15,7 @@ class Sequence:
     token_ids: list[int]
     slot: int = -1
     num_cached: int = 0  # tokens whose KV is in every layer (updated when a pass completes)
+    pending: tuple[PendingTokens, int] | None = None  # the last token is still on the device: (where, row)
 
     @property
     def num_new(self) -> int:

@@ -2,7 +2,8 @@
 driving the real engine. Arrivals are admitted at every scheduling point, and an arrival also ends the
 host's wait for the device (real.timeline): an LS request that arrives while a BE batch is inside layer
 k is seen at once, and a batch the policy starts then runs on the urgent stream (real.lanes), ahead of
-the layers the device has queued."""
+the layers the device has queued. The host does not wait for a pass's tokens either (real.pending): the
+pass is complete for the policy once its LM head is issued, and its tokens reach the host in the background."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from policies import Granularity, Policy, Position, Request, SchedulerState, Sta
 from real.batch import BatchState, merge
 from real.engine import Engine
 from real.lanes import PriorityLane
+from real.pending import PendingTokens
 from real.sequence import Sequence
 from real.timeline import DeviceTimeline
 
@@ -63,6 +65,7 @@ class ReplayServer:
     lane: PriorityLane = field(default_factory=lambda: PriorityLane(enabled=False))
     stage_stops: bool = False  # a stepped layer also ends between stages once an arrival is due (_stop)
     head_stops: bool = False  # an arrival also ends the wait for a pass's last layer: the policy decides first
+    defer_tokens: bool = True  # the host does not wait for a pass's tokens (real.pending): see _retire
     merge_offered: int | None = None  # batch last offered a merge before its LM head (_head_wait)
     batches: dict[int, BatchState] = field(default_factory=dict)  # by policies' batch_id
     seqs: dict[int, Sequence] = field(default_factory=dict)  # by request_id
@@ -72,6 +75,8 @@ class ReplayServer:
     decided_s: float = float("nan")  # host time of the latest consult not yet followed by a step
     steps: list[Step] = field(default_factory=list)
     first_starts: dict[int, int] = field(default_factory=dict)  # request_id -> mark of its first batch start
+    token_marks: dict[int, list[int]] = field(default_factory=dict)  # request_id -> marks of its first, last token
+    retiring: list[tuple[PendingTokens, list[Request]]] = field(default_factory=list)  # passes' tokens, finished
     prompts: dict[int, list[int]] = field(default_factory=dict)  # request_id -> prompt token ids
 
     def run(self, requests: list[Request]) -> ServeOutcome:
@@ -89,10 +94,12 @@ class ReplayServer:
             if self.state.running is None or changed or self._can_merge():
                 changed = False
                 self._consult(now())
+            self._retire()
             if self.state.running is None:
                 self._wait_for(pending, now)
                 continue
             remaining -= self._advance(now, lambda: bool(pending) and pending[0].arrival_s <= now())
+        self._retire(wait=True)
         wall_s = now()
         return ServeOutcome(requests, self.busy_s, wall_s, self.num_consults, self._resolve(requests))
 
@@ -103,6 +110,11 @@ class ReplayServer:
         for request in requests:
             if request.request_id in self.first_starts:
                 request.first_scheduled_s = times[self.first_starts[request.request_id]]
+            if request.request_id in self.token_marks:
+                first, last = self.token_marks[request.request_id]
+                request.first_token_s = times[first]
+                if request.finish_s is not None:
+                    request.finish_s = times[last]
         return [{**asdict(step), "begin_s": times[step.begin], "end_s": times[step.end]} for step in self.steps]
 
     def _consult(self, now_s: float) -> None:
@@ -133,20 +145,38 @@ class ReplayServer:
                 done = False  # the policy decides before the LM head (head_stops)
             elif done:
                 finish_s, begin = now(), self.timeline.mark()
-                self.engine.finish(batch)  # synchronises (its stream): token times below are real
-                self._log(running.batch_id, batch, shape, batch.position.layer, "finish", finish_s, begin,
-                          self.timeline.mark())
+                tokens = self.engine.finish_async(batch)
+                end = self.timeline.mark()  # the tokens' times: resolved to device time in _resolve
+                if not self.defer_tokens:
+                    tokens.resolve()  # waits for the pass's last layer and its LM head
+                self._log(running.batch_id, batch, shape, batch.position.layer, "finish", finish_s, begin, end)
         finished = []
         if done:
             self._leave_lane()
             del self.batches[running.batch_id]
+            for request in running.requests:
+                self.token_marks.setdefault(request.request_id, [end, end])[1] = end
             finished = self.state.complete_pass(now())
+            self.retiring.append((tokens, finished))
+        self.busy_s += now() - issued_s
+        return len(finished)
+
+    def _retire(self, wait: bool = False) -> None:
+        """Passes whose tokens have reached the host (all of them, waiting, with `wait`): their placeholders
+        are filled, and their finished requests' outputs kept and KV slots freed. A slot is freed no earlier:
+        a new sequence's prefill, on an urgent stream, could otherwise overwrite KV its last pass still reads."""
+        keep = []
+        for tokens, finished in self.retiring:
+            if wait:
+                tokens.resolve()
+            if not tokens.poll():
+                keep.append((tokens, finished))
+                continue
             for request in finished:
                 seq = self.seqs.pop(request.request_id)
                 self.outputs[request.request_id] = seq.token_ids[request.num_prompt_tokens:]
                 self.engine.release(seq)
-        self.busy_s += now() - issued_s
-        return len(finished)
+        self.retiring = keep
 
     def _head_wait(self, batch_id: int, interrupt: Callable[[], bool]) -> bool:
         """With `head_stops` (layer-level policies), wait for the pass's last layer before its LM head, and
@@ -211,6 +241,8 @@ class ReplayServer:
 
     def _sequence(self, request: Request) -> Sequence:
         if request.request_id not in self.seqs:
+            if not self.engine.pool.can_allocate():
+                self._retire(wait=True)  # the policy counted the slots of requests whose last pass is in flight
             self.seqs[request.request_id] = self.engine.add_sequence(request.request_id, self.prompts[request.request_id])
         return self.seqs[request.request_id]
 

@@ -50,11 +50,12 @@ class StepClock:
 
 
 def replay(model, policy, requests, num_slots: int = 6, stage_stops: bool = False,
-           head_stops: bool = False) -> ReplayServer:
+           head_stops: bool = False, defer_tokens: bool = True) -> ReplayServer:
     engine = Engine(model, KVPool.allocate_for(model.config, num_slots, MAX_LEN, "cpu", torch.float32))
     state = SchedulerState(kv_capacity_tokens=num_slots * MAX_LEN, max_batch_size=4)
     server = ReplayServer(engine, policy, state, prompt_token_ids(0, model.config.vocab_size),
-                          clock=StepClock(), stage_stops=stage_stops, head_stops=head_stops)
+                          clock=StepClock(), stage_stops=stage_stops, head_stops=head_stops,
+                          defer_tokens=defer_tokens)
     server.run(requests)
     return server
 
