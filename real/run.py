@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +38,17 @@ class EngineSettings:
     kv_reserve_gib: float = 16.0  # kept out of the KV pool: activations, CUDA graphs' pool, library workspaces
     max_len: int | None = None  # KV slot length; None: the trace's longest request, rounded up to 256
     graphs: bool | None = None  # None: the fast path on CUDA (sync-free experts, CUDA graphs), HF's loop on CPU
-    run_ahead: int = 1  # advances the GPU may hold while the server decides (real.timeline)
     priority_stream: bool = True  # a batch started while the device is busy runs on a high-priority stream (real.lanes)
-    stage_stops: bool = True  # an arrival also ends a stepped layer between stages (H200: reaction p99 6.4 -> 3.9 ms)
-    head_stops: bool = False  # an arrival also ends the wait for a pass's last layer, before its LM head
-    defer_tokens: bool = True  # the host does not wait for a pass's tokens: the next pass reads them on the device
     pool_prewarm_gib: float = 2.0  # per stream, cached by the allocator after the warm-up (prewarm_pools)
+    # how the server drives the engine: not compared, so a multirun that varies them reuses the built engine
+    # advances the GPU may hold while the server decides (real.timeline)
+    run_ahead: int = field(default=1, compare=False)
+    # an arrival also ends a stepped layer between stages (H200: reaction p99 6.4 -> 3.9 ms)
+    stage_stops: bool = field(default=True, compare=False)
+    # an arrival also ends the wait for a pass's last layer, before its LM head
+    head_stops: bool = field(default=False, compare=False)
+    # the host does not wait for a pass's tokens: a next pass reads them on the device (real.pending)
+    defer_tokens: bool = field(default=True, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

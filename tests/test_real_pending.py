@@ -9,14 +9,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from policies import FCFS, QLLM, Granularity  # noqa: E402
-from real import pending as pending_mod  # noqa: E402
-from real.pending import PLACEHOLDER, HostRing, PendingTokens, input_ids  # noqa: E402
-from real.sequence import Sequence  # noqa: E402
-from real.server import ReplayServer  # noqa: E402
-from tests.test_real_engine import DEVICE, check_against_hf, new_engine, prompts  # noqa: E402
-from tests.test_real_serve import overload, replay  # noqa: E402
-from real.model import build_model, preset_config  # noqa: E402
+from policies import FCFS, QLLM, Granularity
+from real import pending as pending_mod
+from real.model import build_model, preset_config
+from real.pending import PLACEHOLDER, HostRing, PendingTokens, input_ids
+from real.sequence import Sequence
+from real.server import ReplayServer
+from tests.test_real_engine import DEVICE, check_against_hf, new_engine, prompts
+from tests.test_real_serve import overload, replay
 
 
 @pytest.fixture(scope="module")

@@ -72,6 +72,15 @@ def test_a_too_short_kv_slot_is_an_error(tmp_path):
         real_run.EngineSettings(pool_prewarm_gib=-1.0)
 
 
+def test_a_multirun_varying_only_how_the_server_drives_the_engine_reuses_it():
+    settings = real_run.EngineSettings(num_slots=4)
+    engine = real_run.build_engine(settings, 128, 4)
+    for server_only in ({"defer_tokens": False}, {"head_stops": True}, {"stage_stops": False}, {"run_ahead": 2}):
+        assert real_run.build_engine(real_run.EngineSettings(num_slots=4, **server_only), 128, 4) is engine
+    assert real_run.build_engine(real_run.EngineSettings(num_slots=5), 128, 4) is not engine
+    real_run.release_engine()
+
+
 def test_prepare_builds_every_bucket_up_to_the_batch_size():
     model = build_model(preset_config("tiny-mixtral"), seed=0)
     engine = Engine(model, KVPool.allocate_for(model.config, 4, 600, "cpu", torch.float32), graphs=True)
