@@ -146,7 +146,11 @@ class ReplayServer:
             elif done:
                 finish_s, begin = now(), self.timeline.mark()
                 tokens = self.engine.finish_async(batch)
-                end = self.timeline.mark()  # the tokens' times: resolved to device time in _resolve
+                # the tokens' times (device time, in _resolve); and, as after an advance, the host waits here
+                # until the device holds at most `depth` advances: without a sync at the LM head nothing
+                # else bounds how far an iteration-level policy's passes queue ahead (H200, fcfs at 8 req/s:
+                # a new request's pass queued behind up to 258 ms of passes)
+                end = self.timeline.mark(throttle=True, interrupt=interrupt)
                 if not self.defer_tokens:
                     tokens.resolve()  # waits for the pass's last layer and its LM head
                 self._log(running.batch_id, batch, shape, batch.position.layer, "finish", finish_s, begin, end)

@@ -9,14 +9,18 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from policies import FCFS, QLLM, Granularity
+from policies import FCFS, QLLM, Granularity, SchedulerState
 from real import pending as pending_mod
+from real.engine import Engine
+from real.kv import KVPool
 from real.model import build_model, preset_config
 from real.pending import PLACEHOLDER, HostRing, PendingTokens, input_ids
+from real.run import prompt_token_ids
 from real.sequence import Sequence
 from real.server import ReplayServer
+from real.timeline import DeviceTimeline
 from tests.test_real_engine import DEVICE, check_against_hf, new_engine, prompts
-from tests.test_real_serve import overload, replay
+from tests.test_real_serve import StepClock, overload, replay
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +112,30 @@ def test_a_replay_with_deferred_tokens_serves_the_same_tokens(policy, monkeypatc
     assert deferred.engine.pool.num_free == 6 and not deferred.retiring
     finishes = [s for s in deferred.steps if s.kind == "finish"]
     assert sum(s.num_seqs for s in finishes) == sum(r.num_output_tokens for r in overload(12, 6))
+
+
+class MarkLog(DeviceTimeline):
+    """Records, per mark, whether the host waited there for the device (interruptibly)."""
+
+    def __init__(self, device, clock) -> None:
+        super().__init__(device, clock)
+        self.waits: list[bool] = []
+
+    def mark(self, throttle: bool = False, interrupt=None) -> int:
+        self.waits.append(throttle and interrupt is not None)
+        return super().mark(throttle, interrupt)
+
+
+@pytest.mark.parametrize("policy", [FCFS(max_batch_size=4), QLLM(max_batch_size=4)], ids=["fcfs", "qllm"])
+def test_the_host_waits_for_the_device_after_every_lm_head(policy):
+    """Without the LM head's sync, the throttle after each pass is what keeps an iteration-level policy's
+    host from queueing passes far ahead of the device (and deciding them long before they run)."""
+    cpu_model = build_model(preset_config("tiny-mixtral"), seed=3)
+    engine = Engine(cpu_model, KVPool.allocate_for(cpu_model.config, 6, 40, "cpu", torch.float32))
+    clock = StepClock()
+    timeline = MarkLog(engine.device, clock)
+    server = ReplayServer(engine, policy, SchedulerState(kv_capacity_tokens=6 * 40, max_batch_size=4),
+                          prompt_token_ids(0, cpu_model.config.vocab_size), clock=clock, timeline=timeline)
+    server.run(overload(6, 2))
+    finishes = [step for step in server.steps if step.kind == "finish"]
+    assert finishes and all(timeline.waits[step.end] for step in finishes)
