@@ -48,11 +48,22 @@ def gaps(steps: pd.DataFrame) -> pd.DataFrame:
     return rows[rows.event.notna() & (rows.time_s <= MAX_GAP_S)]
 
 
+def alone(steps: pd.DataFrame) -> pd.Series:
+    """Steps that no other step overlaps on the device (a batch on an urgent stream, real.lanes, shares the
+    GPU with the main stream's queued layers while they run)."""
+    order = steps.sort_values("begin_s", kind="stable")
+    earlier_end = order.end_s.cummax().shift(1)
+    next_begin = order.begin_s.shift(-1)
+    return (~(earlier_end > order.begin_s) & ~(next_begin < order.end_s)).reindex(steps.index)
+
+
 def prefill_steps(steps: pd.DataFrame) -> pd.DataFrame:
-    """Advances of batches that are all prefill, on the main stream (no urgent batch shares the GPU with
-    them): their load is known from the log. Logs without `num_prefill_seqs` (H200 rounds 1-5) keep
-    only batches never merged: a batch starts as all prefills or all decodes, and only a merge mixes them."""
-    advance = (steps.kind == "advance") & (steps.to_layer > steps.from_layer) & (steps.level == 0)
+    """Advances of batches that are all prefill, alone on the device (`alone`): their load is known from the
+    log. Logs without `num_prefill_seqs` (H200 rounds 1-5) keep only batches never merged: a batch starts as
+    all prefills or all decodes, and only a merge mixes them. (Until session 10 the main stream's layers were
+    taken instead: with deferred tokens, real.pending, about 90% of LS prefills run on an urgent stream, most
+    of their layers alone, and the main stream's left too few and too skewed a sample.)"""
+    advance = (steps.kind == "advance") & (steps.to_layer > steps.from_layer) & alone(steps)
     if "whole" in steps:  # a step that began or ended between stages ran part of a layer
         advance &= steps.whole
     if "num_prefill_seqs" in steps:

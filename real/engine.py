@@ -2,9 +2,10 @@
 
 A driver (the trace replayer, a benchmark, a test) does: `add_sequence` per request, `start(seqs)`
 for a pass at layer 0, then `advance(batch, granularity)` until it returns True (pass complete), and
-`finish(batch)` for the next tokens (or `finish_async`, which does not wait for them: real.pending). Between advances it may leave a batch paused (it keeps all its
-state: nothing to call), run others, resume it (advance it again), `merge` a paused batch into the
-running one at the same position or `split` one (real.batch); `release` frees a sequence's KV slot.
+`finish(batch)` for the next tokens (or `finish_async`, which does not wait for them: real.pending).
+Between advances it may leave a batch paused (it keeps all its state: nothing to call), run others,
+resume it (advance it again), `merge` a paused batch into the running one at the same position or
+`split` one (real.batch); `release` frees a sequence's KV slot.
 
 With `graphs=True`, decode batches at layer boundaries run whole layers as CUDA graphs (real.graphs)
 and everything else (prefill, mixed batches, expert-level stepping) stage by stage."""

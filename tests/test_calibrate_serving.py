@@ -14,6 +14,7 @@ from calibrate.serving import (
     layer_check,
     layer_residuals,
     padding_rows,
+    alone,
     prefill_steps,
     write_events,
 )
@@ -80,23 +81,35 @@ def prefill(batch_id, num_seqs, num_tokens, from_layer, per_layer_s, level=0, be
 
 def test_server_layer_is_what_host_bound_prefill_layers_cost_beyond_the_profile():
     steps = pd.DataFrame([
-        prefill(0, 2, 400, 0, 1.5e-3),  # host-bound: 1.4 ms composed, 0.1 ms left over
-        prefill(0, 2, 400, 1, 1.6e-3),  # 0.2 ms left over
-        prefill(0, 3, 401, 2, 9e-3),  # merged (more sequences than at its start): load unknown, left out
-        prefill(1, 4, 3000, 0, 7e-3),  # GPU-bound (6 ms GPU path): the host's share is hidden, left out
-        prefill(2, 1, 300, 0, 9e-3, level=1),  # on an urgent stream beside another batch: left out
-        {**step(3, 4, "advance", 0.0, 1e-3), "level": 0},  # decode: left out
+        prefill(0, 2, 400, 0, 1.5e-3, begin_s=0.00),  # host-bound: 1.4 ms composed, 0.1 ms left over
+        prefill(0, 2, 400, 1, 1.6e-3, begin_s=0.01),  # 0.2 ms left over
+        prefill(0, 3, 401, 2, 9e-3, begin_s=0.02),  # merged (more sequences than at its start): load unknown
+        prefill(1, 4, 3000, 0, 7e-3, begin_s=0.04),  # GPU-bound (6 ms GPU path): the host's share is hidden
+        prefill(2, 1, 300, 0, 1.5e-3, level=1, begin_s=0.05),  # urgent and alone: kept (0.1 ms)
+        {**step(3, 4, "advance", 0.060, 0.061), "level": 0},  # decode: left out
+        prefill(4, 1, 300, 0, 9e-3, level=1, begin_s=0.0605),  # shares the GPU with the decode: left out
     ])
     rows = layer_residuals(steps, _FakeProfile())
-    assert rows.event.tolist() == ["server_layer"] * 2
-    assert rows.time_s.tolist() == pytest.approx([1e-4, 2e-4])
+    assert rows.event.tolist() == ["server_layer"] * 3
+    assert rows.time_s.tolist() == pytest.approx([1e-4, 2e-4, 2e-4])
+
+
+@pytest.mark.parametrize("spans, expected", [
+    ([(0, 1), (1, 2), (2, 3)], [True, True, True]),  # back to back on one stream
+    ([(0, 2), (1, 3), (4, 5)], [False, False, True]),  # an urgent batch beside a queued layer
+    ([(0, 10), (2, 3), (4, 5), (11, 12)], [False, False, False, True]),  # a long layer under two short ones
+    ([(4, 5), (0, 10)], [False, False]),  # any order in the log
+])
+def test_a_step_is_alone_when_no_other_overlaps_it_on_the_device(spans, expected):
+    steps = pd.DataFrame([step(i, 1, "advance", b, e) for i, (b, e) in enumerate(spans)])
+    assert alone(steps).tolist() == expected
 
 
 def test_a_log_with_the_prefill_count_keeps_merged_prefill_batches_and_drops_mixed_ones():
     steps = pd.DataFrame([
-        {**prefill(0, 2, 400, 0, 1.5e-3), "num_prefill_seqs": 2},
-        {**prefill(0, 3, 600, 1, 1.6e-3), "num_prefill_seqs": 3},  # merged with another prefill: kept
-        {**prefill(0, 5, 602, 2, 1.6e-3), "num_prefill_seqs": 3},  # merged with decodes: load unknown
+        {**prefill(0, 2, 400, 0, 1.5e-3, begin_s=0.00), "num_prefill_seqs": 2},
+        {**prefill(0, 3, 600, 1, 1.6e-3, begin_s=0.01), "num_prefill_seqs": 3},  # merged with a prefill: kept
+        {**prefill(0, 5, 602, 2, 1.6e-3, begin_s=0.02), "num_prefill_seqs": 3},  # merged with decodes
     ])
     assert prefill_steps(steps).from_layer.tolist() == [0, 1]
     assert prefill_steps(steps.drop(columns="num_prefill_seqs")).from_layer.tolist() == [0]  # older logs
@@ -119,7 +132,7 @@ class _FlatProfile:
 
 def test_layer_check_prices_each_logged_prefill_layer():
     model = SimpleNamespace(num_experts=8, top_k=2)
-    steps = pd.DataFrame([prefill(0, 2, 400, 0, 2.0e-3), {**step(3, 4, "advance", 0.0, 1e-3), "level": 0}])
+    steps = pd.DataFrame([prefill(0, 2, 400, 0, 2.0e-3), {**step(3, 4, "advance", 0.01, 0.011), "level": 0}])
     table = layer_check(steps, _FlatProfile(), model)
     assert table.tokens.tolist() == [400]  # the decode step has no prefill layer
     assert table.composed_ms.tolist() == pytest.approx([1.0 + 0.1 + 0.8])  # 800 pairs
@@ -141,7 +154,8 @@ def test_padding_charge_is_the_share_of_the_padded_excess_a_layer_paid(measured_
     excess) whose device time paid `measured_share` of the excess; an unpadded one and a host-bound one
     say nothing about padding and give no row."""
     def padded(from_layer, tokens, seqs, longest, paid):
-        return {**prefill(0, seqs, tokens, from_layer, 2e-6 * tokens + paid), "longest": longest}
+        return {**prefill(0, seqs, tokens, from_layer, 2e-6 * tokens + paid, begin_s=0.01 * from_layer),
+                "longest": longest}
     steps = pd.DataFrame([padded(0, 2000, 4, 1000, measured_share * 2e-3),
                           padded(1, 2000, 4, 1000, measured_share * 2e-3),
                           padded(2, 2000, 4, 500, 0.0),  # no padding
