@@ -27,6 +27,10 @@ class QLLM:
     up instead of waiting for the whole pass; past half the layers, waiting costs the pair less);
     `ls_kv_reserve` keeps that fraction of the KV cache out of reach of BE prefills (unless the cache
     is empty), so a new LS request is not kept waiting for memory held by BE requests admitted before it.
+    `be_prefill_room=True` runs waiting BE prefills (oldest first) before a decode batch while fewer than
+    `max_batch_size` requests decode, as fcfs does: Algorithm 1 admits them only when no decode waits or
+    as the fill of an LS prefill batch, so decode batches shrink as requests finish (H200, 28 req/s: 26.4
+    sequences per decode layer against fcfs's 29.6, 12% more decode layers, 4% fewer tokens/s).
     """
 
     max_batch_size: int = 32
@@ -36,6 +40,7 @@ class QLLM:
     fill_max_tokens: int | None = None
     ls_catch_up_layers: int = 0
     ls_kv_reserve: float = 0.0
+    be_prefill_room: bool = False
 
     def __post_init__(self) -> None:
         self.granularity = Granularity.parse(self.granularity)
@@ -92,6 +97,10 @@ class QLLM:
             if self.fill_max_tokens is not None:
                 fill = within_padded_tokens(ls_prefill, fill, self.fill_max_tokens)
             return tuple(ls_prefill + fill)
+        if self.be_prefill_room and view.num_decoding < size:
+            newcomers = admit_fifo(q.be_prefill, size - view.num_decoding, be_free_kv)
+            if newcomers:
+                return tuple(newcomers)
         if q.ls_decode:
             ls_decode = q.ls_decode.head(size)
             return tuple(ls_decode + q.be_decode.head(size - len(ls_decode)))

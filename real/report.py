@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.results import class_metrics, throughput
+from sim.results import class_metrics, markdown, throughput
 
 
 def layer_ms(steps: pd.DataFrame) -> float:
@@ -164,14 +164,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         table.to_csv(args.out, index=False)
     print(markdown(compare(table, args.baseline)))
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """A pipe table (3 significant digits) without the optional `tabulate` dependency."""
-    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,11 @@ def format_summary(summary: dict) -> str:
     tail = (f"jobs/s (wall) {t['jobs_per_s']:.3f}   jobs/s (GPU busy) {t['jobs_per_busy_s']:.3f}   "
             f"tokens/s {t['tokens_per_s']:.1f}   wall {t['wall_s']:.1f} s   SLO: LS TTFT <= {summary['slo_s']:g} s")
     return shown.to_string(float_format=lambda v: f"{v:.1f}" if abs(v) >= 1 else f"{v:.3f}") + "\n" + tail
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pipe table (3 significant digits) without the optional `tabulate` dependency."""
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)

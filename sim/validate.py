@@ -22,11 +22,14 @@ METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"
            ("BE", "ttft_p50_s"), ("BE", "ttft_p99_s"), ("BE", "turnaround_p50_s"), ("BE", "turnaround_p99_s")]
 
 
-def simulate_like(run_dir: Path, hardware: str, model: str) -> pd.DataFrame:
-    """The simulator on the real run's trace, policy, batch size and KV slots."""
+def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None = None,
+                  extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The simulator on the real run's trace, policy, batch size and KV slots (`policy`, `extra`: another
+    policy, further Hydra overrides, to ask what it would have done on the same trace: sim.tracecmp)."""
     summary = json.loads((run_dir / "summary.json").read_text())["run"]
-    overrides = [f"policy={summary['policy']}", f"hardware={hardware}", f"model={model}",
-                 f"seed={summary['seed']}", "progress=false"]
+    policy = policy or summary["policy"]
+    overrides = [f"policy={policy}", f"hardware={hardware}", f"model={model}",
+                 f"seed={summary['seed']}", "progress=false", *extra]
     if summary.get("graphs") and hardware.endswith("-measured"):  # the profile of the engine as it ran
         overrides.append("hardware.profile.impl=engine-graphs")
     spec = compose_spec(overrides)
@@ -37,7 +40,7 @@ def simulate_like(run_dir: Path, hardware: str, model: str) -> pd.DataFrame:
     costs = CostModel(spec.model, build_profile(spec.profile, spec.model, spec.hardware), router)
     outcome = simulate(requests, spec.policy, costs, summary["num_slots"] * summary["kv_slot_tokens"],
                        spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)))
-    return requests_table(outcome.requests, "sim", summary["policy"], summary["rate"], summary["seed"])
+    return requests_table(outcome.requests, "sim", policy, summary["rate"], summary["seed"])
 
 
 def compare(real: pd.DataFrame, sim: pd.DataFrame, slo_s: float = 3.0) -> dict[str, float]:

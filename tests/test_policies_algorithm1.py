@@ -47,6 +47,28 @@ def test_next_batch(name, sizes, expected):
     assert ids(decision) == expected
 
 
+BE_PREFILL_ROOM = [
+    # (name, queue sizes (LP, LD, BP, BD), expected request ids of the next batch) with be_prefill_room
+    ("room: BE prefills before LS decodes, up to the room", (0, 1, 5, 1), [200, 201]),
+    ("room: BE prefills before BE decodes", (0, 0, 3, 2), [200, 201]),
+    ("room: no room, Algorithm 1's decode batch", (0, 2, 3, 2), [100, 101, 300, 301]),
+    ("room: LS prefills still come first", (1, 1, 3, 1), [0, 200, 201, 202]),
+    ("room: a full LS decode batch still comes first", (0, 5, 3, 0), [100, 101, 102, 103]),
+    ("room: nothing waiting to prefill, the decode batch", (0, 1, 0, 1), [100, 300]),
+]
+
+
+@pytest.mark.parametrize("name,sizes,expected", BE_PREFILL_ROOM, ids=[c[0] for c in BE_PREFILL_ROOM])
+def test_be_prefill_room_admits_be_prefills_while_fewer_than_the_batch_decode(name, sizes, expected):
+    decision = QLLM(max_batch_size=B, be_prefill_room=True).schedule(state_with(*sizes).view(0.0))
+    assert ids(decision) == expected
+
+
+def test_be_prefill_room_respects_the_kv_budget():
+    decision = QLLM(max_batch_size=B, be_prefill_room=True).schedule(state_with(0, 1, 3, 0, kv=30).view(0.0))
+    assert ids(decision) == [200, 201]  # 15 KV tokens each (10 prompt + 5 output): two fit
+
+
 def test_6_nothing_to_do():
     assert QLLM().schedule(state_with().view(0.0)) == CONTINUE
 
