@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
 from sim.results import class_metrics, markdown, throughput
 from sim.validate import simulate_like
@@ -77,7 +79,10 @@ def main(argv: list[str] | None = None) -> None:
         runs = [r for r in runs if json.loads((r / "summary.json").read_text())["run"]["policy"] == args.runs_of]
     if not runs:
         raise SystemExit(f"error: no real runs (summary.json + trace.csv) under {args.runs}")
-    table = compare(runs, variants, args.hardware, args.model)
+    try:
+        table = compare(runs, variants, args.hardware, args.model)
+    except (HydraException, OmegaConfBaseException, ValueError) as err:  # a bad policy name, key or value
+        raise SystemExit(f"error: {str(err).splitlines()[0]}") from None
     if args.out:
         table.to_csv(args.out, index=False)
     order = {v.label: i for i, v in enumerate(variants)}

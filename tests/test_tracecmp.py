@@ -47,5 +47,8 @@ def test_the_cli_prints_means_and_rejects_an_empty_folder(tmp_path, capsys):
     main([str(tmp_path / "runs"), "--variant", "fcfs", "--variant", "qllm", "--hardware", "h200"])
     out = capsys.readouterr().out
     assert "1 traces x 2 variants" in out and "| 20 | qllm |" in out
+    for bad in ("nosuch", "fcfs policy.be_prefill_room=true", "qllm policy.no_such_key=1"):
+        with pytest.raises(SystemExit, match="^error: "):
+            main([str(tmp_path / "runs"), "--variant", bad, "--hardware", "h200"])
     with pytest.raises(SystemExit, match="no real runs"):
         main([str(tmp_path), "--runs-of", "qllm", "--variant", "fcfs", "--hardware", "h200"])
