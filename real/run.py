@@ -117,8 +117,9 @@ def prewarm_pools(device: torch.device, gib: float, streams) -> None:
     allocated and freed at once: the allocator keeps a freed block for its stream and splits it for later
     requests, so a replay's first batch larger than any of the warm-up's is served without a cudaMalloc.
     H200, qllm_catchup at 8 / 18 / 28 req/s, on and off, seeds 4 and 5 on two leases
-    (results/real/h200_prewarm_ab): 2 GiB per stream took the cudaMallocs per replay from up to 4 to none,
-    and LS reactions over 2 ms from 48 to 32 of 414, for 3.1-3.7 GiB more held by the allocator."""
+    (results/real/h200_prewarm_ab, git history at d81d3dc): 2 GiB per stream took the cudaMallocs per
+    replay from up to 4 to none, and LS reactions over 2 ms from 48 to 32 of 414, for 3.1-3.7 GiB more
+    held by the allocator."""
     for stream in (torch.cuda.current_stream(device), *streams):
         with torch.cuda.stream(stream):
             block = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
