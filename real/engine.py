@@ -191,12 +191,7 @@ class Engine:
         if batch.position.layer < self.num_layers:
             raise ValueError(f"pass not complete: batch is at {batch.position}")
         logits = stages.lm_head(self.model, batch.hidden[batch.layout.last_rows])
-        ids = logits.argmax(dim=-1)
-        host = self.token_ring.take(len(batch.seqs)) if self.token_ring is not None else None
-        pending = PendingTokens.issue(ids, batch.seqs, host)
-        if self.token_ring is not None:
-            self.token_ring.claim(pending)
-        return logits, pending
+        return logits, PendingTokens.issue(logits.argmax(dim=-1), batch.seqs, self.token_ring)
 
     def run_pass(self, seqs: list[Sequence], granularity: Granularity = Granularity.LAYER):
         """One uninterrupted pass (prefill or decode) for `seqs`."""

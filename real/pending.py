@@ -35,17 +35,20 @@ class PendingTokens:
     resolved: bool = False
 
     @classmethod
-    def issue(cls, ids: torch.Tensor, seqs: list[Sequence], host: torch.Tensor | None = None) -> PendingTokens:
-        """Start the ids' copy to `host` (pinned, on the GPU; default: the ids themselves on the CPU) and give
-        each sequence its placeholder; nothing here waits for the device."""
-        ready = None
+    def issue(cls, ids: torch.Tensor, seqs: list[Sequence], ring: HostRing | None = None) -> PendingTokens:
+        """Start the ids' copy to the host (on a GPU: into a buffer of `ring`, or one pinned for it; on the
+        CPU the ids are there already) and give each sequence its placeholder; nothing here waits for the
+        device."""
+        host, ready = ids, None
         if ids.device.type == "cuda":
+            host = ring.take(len(seqs)) if ring is not None else torch.empty(len(seqs), dtype=torch.int64,
+                                                                               pin_memory=True)
             host.copy_(ids, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record()
-        else:
-            host = ids
         pending = cls(ids, host, ready, list(seqs), [len(s.token_ids) for s in seqs])
+        if ring is not None and ready is not None:
+            ring.claim(pending)
         for row, seq in enumerate(seqs):
             seq.num_cached = len(seq.token_ids)
             seq.token_ids.append(PLACEHOLDER)
@@ -123,7 +126,7 @@ class HostRing:
         return cls(buffers, [None] * count)
 
     def take(self, size: int) -> torch.Tensor:
-        """A pinned buffer of `size` ids; `claim` it with the `PendingTokens` that fills it."""
+        """A pinned buffer of `size` ids, to `claim` for the `PendingTokens` that fills it (as `issue` does)."""
         if size > self.buffers[0].numel():
             raise ValueError(f"{size} ids exceed the ring's buffers of {self.buffers[0].numel()}")
         user = self.users[self.next]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.results import class_metrics, markdown, throughput
+from sim.results import markdown, ratio_to, serving_metrics
 
 
 def layer_ms(steps: pd.DataFrame) -> float:
@@ -28,15 +28,10 @@ def run_row(run_dir: Path, slo_s: float) -> dict:
     """One run's metrics."""
     requests = pd.read_parquet(run_dir / "requests.parquet")
     info = json.loads((run_dir / "summary.json").read_text())["run"]
-    ls, be = requests[requests.priority == "LS"], requests[requests.priority == "BE"]
-    m_ls, m_be = class_metrics(ls, slo_s), class_metrics(be, slo_s)
-    tput = throughput(requests, 0.0)
+    ls = requests[requests.priority == "LS"]
     reaction_ms = 1e3 * (ls.scheduled_s - ls.arrival_s)
     row = {"policy": info["policy"], "rate": info["rate"], "seed": info["seed"],
-           "LS TTFT mean s": m_ls["ttft_mean_s"], "LS TTFT p99 s": m_ls["ttft_p99_s"],
-           "LS SLO": m_ls["slo_attainment"], "LS turnaround p50 s": m_ls["turnaround_p50_s"],
-           "BE turnaround p50 s": m_be["turnaround_p50_s"], "completed": float(requests.finish_s.notna().mean()),
-           "jobs/s": tput["jobs_per_s"], "tokens/s": tput["tokens_per_s"],
+           **serving_metrics(requests, slo_s),
            "reaction p50 ms": reaction_ms.median(), "reaction p99 ms": reaction_ms.quantile(0.99),
            "gc max pause ms": info.get("gc", {}).get("max_pause_ms", float("nan"))}
     steps_path = run_dir / "steps.parquet"
@@ -136,13 +131,11 @@ def reaction_table(root: Path) -> pd.DataFrame:
 def compare(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     """Means over seeds, with the LS TTFT reduction and tokens/s ratio against `baseline` (per seed,
     then averaged; the lowest per-seed ratio beside it)."""
-    base = table[table.policy == baseline].set_index(["rate", "seed"])
-    if base.empty:
+    is_base = table.policy == baseline
+    if not is_base.any():
         raise SystemExit(f"error: no {baseline} runs to compare against")
-    keyed = table.set_index(["rate", "seed"])
-    table = table.assign(**{
-        "LS TTFT reduction": (base["LS TTFT mean s"].reindex(keyed.index) / keyed["LS TTFT mean s"]).to_numpy(),
-        "tokens/s ratio": (keyed["tokens/s"] / base["tokens/s"].reindex(keyed.index)).to_numpy()})
+    table = table.assign(**{"LS TTFT reduction": 1 / ratio_to(table, is_base, "LS TTFT mean s"),
+                            "tokens/s ratio": ratio_to(table, is_base, "tokens/s")})
     means = table.drop(columns="seed").groupby(["rate", "policy"]).mean()
     means["tokens/s ratio min"] = table.groupby(["rate", "policy"])["tokens/s ratio"].min()
     means["seeds"] = table.groupby(["rate", "policy"]).seed.nunique()

@@ -89,3 +89,21 @@ def markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines)
+
+
+def serving_metrics(requests: pd.DataFrame, slo_s: float) -> dict[str, float]:
+    """The serving benchmark's metrics of one run's requests (real.report; sim.tracecmp on simulated runs)."""
+    ls, be = (class_metrics(requests[requests.priority == p], slo_s) for p in ("LS", "BE"))
+    tput = throughput(requests, 0.0)
+    return {"LS TTFT mean s": ls["ttft_mean_s"], "LS TTFT p99 s": ls["ttft_p99_s"],
+            "LS SLO": ls["slo_attainment"],
+            "LS turnaround p50 s": ls["turnaround_p50_s"], "BE turnaround p50 s": be["turnaround_p50_s"],
+            "completed": float(requests.finish_s.notna().mean()), "jobs/s": tput["jobs_per_s"],
+            "tokens/s": tput["tokens_per_s"]}
+
+
+def ratio_to(table: pd.DataFrame, baseline: pd.Series, column: str, keys=("rate", "seed")) -> pd.Series:
+    """`column` of each row over the baseline rows' value with the same `keys` (one trace: rate and seed)."""
+    base = table[baseline].set_index(list(keys))[column]
+    matched = base.reindex(pd.MultiIndex.from_frame(table[list(keys)])).to_numpy()
+    return pd.Series(table[column].to_numpy() / matched, index=table.index)

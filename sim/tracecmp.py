@@ -3,7 +3,8 @@ traces, KV slots and batch size of a set of real-engine runs. A policy idea is t
 before it costs GPU time, on the traces whose real results are already known.
 
     python -m sim.tracecmp results/real/h200_defer_ab/on --runs-of fcfs --hardware h200-measured \\
-        --model mixtral-8x7b --variant fcfs --variant qllm --variant "qllm+room=qllm policy.be_prefill_room=true"
+        --model mixtral-8x7b --variant fcfs --variant qllm \\
+        --variant "qllm+room=qllm policy.be_prefill_room=true"
 
 A variant is `POLICY [OVERRIDE ...]` or `LABEL=POLICY [OVERRIDE ...]` (Hydra overrides of the simulator's
 config); the first is the baseline of the tokens/s ratio. Prints per rate the means over the runs' seeds."""
@@ -20,7 +21,7 @@ import pandas as pd
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from sim.results import class_metrics, markdown, throughput
+from sim.results import markdown, ratio_to, serving_metrics
 from sim.validate import simulate_like
 
 
@@ -39,13 +40,6 @@ class Variant:
         return cls(label or policy, policy, tuple(words[1:]))
 
 
-def metrics(requests: pd.DataFrame, slo_s: float = 3.0) -> dict[str, float]:
-    ls, be = (class_metrics(requests[requests.priority == p], slo_s) for p in ("LS", "BE"))
-    return {"tokens/s": throughput(requests, 0.0)["tokens_per_s"], "LS TTFT mean s": ls["ttft_mean_s"],
-            "LS TTFT p99 s": ls["ttft_p99_s"], "LS SLO": ls["slo_attainment"],
-            "LS turnaround p50 s": ls["turnaround_p50_s"], "BE turnaround p50 s": be["turnaround_p50_s"]}
-
-
 def compare(run_dirs: list[Path], variants: list[Variant], hardware: str, model: str) -> pd.DataFrame:
     """One row per (run, variant), with the tokens/s ratio to the first variant on the same trace."""
     rows = []
@@ -53,11 +47,14 @@ def compare(run_dirs: list[Path], variants: list[Variant], hardware: str, model:
         info = json.loads((run / "summary.json").read_text())["run"]
         for v in variants:
             table = simulate_like(run, hardware, model, v.policy, v.overrides)
-            rows.append({"rate": info["rate"], "seed": info["seed"], "variant": v.label, **metrics(table)})
+            rows.append({"rate": info["rate"], "seed": info["seed"], "variant": v.label,
+                         **serving_metrics(table, 3.0)})
     table = pd.DataFrame(rows)
-    base = table[table.variant == variants[0].label].set_index(["rate", "seed"])["tokens/s"]
-    keys = pd.MultiIndex.from_frame(table[["rate", "seed"]])
-    return table.assign(**{"tokens/s ratio": table["tokens/s"].to_numpy() / base.reindex(keys).to_numpy()})
+    return table.assign(**{"tokens/s ratio": ratio_to(table, table.variant == variants[0].label, "tokens/s")})
+
+
+def _policy_of(run: Path) -> str:
+    return json.loads((run / "summary.json").read_text())["run"]["policy"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     runs = sorted(p.parent for p in args.runs.rglob("summary.json") if (p.parent / "trace.csv").exists())
     if args.runs_of:
-        runs = [r for r in runs if json.loads((r / "summary.json").read_text())["run"]["policy"] == args.runs_of]
+        runs = [r for r in runs if _policy_of(r) == args.runs_of]
     if not runs:
         raise SystemExit(f"error: no real runs (summary.json + trace.csv) under {args.runs}")
     try:
