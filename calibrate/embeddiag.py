@@ -12,7 +12,8 @@ import argparse
 import torch
 
 from calibrate.timing import measure
-from real.layout import PinnedStaging, build_layout, new_token_ids
+from real.layout import PinnedStaging, build_layout
+from real.pending import input_ids
 from real.sequence import Sequence
 
 HIDDEN, VOCAB = 4096, 32000  # Mixtral-8x7B's embedding
@@ -25,7 +26,7 @@ def parts(table: torch.nn.Embedding, tokens: int, device: str) -> dict:
     staging = PinnedStaging.allocate(torch.device(device)) if device == "cuda" else None  # as an Engine has
 
     def layout():
-        return build_layout(seqs, device, ids=new_token_ids(seqs), staging=staging)
+        return build_layout(seqs, device, ids=input_ids(seqs)[0], staging=staging)
     return {"layout": layout, "gather": lambda: table(ids), "both": lambda: table(layout().token_ids)}
 
 

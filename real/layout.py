@@ -10,7 +10,6 @@ Shapes: T = packed new tokens, B = sequences of a group, Q = padded queries, N =
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 import torch
@@ -43,8 +42,7 @@ class Layout:
 def build_layout(seqs: list[Sequence], device, ids: np.ndarray | None = None,
                  staging: PinnedStaging | None = None) -> Layout:
     """Decode sequences (one new token) and prefill sequences are padded separately. Built with numpy
-    and sent in one copy (with `ids`, the packed new token ids too: `new_token_ids`, or the engine's
-    real.pending.input_ids): this sits between an LS arrival and its first kernel (torch's per-op dispatch
+    and sent in one copy (with `ids`, the packed new token ids too: real.pending.input_ids): this sits between an LS arrival and its first kernel (torch's per-op dispatch
     on small host tensors cost about 1 ms per batch; a second copy for the ids, 0.13 ms of host time per
     pass start, H200). `staging`: the engine's pinned buffers (`to_device`)."""
     if len(seqs) == 1:  # an LS arrival's prefill, mostly: the same arrays with a few numpy calls
@@ -56,11 +54,6 @@ def build_layout(seqs: list[Sequence], device, ids: np.ndarray | None = None,
     dev = to_device(host, device, staging)
     layout_groups = tuple(AttentionGroup(*dev[3 + 5 * i: 8 + 5 * i], num_keys=g[-1]) for i, g in enumerate(groups))
     return Layout(total, dev[0], dev[1], dev[2], layout_groups, dev[-1] if ids is not None else None)
-
-
-def new_token_ids(seqs: list[Sequence]) -> np.ndarray:
-    """The tokens each sequence feeds next, packed (all on the host)."""
-    return np.array(list(chain.from_iterable(s.token_ids[s.num_cached:] for s in seqs)), dtype=np.int64)
 
 
 def _single(seq: Sequence) -> tuple[list[np.ndarray], list[tuple], int]:

@@ -126,7 +126,7 @@ class HostRing:
         return cls(buffers, [None] * count)
 
     def take(self, size: int) -> torch.Tensor:
-        """A pinned buffer of `size` ids, to `claim` for the `PendingTokens` that fills it (as `issue` does)."""
+        """A pinned buffer of `size` ids, to `claim` for the `PendingTokens` that fills it."""
         if size > self.buffers[0].numel():
             raise ValueError(f"{size} ids exceed the ring's buffers of {self.buffers[0].numel()}")
         user = self.users[self.next]

@@ -12,7 +12,8 @@ import random
 
 import torch
 
-from real.layout import Layout, PinnedStaging, build_layout, new_token_ids
+from real.layout import Layout, PinnedStaging, build_layout
+from real.pending import input_ids
 from real.sequence import Sequence
 
 
@@ -45,9 +46,9 @@ def check(iters: int, device: torch.device, seed: int = 0) -> int:
             torch.cuda._sleep(200_000)  # ~0.1 ms: the next copies queue behind it
         if side is not None and i % 3 == 0:
             with torch.cuda.stream(side):
-                kept.append((seqs, build_layout(seqs, device, ids=new_token_ids(seqs), staging=staging)))
+                kept.append((seqs, build_layout(seqs, device, ids=input_ids(seqs)[0], staging=staging)))
         else:
-            kept.append((seqs, build_layout(seqs, device, ids=new_token_ids(seqs), staging=staging)))
+            kept.append((seqs, build_layout(seqs, device, ids=input_ids(seqs)[0], staging=staging)))
     if on_cuda:
         torch.cuda.synchronize()
     return sum(any(not torch.equal(a.cpu(), b) for a, b in zip(tensors(lay), tensors(_on_cpu(seqs))))
@@ -55,7 +56,7 @@ def check(iters: int, device: torch.device, seed: int = 0) -> int:
 
 
 def _on_cpu(seqs: list[Sequence]) -> Layout:
-    return build_layout(seqs, "cpu", new_token_ids(seqs))
+    return build_layout(seqs, "cpu", input_ids(seqs)[0])
 
 
 def main(argv: list[str] | None = None) -> None:

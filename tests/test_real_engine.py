@@ -158,11 +158,12 @@ def test_loads_a_local_checkpoint(tmp_path):
 
 
 def test_a_pass_start_sends_its_new_token_ids_with_the_layout():
-    from real.layout import build_layout, new_token_ids
+    from real.layout import build_layout
+    from real.pending import input_ids
     from real.sequence import Sequence
     seqs = [Sequence(0, [5, 6, 7], slot=2), Sequence(1, [8, 9, 10, 11], slot=0, num_cached=3),
             Sequence(2, [12, 13], slot=1)]
-    layout = build_layout(seqs, "cpu", new_token_ids(seqs))
+    layout = build_layout(seqs, "cpu", input_ids(seqs)[0])
     assert layout.token_ids.tolist() == [5, 6, 7, 11, 12, 13]
     assert layout.positions.tolist() == [0, 1, 2, 3, 0, 1] and layout.slots.tolist() == [2, 2, 2, 0, 1, 1]
     assert layout.last_rows.tolist() == [2, 3, 5]
@@ -173,9 +174,10 @@ def test_a_pass_start_sends_its_new_token_ids_with_the_layout():
 def test_stagecheck_compares_every_layout_field(capsys):
     import random
     from real import stagecheck
-    from real.layout import build_layout, new_token_ids
+    from real.layout import build_layout
+    from real.pending import input_ids
     stagecheck.main(["--iters", "20", "--device", "cpu"])
     assert capsys.readouterr().out.strip() == "stagecheck: 20 layouts, 0 differ"
     seqs = stagecheck.random_batch(random.Random(1))
-    layout = build_layout(seqs, "cpu", new_token_ids(seqs))
+    layout = build_layout(seqs, "cpu", input_ids(seqs)[0])
     assert len(stagecheck.tensors(layout)) == 4 + 5 * len(layout.groups)  # every tensor of the layout
