@@ -71,15 +71,20 @@ def heldout_errors(directory: Path, impl: str = "engine", clock: str = "time_s")
     return out
 
 
-def noise_summary(directory: Path, impl: str) -> pd.DataFrame:
+def heldout_by_clock(directory: Path, impl: str) -> dict[str, pd.DataFrame]:
+    """`heldout_errors` for each timing column the profile has (what both summaries below read)."""
+    table = load_table(directory)
+    clocks = [clock for clock in ("time_s", "host_s", "gpu_s") if clock in table]
+    return {clock: heldout_errors(directory, impl, clock) for clock in clocks}
+
+
+def noise_summary(directory: Path, impl: str, errors: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Per clock, over the interpolated stages' held-out points: the error (%) and the points' own noise
     (half the difference of the medians of their earlier and later sweeps, % of the point: about one
     standard error of the point's time). Where the noise is as large as the error, the target measures the
-    host, not the interpolation."""
-    table = load_table(directory)
+    host, not the interpolation. `errors`: `heldout_by_clock`'s, where the caller has them already."""
     rows = {}
-    for clock in (c for c in ("time_s", "host_s", "gpu_s") if c in table):
-        errors = heldout_errors(directory, impl, clock)
+    for clock, errors in (errors or heldout_by_clock(directory, impl)).items():
         errors = errors[~errors.stage.isin(NOT_INTERPOLATED)]
         rows[clock.removesuffix("_s")] = {
             "error median": errors.error_pct.median(), "error max": errors.error_pct.max(),
@@ -162,16 +167,16 @@ def pass_predictions(directory: Path, model: ModelSpec, impl: str = "engine", cl
     return out
 
 
-def heldout_summary(directory: Path, impl: str) -> pd.DataFrame:
+def heldout_summary(directory: Path, impl: str,
+                    errors: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """Median and max held-out error (%) per stage, for each timing column. The row `all` pools the
     stages the simulator interpolates; `layer_prefill` is listed but not pooled: the
     simulator composes prefill layers from the stages (`layer_checks` compares the two). The row
-    `read` pools, per clock, only the stages the pipelined simulator charges at that clock (READ)."""
-    table = load_table(directory)
-    clocks = [clock for clock in ("time_s", "host_s", "gpu_s") if clock in table]
-    errors = {clock: heldout_errors(directory, impl, clock) for clock in clocks}
-    parts = {clock.removesuffix("_s"): errors[clock].groupby("stage").error_pct.agg(["median", "max"])
-             for clock in clocks}
+    `read` pools, per clock, only the stages the pipelined simulator charges at that clock (READ).
+    `errors`: `heldout_by_clock`'s, where the caller has them already."""
+    errors = errors or heldout_by_clock(directory, impl)
+    parts = {clock.removesuffix("_s"): table.groupby("stage").error_pct.agg(["median", "max"])
+             for clock, table in errors.items()}
     out = pd.concat(parts, axis=1)
     def pooled(clock: str, stages=None) -> pd.Series:
         rows = errors[clock]
@@ -254,9 +259,10 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
         print(f"\n== {profile.name} ({profile.clock}); overheads: {profile.overheads}")
         if impl != "engine-graphs":
             print("held-out interpolation error (%):")
-            print(heldout_summary(directory, impl).to_string(float_format=fmt))
+            errors = heldout_by_clock(directory, impl)  # both tables below read them
+            print(heldout_summary(directory, impl, errors).to_string(float_format=fmt))
             print("held-out error against the points' own noise (%, stages pooled as in `all`):")
-            print(noise_summary(directory, impl).to_string(float_format=fmt))
+            print(noise_summary(directory, impl, errors).to_string(float_format=fmt))
             print("measured vs roofline floor (one layer):")
             print(roofline(directory, model, hardware_spec(directory), impl).to_string(index=False, float_format=fmt))
             layers = layer_checks(directory, model, impl)
