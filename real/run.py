@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from policies import Policy, Request, SchedulerState
+from policies import Granularity, Policy, Request, SchedulerState
 from real.engine import Engine
 from real.gcwatch import GCWatch
 from real.kv import KVPool
@@ -49,6 +49,8 @@ class EngineSettings:
     head_stops: bool = field(default=False, compare=False)
     # the host does not wait for a pass's tokens: a next pass reads them on the device (real.pending)
     defer_tokens: bool = field(default=True, compare=False)
+    # an iteration-level policy's pass may also take the urgent stream, beside the pass still on the device
+    pass_overlap: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -59,7 +61,7 @@ class EngineSettings:
             raise ValueError(f"engine.pool_prewarm_gib must be >= 0, got {self.pool_prewarm_gib}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
-        for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens"):
+        for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -110,6 +112,19 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
         prewarm_pools(engine.device, settings.pool_prewarm_gib, streams)
     _built.append(_Built(settings, max_len, max_batch, engine))
     return engine
+
+
+def lane_for(policy: Policy, settings: EngineSettings) -> bool:
+    """Whether the batches `policy` starts may take an urgent stream (real.lanes). The lane lets a batch
+    started at a layer boundary go ahead of the one layer the device still holds: a preemption. An
+    iteration-level policy starts a batch only at a pass's end, when the device still holds that whole pass,
+    so on the urgent stream the new pass runs beside it: two batches on the GPU at once, which neither the
+    policy (one running batch) nor the simulator models. On the H200 (session 10, deferred tokens) fcfs ran
+    1.7-7.9 s of a run's prefill passes beside its decode passes that way, and qllm none; `pass_overlap`
+    allows it, to measure what it is worth."""
+    if not settings.priority_stream:
+        return False
+    return policy.granularity >= Granularity.LAYER or settings.pass_overlap
 
 
 def prewarm_pools(device: torch.device, gib: float, streams) -> None:
@@ -168,7 +183,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     timeline = DeviceTimeline(engine.device, depth=spec.engine.run_ahead)
     on_cuda = engine.device.type == "cuda"
     lane = PriorityLane(urgent_streams(engine.device) if on_cuda and spec.engine.priority_stream else (),
-                        enabled=spec.engine.priority_stream)
+                        enabled=lane_for(spec.policy, spec.engine))
     server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size),
                           timeline=timeline, lane=lane, stage_stops=spec.engine.stage_stops,
                           head_stops=spec.engine.head_stops, defer_tokens=spec.engine.defer_tokens)
@@ -194,7 +209,8 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults,
                       "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead,
-                      "priority_stream": spec.engine.priority_stream, "urgent_batches": len(lane.claims),
+                      "priority_stream": spec.engine.priority_stream, "lane": lane.enabled,
+                      "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib,

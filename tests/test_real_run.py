@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from policies import QLLM  # noqa: E402
+from policies import FCFS, QLLM, Granularity  # noqa: E402
 from real import run as real_run  # noqa: E402
 from real.engine import Engine  # noqa: E402
 from real.gcwatch import GCWatch  # noqa: E402
@@ -72,10 +72,23 @@ def test_a_too_short_kv_slot_is_an_error(tmp_path):
         real_run.EngineSettings(pool_prewarm_gib=-1.0)
 
 
+@pytest.mark.parametrize("policy, settings, lane", [
+    (FCFS(), {}, False),  # a pass starts when the last one is issued: no layer to preempt, no second batch beside it
+    (FCFS(), {"pass_overlap": True}, True),
+    (QLLM(), {}, True),
+    (QLLM(granularity=Granularity.EXPERT), {}, True),
+    (QLLM(), {"priority_stream": False}, False),
+    (FCFS(), {"priority_stream": False, "pass_overlap": True}, False),
+])
+def test_only_preempting_policies_take_the_urgent_stream_unless_passes_may_overlap(policy, settings, lane):
+    assert real_run.lane_for(policy, real_run.EngineSettings(**settings)) is lane
+
+
 def test_a_multirun_varying_only_how_the_server_drives_the_engine_reuses_it():
     settings = real_run.EngineSettings(num_slots=4)
     engine = real_run.build_engine(settings, 128, 4)
-    for server_only in ({"defer_tokens": False}, {"head_stops": True}, {"stage_stops": False}, {"run_ahead": 2}):
+    for server_only in ({"defer_tokens": False}, {"head_stops": True}, {"stage_stops": False}, {"run_ahead": 2},
+                        {"pass_overlap": True}):
         assert real_run.build_engine(real_run.EngineSettings(num_slots=4, **server_only), 128, 4) is engine
     assert real_run.build_engine(real_run.EngineSettings(num_slots=5), 128, 4) is not engine
     real_run.release_engine()
