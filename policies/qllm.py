@@ -31,6 +31,10 @@ class QLLM:
     `max_batch_size` requests decode, as fcfs does: Algorithm 1 admits them only when no decode waits or
     as the fill of an LS prefill batch, so decode batches shrink as requests finish (H200, 28 req/s: 26.4
     sequences per decode layer against fcfs's 29.6, 12% more decode layers, 4% fewer tokens/s).
+    `room_min_fill` holds them back until they fill at least that share of the room (max_batch_size minus
+    the requests decoding): a prefill pass ahead of the decodes delays every LS decode by its length, which
+    pays off only for a sizeable refill (at a third, LS turnaround at low load stays Algorithm 1's, and the
+    throughput near and above saturation fcfs's; BENCHMARKS.md, round 8).
     """
 
     max_batch_size: int = 32
@@ -41,6 +45,7 @@ class QLLM:
     ls_catch_up_layers: int = 0
     ls_kv_reserve: float = 0.0
     be_prefill_room: bool = False
+    room_min_fill: float = 0.0
 
     def __post_init__(self) -> None:
         self.granularity = Granularity.parse(self.granularity)
@@ -50,6 +55,8 @@ class QLLM:
             raise ValueError(f"fill_max_tokens must be >= 1 or null, got {self.fill_max_tokens}")
         if self.ls_catch_up_layers < 0:
             raise ValueError(f"ls_catch_up_layers must be >= 0, got {self.ls_catch_up_layers}")
+        if not 0.0 <= self.room_min_fill <= 1.0:
+            raise ValueError(f"room_min_fill must be in [0, 1], got {self.room_min_fill}")
         if not 0.0 <= self.ls_kv_reserve < 1.0:
             raise ValueError(f"ls_kv_reserve must be in [0, 1), got {self.ls_kv_reserve}")
 
@@ -99,7 +106,7 @@ class QLLM:
             return tuple(ls_prefill + fill)
         if self.be_prefill_room and view.num_decoding < size:
             newcomers = admit_fifo(q.be_prefill, size - view.num_decoding, be_free_kv)
-            if newcomers:
+            if newcomers and len(newcomers) >= self.room_min_fill * (size - view.num_decoding):
                 return tuple(newcomers)
         if q.ls_decode:
             ls_decode = q.ls_decode.head(size)

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from sim.cli import CONF_DIR
+from policies import Policy
 from sim.compose import compose_spec
 from sim.plan import CostModel
 from sim.profile.select import build_profile
@@ -27,12 +33,16 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     """The simulator on the real run's trace, policy, batch size and KV slots (`policy`, `extra`: another
     policy, further Hydra overrides, to ask what it would have done on the same trace: sim.tracecmp)."""
     summary = json.loads((run_dir / "summary.json").read_text())["run"]
+    saved = None if policy else saved_policy(run_dir)
     policy = policy or summary["policy"]
-    overrides = [f"policy={policy}", f"hardware={hardware}", f"model={model}",
+    group = policy if saved is None or (Path(CONF_DIR) / "policy" / f"{policy}.yaml").exists() else "fcfs"
+    overrides = [f"policy={group}", f"hardware={hardware}", f"model={model}",
                  f"seed={summary['seed']}", "progress=false", *extra]
     if summary.get("graphs") and hardware.endswith("-measured"):  # the profile of the engine as it ran
         overrides.append("hardware.profile.impl=engine-graphs")
     spec = compose_spec(overrides)
+    if saved is not None:
+        spec = replace(spec, policy=saved)
     requests = to_requests(read_trace(run_dir / "trace.csv"))
     for request in requests:
         request.kv_unit_tokens = summary["kv_slot_tokens"]
@@ -41,6 +51,16 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     outcome = simulate(requests, spec.policy, costs, summary["num_slots"] * summary["kv_slot_tokens"],
                        spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)))
     return requests_table(outcome.requests, "sim", policy, summary["rate"], summary["seed"])
+
+
+def saved_policy(run_dir: Path) -> Policy | None:
+    """The policy exactly as the run built it, from its saved config (.hydra/config.yaml): a policy group's
+    defaults may have changed since (qllm's `be_prefill_room`, off before session 11) or the group be gone
+    (qllm_room); None without a saved config."""
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.exists():
+        return None
+    return instantiate(OmegaConf.to_container(OmegaConf.load(path), resolve=True)["policy"])
 
 
 def compare(real: pd.DataFrame, sim: pd.DataFrame, slo_s: float = 3.0) -> dict[str, float]:

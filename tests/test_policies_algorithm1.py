@@ -69,6 +69,28 @@ def test_be_prefill_room_respects_the_kv_budget():
     assert ids(decision) == [200, 201]  # 15 KV tokens each (10 prompt + 5 output): two fit
 
 
+ROOM_MIN_FILL = [
+    # (name, queue sizes (LP, LD, BP, BD), free KV tokens, expected ids) with room_min_fill=0.75, B=4
+    ("min fill: two of a room of two", (0, 1, 3, 1), 10_000, [200, 201]),
+    ("min fill: one of a room of two waits, the decodes run", (0, 1, 1, 1), 10_000, [100, 300]),
+    ("min fill: three of a room of three", (0, 1, 3, 0), 10_000, [200, 201, 202]),
+    ("min fill: the KV budget admits one of three, the decodes run", (0, 1, 3, 0), 15, [100]),
+    ("min fill: nothing decodes, Algorithm 1's step 5 admits them all the same", (0, 0, 1, 0), 10_000, [200]),
+]
+
+
+@pytest.mark.parametrize("name,sizes,kv,expected", ROOM_MIN_FILL, ids=[c[0] for c in ROOM_MIN_FILL])
+def test_room_min_fill_holds_be_prefills_back_until_they_refill_that_share_of_the_room(name, sizes, kv, expected):
+    policy = QLLM(max_batch_size=B, be_prefill_room=True, room_min_fill=0.75)
+    assert ids(policy.schedule(state_with(*sizes, kv=kv).view(0.0))) == expected
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5])
+def test_room_min_fill_outside_0_1_is_rejected(bad):
+    with pytest.raises(ValueError, match="room_min_fill"):
+        QLLM(room_min_fill=bad)
+
+
 def test_6_nothing_to_do():
     assert QLLM().schedule(state_with().view(0.0)) == CONTINUE
 

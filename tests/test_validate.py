@@ -8,7 +8,10 @@ import json
 import pandas as pd
 import pytest
 
-from sim.validate import compare, paired_pct, simulate_like
+import sim.validate
+from policies import QLLM
+from sim.simulate import simulate
+from sim.validate import compare, paired_pct, saved_policy, simulate_like
 from sim.workload import WorkloadConfig, generate_trace, write_trace
 
 
@@ -25,6 +28,38 @@ def test_a_run_the_simulator_made_validates_exactly(tmp_path):
     assert len(errors) == 9 and all(v == pytest.approx(0.0) for v in errors.values())
     assert row["LS ttft paired %"] == pytest.approx(0.0) and row["BE ttft paired %"] == pytest.approx(0.0)
     assert (made.generated_tokens == 8).all()
+
+
+SAVED = """policy:
+  _target_: policies.QLLM
+  max_batch_size: ${max_batch_size}
+  granularity: layer
+  fill_ls_prefill: true
+max_batch_size: 16
+"""
+
+
+def test_a_run_is_simulated_with_the_policy_it_saved_not_its_groups_defaults_now(tmp_path, monkeypatch):
+    """A run from before qllm's group turned `be_prefill_room` on, under a group name since removed."""
+    trace = generate_trace(WorkloadConfig(rate=3.0, num_requests=40, output_mode="fixed", fixed_output_tokens=8), 3)
+    write_trace(trace, tmp_path / "trace.csv")
+    slot = int((trace.prompt_tokens + trace.output_tokens).max())
+    run = {"policy": "qllm_gone", "rate": 3.0, "seed": 3, "num_slots": 40, "kv_slot_tokens": slot}
+    (tmp_path / "summary.json").write_text(json.dumps({"run": run}))
+    assert saved_policy(tmp_path) is None  # no saved config: the group by name
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text(SAVED)
+    assert saved_policy(tmp_path) == QLLM(max_batch_size=16, be_prefill_room=False)
+    used = []
+
+    def spy(requests, policy, *args, **kwargs):
+        used.append(policy)
+        return simulate(requests, policy, *args, **kwargs)
+    monkeypatch.setattr(sim.validate, "simulate", spy)
+    table = simulate_like(tmp_path, "h200", "mixtral-8x7b")
+    assert set(table.policy) == {"qllm_gone"} and len(table) == 40 and (table.generated_tokens == 8).all()
+    simulate_like(tmp_path, "h200", "mixtral-8x7b", policy="qllm")  # another policy asked for: the group now
+    assert used[0] == QLLM(max_batch_size=16) and used[1].be_prefill_room and used[1].max_batch_size == 32
 
 
 def test_the_paired_error_compares_each_request_with_itself():
