@@ -2,8 +2,8 @@
 paper's metrics, each policy against a baseline on the same traces, and the preemption reaction time
 (LS arrival -> its first batch starts on the device) in milliseconds and in layer times.
 
-`python -m real.report results/real/h200_round7 [--baseline fcfs] [--out table.csv]`
-`python -m real.report results/real/h200_round7 --reaction`: where each LS request's reaction went (from the step log)."""
+`python -m real.report results/real/h200_round9 [--baseline fcfs] [--out table.csv]`
+`python -m real.report results/real/h200_round9 --reaction`: where each LS request's reaction went (from the step log)."""
 
 from __future__ import annotations
 

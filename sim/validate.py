@@ -1,6 +1,6 @@
 """Sim vs real: replay each real run's own trace through the simulator with the profile of the same
 GPU and compare latency percentiles and throughput.
-`python -m sim.validate results/real/h200_round7 --hardware h200-measured --model mixtral-8x7b`"""
+`python -m sim.validate results/real/h200_round9 --hardware h200-measured --model mixtral-8x7b`"""
 
 from __future__ import annotations
 
