@@ -3,6 +3,7 @@ with every KV slot given back, and the step log and device timeline are consiste
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections import deque
 
@@ -38,6 +39,7 @@ def test_serve_twice_keeps_the_engine_and_logs_every_step(tmp_path):
     assert summary["run"]["kv_slot_tokens"] % 256 == 0 and summary["run"]["graphs"]
     assert summary["run"]["gc"]["collections"] == [0, 0, 0] and gc.isenabled()  # off during the replay only
     assert summary["run"]["allocator"] == {}  # the caching allocator's counts exist on CUDA only
+    assert summary["run"]["lane"] and not summary["run"]["pass_overlap"]  # qllm preempts: it may take the lane
     for t in (first, table):
         assert len(t) == 12 and (t.generated_tokens == 3).all()
         assert (t.arrival_s <= t.scheduled_s).all() and (t.scheduled_s <= t.first_token_s).all()
@@ -82,6 +84,13 @@ def test_a_too_short_kv_slot_is_an_error(tmp_path):
 ])
 def test_only_preempting_policies_take_the_urgent_stream_unless_passes_may_overlap(policy, settings, lane):
     assert real_run.lane_for(policy, real_run.EngineSettings(**settings)) is lane
+
+
+def test_an_fcfs_serve_runs_without_the_lane(tmp_path):
+    fcfs = dataclasses.replace(spec(100.0), policy=FCFS(max_batch_size=4), policy_name="fcfs")
+    table, summary = real_run.serve(fcfs, tmp_path)
+    assert not summary["run"]["lane"] and summary["run"]["urgent_batches"] == 0
+    assert len(table) == 12 and (table.generated_tokens == 3).all()
 
 
 def test_a_multirun_varying_only_how_the_server_drives_the_engine_reuses_it():
