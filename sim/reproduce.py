@@ -63,7 +63,13 @@ def main() -> None:
         requests, runs = load_results(args.results)
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error}") from None
-    ours = claims(metrics_table(requests, runs, args.slo_s), args.baseline, args.policy, args.slo_s)
+    metrics = metrics_table(requests, runs, args.slo_s)
+    shared = set(metrics[metrics.policy == args.baseline].rate) & set(metrics[metrics.policy == args.policy].rate)
+    if not shared:
+        found = ", ".join(sorted(metrics.policy.unique())) or "none"
+        raise SystemExit(f"error: {args.results} has no rate run with both {args.baseline!r} and {args.policy!r} "
+                         f"(policies there: {found})")
+    ours = claims(metrics, args.baseline, args.policy, args.slo_s)
     print(f"| claim | paper | ours ({args.results}) |\n|---|---|---|")
     for name, value in ours.items():
         print(f"| {name} | {PAPER[name]} | {value} |")

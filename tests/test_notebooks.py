@@ -37,3 +37,14 @@ def test_notebook_executes_and_writes_its_figure(notebook, small_sweep, monkeypa
     nb = jupytext.read(notebook)
     nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
     assert (figures / f"{notebook.stem}.png").stat().st_size > 10_000
+
+
+def test_reproduce_tables_the_claims_and_rejects_a_policy_the_sweep_lacks(small_sweep):
+    def reproduce(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "sim.reproduce", str(small_sweep / "results"), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    table = reproduce()
+    assert table.returncode == 0 and table.stdout.count("\n| ") == 9  # nine claims below the header
+    missing = reproduce("--policy", "qllm_lsonly")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert "no rate run with both 'fcfs' and 'qllm_lsonly' (policies there: fcfs, qllm)" in missing.stderr
