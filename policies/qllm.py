@@ -34,7 +34,7 @@ class QLLM:
     `room_min_fill` holds them back until they fill at least that share of the room (max_batch_size minus
     the requests decoding): a prefill pass ahead of the decodes delays every LS decode by its length, which
     pays off only for a sizeable refill (at a third, LS turnaround at low load stays Algorithm 1's, and the
-    throughput near and above saturation fcfs's; BENCHMARKS.md, round 8).
+    throughput near and above saturation fcfs's; BENCHMARKS.md, rounds 8 and 9).
     """
 
     max_batch_size: int = 32

@@ -10,12 +10,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from sim.cli import CONF_DIR
 from policies import Policy
+from sim.cli import CONF_DIR
 from sim.compose import compose_spec
 from sim.plan import CostModel
 from sim.profile.select import build_profile
@@ -35,6 +34,7 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     summary = json.loads((run_dir / "summary.json").read_text())["run"]
     saved = None if policy else saved_policy(run_dir)
     policy = policy or summary["policy"]
+    # a group to compose with; the saved policy replaces what it builds (its own group may be gone)
     group = policy if saved is None or (Path(CONF_DIR) / "policy" / f"{policy}.yaml").exists() else "fcfs"
     overrides = [f"policy={group}", f"hardware={hardware}", f"model={model}",
                  f"seed={summary['seed']}", "progress=false", *extra]

@@ -42,7 +42,7 @@ def test_notebook_executes_and_writes_its_figure(notebook, small_sweep, monkeypa
 def test_reproduce_tables_the_claims_and_rejects_a_policy_the_sweep_lacks(small_sweep):
     def reproduce(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "sim.reproduce", str(small_sweep / "results"), *args],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+                              cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     table = reproduce()
     assert table.returncode == 0 and table.stdout.count("\n| ") == 9  # nine claims below the header
     missing = reproduce("--policy", "qllm_lsonly")
