@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from calibrate.check import model_spec
 from calibrate.serving import (
     collect,
+    decode_rows,
     gaps,
     layer_check,
     layer_residuals,
@@ -164,3 +166,42 @@ def test_padding_charge_is_the_share_of_the_padded_excess_a_layer_paid(measured_
     rows = padding_rows(steps, profile)
     assert rows.event.tolist() == ["padding_charge"] * 2
     assert rows.time_s.tolist() == pytest.approx([expected] * 2)
+
+
+class _DecodeProfile:
+    """A decode layer of 1 us per token of mean context, plus `decode_charge` x 1 us per token by which the
+    longest context exceeds the mean; nothing else costs."""
+
+    overheads = Overheads()
+
+    def attention_s(self, load, decode_charge=None):
+        charge = 1.0 if decode_charge is None else decode_charge
+        mean = load.decode_ctx_tokens / load.num_decode_seqs
+        return 1e-6 * mean + charge * 1e-6 * (load.decode_max_ctx - mean)
+
+    def router_s(self, num_tokens):
+        return 0.0
+
+    def experts_s(self, loads):
+        return np.zeros_like(np.asarray(loads, dtype=float))
+
+
+@pytest.mark.parametrize("paid", [1.0, 0.5, 0.0])
+def test_decode_padding_charge_is_the_share_of_a_decode_groups_padding_a_layer_paid(paid):
+    """Two requests, prompts of 100 and 500 tokens, 11 tokens out, decoding from 0 to 1 s: at 0.5 s their
+    contexts are 106 and 506 (mean 306, longest 506). A whole decode step then whose device time paid `paid`
+    of the 200-token excess gives one row; steps whose batch the requests do not account for give none."""
+    requests = pd.DataFrame({"first_token_s": [0.0, 0.0], "finish_s": [1.0, 1.0], "prompt_tokens": [100, 500],
+                             "output_tokens": [11, 11]})
+    per_layer = 1e-6 * 306 + paid * 1e-6 * 200
+
+    def decode(begin_s, num_seqs=2, longest=506, prefills=0, layers=32):
+        return {"batch_id": 0, "num_seqs": num_seqs, "num_prefill_seqs": prefills, "num_tokens": num_seqs,
+                "longest": longest, "from_layer": 0, "to_layer": layers, "whole": True, "kind": "advance",
+                "begin_s": begin_s, "end_s": begin_s + layers * per_layer}
+    steps = pd.DataFrame([decode(0.5), decode(0.6, num_seqs=3),  # a third sequence the requests lack
+                          decode(0.7, longest=900),  # a longest context they do not give
+                          decode(0.8, prefills=2)])  # not a decode step
+    rows = decode_rows(steps, requests, _DecodeProfile(), model_spec("mixtral-8x7b"))
+    assert rows.event.tolist() == ["decode_padding_charge"]
+    assert rows.time_s.tolist() == pytest.approx([paid], abs=1e-6)

@@ -284,3 +284,29 @@ def test_serving_profile_reads_the_padding_charge_from_its_events(tmp_path):
     pd.concat([events, shares]).to_csv(directory / "events.csv", index=False)
     assert MeasuredProfile(directory, serving=True).padding_charge == pytest.approx(0.8)
     assert MeasuredProfile(directory, serving=False).padding_charge == 1.0
+
+
+@pytest.mark.parametrize(("charge", "expected_ms"), [(1.0, 1.0 + 1e-3 * 4 + 2e-3 * 900),
+                                                   (0.0, 1.0 + 1e-3 * 4 + 2e-3 * 300),
+                                                   (0.5, 1.0 + 1e-3 * 4 + 2e-3 * 600)])
+def test_decode_charge_prices_that_share_of_a_decode_groups_padding(tmp_path, charge, expected_ms):
+    """4 decode sequences of 1,200 context tokens in all, the longest 900: the padded call is the grid at
+    (4, 900), the same sequences at their mean context the grid at (4, 300)."""
+    from sim.profile.measured import _attention, curves
+
+    fitted = curves(pd.read_csv(synthetic(tmp_path) / "stages.csv"), clock="time_s")
+    load = AttentionLoad(num_decode_seqs=4, decode_ctx_tokens=1200, decode_max_ctx=900)
+    assert _attention(fitted, load, padded=True, decode_charge=charge) * 1e3 == pytest.approx(expected_ms, rel=1e-3)
+    unpadded = _attention(fitted, load, padded=False, decode_charge=1.0)  # a variable-length kernel: the mean
+    assert unpadded * 1e3 == pytest.approx(1.0 + 1e-3 * 4 + 2e-3 * 300, rel=1e-3)
+
+
+def test_serving_profile_reads_the_decode_charge_from_its_events(tmp_path):
+    """The median of events' decode_padding_charge rows (clipped to [0, 1]), for the engine and its graphs;
+    a non-serving profile keeps 1."""
+    directory = synthetic(tmp_path, passes=True)
+    events = pd.read_csv(directory / "events.csv")
+    shares = pd.DataFrame({"event": "decode_padding_charge", "repeat": range(3), "time_s": [0.4, 0.5, 1.2]})
+    pd.concat([events, shares]).to_csv(directory / "events.csv", index=False)
+    assert MeasuredProfile(directory, serving=True).decode_padding_charge == pytest.approx(0.5)
+    assert MeasuredProfile(directory, serving=False).decode_padding_charge == 1.0

@@ -178,6 +178,8 @@ class MeasuredProfile:
     # share of a padded prefill attention call's excess over its packed equivalent that the device pays
     # (events' padding_charge, from serving runs: calibrate.serving); 1 = the padded grid call as measured
     padding_charge: float = field(init=False, default=1.0)
+    # the same for a decode group's attention, priced at its longest context (events' decode_padding_charge)
+    decode_padding_charge: float = field(init=False, default=1.0)
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -214,18 +216,23 @@ class MeasuredProfile:
             self._stage_s = self.overheads.stage_s
         if self.serving and self.impl == "engine" and self.clock == "pipelined":  # server's stepped layers
             self.server_layer = _event_quantiles(self.directory, "server_layer")
-            self.padding_charge = min(max(_event_costs(self.directory).get("padding_charge", 1.0), 0.0), 1.0)
+            self.padding_charge = _event_share(self.directory, "padding_charge")
+        if self.serving and self.impl in SERVED:
+            self.decode_padding_charge = _event_share(self.directory, "decode_padding_charge")
 
     @property
     def name(self) -> str:
         suffix = "" if self.impl == "engine" else f"-{self.impl}"
         return f"measured/{self.directory.parent.name}/{self.directory.name}{suffix}"
 
-    def attention_s(self, load: AttentionLoad) -> float:
+    def attention_s(self, load: AttentionLoad, decode_charge: float | None = None) -> float:
+        """`decode_charge`: the share of a padded decode group's excess to charge; None = the profile's."""
         if self._stepped is not None and load.num_prefill_seqs:
             return self._stepped.attention_s(load)
         if self._graph_fix is not None and load.num_decode_seqs:
-            return max(_attention(self.curves, load, True) + self._graph_fix(load.num_decode_seqs), 0.0)
+            charge = self.decode_padding_charge if decode_charge is None else decode_charge
+            call = _attention(self.curves, load, True, decode_charge=charge)
+            return max(call + self._graph_fix(load.num_decode_seqs), 0.0)
         share = self.projection_share
         padded = self.impl in SERVED
         if self.clock != "pipelined":
@@ -256,7 +263,7 @@ class MeasuredProfile:
             host_path = (_attention(host, load, padded, share) + host["router"](tokens)
                          + host["experts_layer"](tokens) + 2 * self._stage_s)
         charge = self.padding_charge if padding_charge is None else padding_charge
-        gpu_path = (_attention(gpu, load, padded, share, charge) + gpu["router"](tokens)
+        gpu_path = (_attention(gpu, load, padded, share, charge, self.decode_padding_charge) + gpu["router"](tokens)
                     + gpu["experts_layer"](tokens))
         return host_path, gpu_path
 
@@ -286,7 +293,7 @@ class MeasuredProfile:
 
 
 def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = False,
-               projection_share: float = 0.0, padding_charge: float = 1.0) -> float:
+               projection_share: float = 0.0, padding_charge: float = 1.0, decode_charge: float = 1.0) -> float:
     """`padded` (the real engine): a group of sequences is attended as one [B, Q, K] call, Q and K being
     the group's longest (the grids were measured with equal lengths, so curve(B, longest) is the padded
     call). The stage's q/k/v/o projections, though, run on the packed tokens: with `projection_share`
@@ -296,11 +303,18 @@ def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = Fal
     linear and the quadratic work), as a variable-length kernel (TGI's, the paper's baseline) does.
     `padding_charge` < 1 charges only that share of the padded call's excess over the same sequences at
     their mean length (the engine's stepped prefill layers cost less than the equal-length grid says,
-    the more so the more padding: H200 round 6, composed / measured 0.99 at 1-1.2x padding, 1.06 at 3-5x)."""
+    the more so the more padding: H200 round 6, composed / measured 0.99 at 1-1.2x padding, 1.06 at 3-5x).
+    `decode_charge` does the same for a padded decode group, priced at its longest context (H200, fcfs's full
+    decode batches: a longest context of about 930 tokens against a mean of 258, and the layer 1.8-2.6% under
+    the fully charged price)."""
     total = 0.0
     if load.num_decode_seqs:
-        context = (padded and load.decode_max_ctx) or load.decode_ctx_tokens / load.num_decode_seqs
-        total += curves["attention_decode"](load.num_decode_seqs, context)
+        mean = load.decode_ctx_tokens / load.num_decode_seqs
+        call = curves["attention_decode"](load.num_decode_seqs, (padded and load.decode_max_ctx) or mean)
+        if padded and load.decode_max_ctx and decode_charge < 1.0:
+            packed = curves["attention_decode"](load.num_decode_seqs, mean)
+            call = min(call, packed + decode_charge * max(call - packed, 0.0))
+        total += call
     if load.num_prefill_seqs:
         if padded and load.prefill_max_tokens:
             call = curves["attention_prefill"](load.num_prefill_seqs, load.prefill_max_tokens)
@@ -383,6 +397,16 @@ def _event_quantiles(directory: Path, event: str, n: int = 20) -> tuple[float, .
     table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
     times = table[table.event == event].time_s.to_numpy()
     return tuple(np.quantile(times, (np.arange(n) + 0.5) / n)) if len(times) else ()
+
+
+def _event_share(directory: Path, event: str) -> float:
+    """The median of an event's rows clipped to [0, 1], 1 without rows: a share of a price to charge, which
+    unlike a cost (`_event_costs`) must not fall to 0 where its rows scatter."""
+    if not (directory / "events.csv").exists():
+        return 1.0
+    table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
+    rows = table[table.event == event].time_s
+    return float(min(max(rows.median(), 0.0), 1.0)) if len(rows) else 1.0
 
 
 def _event_costs(directory: Path) -> dict[str, float]:
