@@ -276,16 +276,6 @@ def test_padding_charge_prices_that_share_of_the_padded_attention_excess(tmp_pat
     assert _attention(fitted, load, padded=True, padding_charge=charge) * 1e3 == pytest.approx(expected_ms, rel=1e-3)
 
 
-def test_serving_profile_reads_the_padding_charge_from_its_events(tmp_path):
-    """The median of events' padding_charge rows (clipped to [0, 1]); a non-serving profile keeps 1."""
-    directory = synthetic(tmp_path, passes=True)
-    events = pd.read_csv(directory / "events.csv")
-    shares = pd.DataFrame({"event": "padding_charge", "repeat": range(3), "time_s": [0.7, 0.8, 1.4]})
-    pd.concat([events, shares]).to_csv(directory / "events.csv", index=False)
-    assert MeasuredProfile(directory, serving=True).padding_charge == pytest.approx(0.8)
-    assert MeasuredProfile(directory, serving=False).padding_charge == 1.0
-
-
 @pytest.mark.parametrize(("charge", "expected_ms"), [(1.0, 1.0 + 1e-3 * 4 + 2e-3 * 900),
                                                    (0.0, 1.0 + 1e-3 * 4 + 2e-3 * 300),
                                                    (0.5, 1.0 + 1e-3 * 4 + 2e-3 * 600)])
@@ -301,12 +291,16 @@ def test_decode_charge_prices_that_share_of_a_decode_groups_padding(tmp_path, ch
     assert unpadded * 1e3 == pytest.approx(1.0 + 1e-3 * 4 + 2e-3 * 300, rel=1e-3)
 
 
-def test_serving_profile_reads_the_decode_charge_from_its_events(tmp_path):
-    """The median of events' decode_padding_charge rows (clipped to [0, 1]), for the engine and its graphs;
-    a non-serving profile keeps 1."""
+@pytest.mark.parametrize(("event", "rows", "expected"), [
+    ("padding_charge", [0.7, 0.8, 1.4], 0.8),
+    ("decode_padding_charge", [0.4, 0.5, 1.2], 0.5),  # a median within its rows' noise still counts
+    ("decode_padding_charge", [1.3, 1.5, 2.0], 1.0),  # clipped to [0, 1]
+])
+def test_serving_profile_reads_each_padding_charge_from_its_events(tmp_path, event, rows, expected):
+    """The median of the event's rows, clipped to [0, 1]; a non-serving profile keeps 1."""
     directory = synthetic(tmp_path, passes=True)
     events = pd.read_csv(directory / "events.csv")
-    shares = pd.DataFrame({"event": "decode_padding_charge", "repeat": range(3), "time_s": [0.4, 0.5, 1.2]})
+    shares = pd.DataFrame({"event": event, "repeat": range(len(rows)), "time_s": rows})
     pd.concat([events, shares]).to_csv(directory / "events.csv", index=False)
-    assert MeasuredProfile(directory, serving=True).decode_padding_charge == pytest.approx(0.5)
-    assert MeasuredProfile(directory, serving=False).decode_padding_charge == 1.0
+    assert getattr(MeasuredProfile(directory, serving=True), event) == pytest.approx(expected)
+    assert getattr(MeasuredProfile(directory, serving=False), event) == 1.0
