@@ -14,7 +14,7 @@ with device timestamps (steps.parquet); this module turns the idle gaps into row
 events.csv, which `sim.profile.measured` charges as the iteration, pause and merge overheads.
 
     python -m calibrate serving RUN_DIR [RUN_DIR ...] --profile calibrate/profiles/h200/mixtral-8x7b-bf16
-    python -m calibrate serving RUN_DIR ... --profile ... --check   # prefill layers: simulator vs engine
+    python -m calibrate serving RUN_DIR ... --profile ... --check   # prefill and decode layers: simulator vs engine
 
 Calibrate on some runs and validate (`python -m sim.validate`) on others, so the check is not circular.
 """
@@ -228,13 +228,44 @@ def check_report(run_dirs: list[Path], directory: Path) -> pd.DataFrame:
                                                   composed_over_measured=("ratio", "median"))
 
 
+DECODE_BINS = [0, 8, 16, 24, 32, 64, 1 << 20]
+
+
+def decode_check_report(run_dirs: list[Path], directory: Path) -> pd.DataFrame:
+    """Median composed / measured graph-replayed decode layer by batch size over the runs (`decode_loads`:
+    the layers whose contexts the requests table gives), with the profile's decode padding charge."""
+    model = profile_model(directory)
+    graphs = MeasuredProfile(directory, top_k=model.top_k, impl="engine-graphs", serving=True,
+                             projection_share=stepped_profile(directory).projection_share)
+    rows = []
+    for run in run_dirs:
+        if not (run / "requests.parquet").exists():
+            continue
+        steps = pd.read_parquet(run / "steps.parquet")
+        if "num_prefill_seqs" not in steps:
+            continue
+        for load, per_layer_s in decode_loads(steps, pd.read_parquet(run / "requests.parquet")):
+            rows.append({"seqs": load.num_decode_seqs, "mean_context": load.decode_ctx_tokens / load.num_decode_seqs,
+                         "longest": load.decode_max_ctx, "measured_ms": 1e3 * per_layer_s,
+                         "composed_ms": 1e3 * layer_s(graphs, model, load)})
+    table = pd.DataFrame(rows, columns=["seqs", "mean_context", "longest", "measured_ms", "composed_ms"])
+    if table.empty:
+        return table
+    table["ratio"] = table.composed_ms / table.measured_ms
+    return table.groupby(pd.cut(table.seqs, DECODE_BINS), observed=True).agg(
+        layers=("ratio", "size"), mean_context=("mean_context", "median"), longest=("longest", "median"),
+        measured_ms=("measured_ms", "median"), composed_ms=("composed_ms", "median"),
+        composed_over_measured=("ratio", "median"))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m calibrate serving", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="real.run output folders (with steps.parquet), or parents")
     parser.add_argument("--profile", type=Path, required=True, help="profile folder whose events.csv gets the rows")
     parser.add_argument("--check", action="store_true",
-                        help="write nothing: print the simulator's stepped prefill layers against the runs'")
+                        help="write nothing: print the simulator's stepped prefill and replayed decode layers "
+                             "against the runs'")
     args = parser.parse_args(argv)
     run_dirs = sorted({p.parent for r in args.runs for p in r.rglob("steps.parquet")})
     if not run_dirs:
@@ -244,6 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.check:
         print(f"{len(run_dirs)} runs, profile {args.profile}: stepped prefill layers (medians by tokens)")
         print(check_report(run_dirs, args.profile).round(3).to_string())
+        decode = decode_check_report(run_dirs, args.profile)
+        if not decode.empty:
+            print("graph-replayed decode layers whose contexts the requests give (medians by batch size)")
+            print(decode.round(3).to_string())
         return
     rows = collect(run_dirs, stepped_profile(args.profile))
     write_events(args.profile, rows)

@@ -11,6 +11,7 @@ import pytest
 from calibrate.check import model_spec
 from calibrate.serving import (
     collect,
+    decode_check_report,
     decode_rows,
     gaps,
     layer_check,
@@ -205,3 +206,31 @@ def test_decode_padding_charge_is_the_share_of_a_decode_groups_padding_a_layer_p
     rows = decode_rows(steps, requests, _DecodeProfile(), model_spec("mixtral-8x7b"))
     assert rows.event.tolist() == ["decode_padding_charge"]
     assert rows.time_s.tolist() == pytest.approx([paid], abs=1e-6)
+
+
+def test_decode_check_prices_each_decode_layer_the_requests_account_for(tmp_path):
+    """With the committed H200 profile: one run whose one decode step has its batch in the requests table gives
+    one layer in the table; a run without a requests table gives none."""
+    from pathlib import Path
+
+    from sim.profile.base import AttentionLoad
+    from sim.profile.derive import layer_s
+    from sim.profile.measured import MeasuredProfile
+
+    profile = Path(__file__).resolve().parents[1] / "calibrate/profiles/h200/mixtral-8x7b-bf16"
+    run, bare = tmp_path / "run", tmp_path / "bare"
+    for folder in (run, bare):
+        folder.mkdir()
+        pd.DataFrame([{"batch_id": 0, "num_seqs": 2, "num_prefill_seqs": 0, "num_tokens": 2, "longest": 506,
+                       "from_layer": 0, "to_layer": 32, "whole": True, "kind": "advance", "begin_s": 0.5,
+                       "end_s": 0.5 + 32e-3}]).to_parquet(folder / "steps.parquet")
+    pd.DataFrame({"first_token_s": [0.0, 0.0], "finish_s": [1.0, 1.0], "prompt_tokens": [100, 500],
+                  "output_tokens": [11, 11]}).to_parquet(run / "requests.parquet")
+    assert decode_check_report([bare], profile).empty
+    table = decode_check_report([run, bare], profile)
+    model = model_spec("mixtral-8x7b")
+    graphs = MeasuredProfile(profile, top_k=model.top_k, impl="engine-graphs", serving=True,
+                             projection_share=model.attention_params / model.expert_params)
+    composed = 1e3 * layer_s(graphs, model, AttentionLoad(num_decode_seqs=2, decode_ctx_tokens=612, decode_max_ctx=506))
+    assert table.layers.tolist() == [1] and table.measured_ms.tolist() == pytest.approx([1.0])
+    assert table.composed_over_measured.tolist() == pytest.approx([composed])
