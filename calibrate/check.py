@@ -36,12 +36,13 @@ def profile_model(directory: Path) -> ModelSpec:
     return model_spec(Path(directory).name.rsplit("-", 1)[0])
 
 
-def stepped_profile(directory: Path, serving: bool = False, model: ModelSpec | None = None) -> MeasuredProfile:
-    """The profile's stepped engine as the simulator builds it (`model`: default, the folder's); with
-    `serving`, also the server costs already in events.csv (calibrate.serving measures its residuals
-    without them)."""
+def stepped_profile(directory: Path, serving: bool = False, model: ModelSpec | None = None,
+                    impl: str = "engine") -> MeasuredProfile:
+    """The profile's stepped engine (`impl="engine-graphs"`: with its decode layers replayed as graphs) as the
+    simulator builds it (`model`: default, the folder's); with `serving`, also the server costs already in
+    events.csv (calibrate.serving measures its residuals without them)."""
     model = model or profile_model(directory)
-    return MeasuredProfile(directory, top_k=model.top_k, impl="engine", serving=serving,
+    return MeasuredProfile(directory, top_k=model.top_k, impl=impl, serving=serving,
                            projection_share=model.attention_params / model.expert_params)
 
 
@@ -84,13 +85,13 @@ def noise_summary(directory: Path, impl: str, errors: dict[str, pd.DataFrame] | 
     standard error of the point's time). Where the noise is as large as the error, the target measures the
     host, not the interpolation. `errors`: `heldout_by_clock`'s, where the caller has them already."""
     rows = {}
-    for clock, errors in (errors or heldout_by_clock(directory, impl)).items():
-        errors = errors[~errors.stage.isin(NOT_INTERPOLATED)]
+    for clock, table in (errors or heldout_by_clock(directory, impl)).items():
+        points = table[~table.stage.isin(NOT_INTERPOLATED)]
         rows[clock.removesuffix("_s")] = {
-            "error median": errors.error_pct.median(), "error max": errors.error_pct.max(),
-            "points > 10%": int((errors.error_pct > 10).sum()), "noise median": errors.noise_pct.median(),
-            "noise max": errors.noise_pct.max(), "points with noise > 5%": int((errors.noise_pct > 5).sum()),
-            "points": len(errors)}
+            "error median": points.error_pct.median(), "error max": points.error_pct.max(),
+            "points > 10%": int((points.error_pct > 10).sum()), "noise median": points.noise_pct.median(),
+            "noise max": points.noise_pct.max(), "points with noise > 5%": int((points.noise_pct > 5).sum()),
+            "points": len(points)}
     return pd.DataFrame(rows).T
 
 

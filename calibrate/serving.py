@@ -167,26 +167,29 @@ def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
         server_layer = pd.concat(residuals).time_s if residuals else pd.Series(dtype=float)
         host_extra = float(server_layer.median()) if len(server_layer) else 0.0
         parts += residuals + [padding_rows(log, profile, host_extra) for log in logs if "level" in log]
-        parts += decode_parts(run_dirs, profile)
+        parts += decode_parts(run_dirs, profile.directory)
     table = pd.concat(parts, ignore_index=True)
     table["repeat"] = table.groupby("event").cumcount()
     return table[["event", "repeat", "time_s"]]
 
 
-def decode_parts(run_dirs: list[Path], profile: MeasuredProfile) -> list[pd.DataFrame]:
-    """`decode_rows` of the runs that replayed decode graphs (summary.json) and logged prefills apart."""
-    model = profile_model(profile.directory)
-    graphs = MeasuredProfile(profile.directory, top_k=model.top_k, impl="engine-graphs", serving=False,
-                             projection_share=profile.projection_share)
-    parts = []
+def graph_decode_logs(run_dirs: list[Path]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """(step log, requests table) of each run that replayed decode graphs (summary.json) and logged its
+    prefill sequences apart: what `decode_loads` reads."""
     for run in run_dirs:
-        summary = run / "summary.json"
-        if not (summary.exists() and json.loads(summary.read_text())["run"].get("graphs")):
+        summary, requests = run / "summary.json", run / "requests.parquet"
+        if not (summary.exists() and requests.exists() and json.loads(summary.read_text())["run"].get("graphs")):
             continue
         steps = pd.read_parquet(run / "steps.parquet")
-        if "num_prefill_seqs" in steps and (run / "requests.parquet").exists():
-            parts.append(decode_rows(steps, pd.read_parquet(run / "requests.parquet"), graphs, model))
-    return parts
+        if "num_prefill_seqs" in steps:
+            yield steps, pd.read_parquet(requests)
+
+
+def decode_parts(run_dirs: list[Path], directory: Path) -> list[pd.DataFrame]:
+    """`decode_rows` of `graph_decode_logs`, against the profile's graph-replayed layers (no charge yet)."""
+    model = profile_model(directory)
+    graphs = stepped_profile(directory, model=model, impl="engine-graphs")
+    return [decode_rows(steps, requests, graphs, model) for steps, requests in graph_decode_logs(run_dirs)]
 
 
 def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
@@ -235,19 +238,11 @@ def decode_check_report(run_dirs: list[Path], directory: Path) -> pd.DataFrame:
     """Median composed / measured graph-replayed decode layer by batch size over the runs (`decode_loads`:
     the layers whose contexts the requests table gives), with the profile's decode padding charge."""
     model = profile_model(directory)
-    graphs = MeasuredProfile(directory, top_k=model.top_k, impl="engine-graphs", serving=True,
-                             projection_share=stepped_profile(directory).projection_share)
-    rows = []
-    for run in run_dirs:
-        if not (run / "requests.parquet").exists():
-            continue
-        steps = pd.read_parquet(run / "steps.parquet")
-        if "num_prefill_seqs" not in steps:
-            continue
-        for load, per_layer_s in decode_loads(steps, pd.read_parquet(run / "requests.parquet")):
-            rows.append({"seqs": load.num_decode_seqs, "mean_context": load.decode_ctx_tokens / load.num_decode_seqs,
-                         "longest": load.decode_max_ctx, "measured_ms": 1e3 * per_layer_s,
-                         "composed_ms": 1e3 * layer_s(graphs, model, load)})
+    graphs = stepped_profile(directory, serving=True, model=model, impl="engine-graphs")
+    rows = [{"seqs": load.num_decode_seqs, "mean_context": load.decode_ctx_tokens / load.num_decode_seqs,
+             "longest": load.decode_max_ctx, "measured_ms": 1e3 * per_layer_s,
+             "composed_ms": 1e3 * layer_s(graphs, model, load)}
+            for steps, requests in graph_decode_logs(run_dirs) for load, per_layer_s in decode_loads(steps, requests)]
     table = pd.DataFrame(rows, columns=["seqs", "mean_context", "longest", "measured_ms", "composed_ms"])
     if table.empty:
         return table

@@ -209,8 +209,8 @@ def test_decode_padding_charge_is_the_share_of_a_decode_groups_padding_a_layer_p
 
 
 def test_decode_check_prices_each_decode_layer_the_requests_account_for(tmp_path):
-    """With the committed H200 profile: one run whose one decode step has its batch in the requests table gives
-    one layer in the table; a run without a requests table gives none."""
+    """With the committed H200 profile: one run (graphs replayed) whose one decode step has its batch in the
+    requests table gives one layer in the table; a run without a requests table gives none."""
     from pathlib import Path
 
     from sim.profile.base import AttentionLoad
@@ -224,6 +224,7 @@ def test_decode_check_prices_each_decode_layer_the_requests_account_for(tmp_path
         pd.DataFrame([{"batch_id": 0, "num_seqs": 2, "num_prefill_seqs": 0, "num_tokens": 2, "longest": 506,
                        "from_layer": 0, "to_layer": 32, "whole": True, "kind": "advance", "begin_s": 0.5,
                        "end_s": 0.5 + 32e-3}]).to_parquet(folder / "steps.parquet")
+        (folder / "summary.json").write_text('{"run": {"graphs": true}}')  # decode layers replayed as graphs
     pd.DataFrame({"first_token_s": [0.0, 0.0], "finish_s": [1.0, 1.0], "prompt_tokens": [100, 500],
                   "output_tokens": [11, 11]}).to_parquet(run / "requests.parquet")
     assert decode_check_report([bare], profile).empty

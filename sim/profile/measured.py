@@ -228,16 +228,16 @@ class MeasuredProfile:
     def attention_s(self, load: AttentionLoad, decode_charge: float | None = None) -> float:
         """`decode_charge`: the share of a padded decode group's excess to charge; None = the profile's."""
         if self._stepped is not None and load.num_prefill_seqs:
-            return self._stepped.attention_s(load)
+            return self._stepped.attention_s(load, decode_charge)
+        decode = self.decode_padding_charge if decode_charge is None else decode_charge
         if self._graph_fix is not None and load.num_decode_seqs:
-            charge = self.decode_padding_charge if decode_charge is None else decode_charge
-            call = _attention(self.curves, load, True, decode_charge=charge)
+            call = _attention(self.curves, load, True, decode_charge=decode)
             return max(call + self._graph_fix(load.num_decode_seqs), 0.0)
         share = self.projection_share
         padded = self.impl in SERVED
         if self.clock != "pipelined":
-            return _attention(self.curves, load, padded, share)
-        host_path, gpu_path = self.layer_paths(load)
+            return _attention(self.curves, load, padded, share, decode_charge=decode)
+        host_path, gpu_path = self.layer_paths(load, decode_charge=decode)
         tokens = max(load.num_tokens, 1)
         others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
         return self._pipelined(host_path, gpu_path) - others  # >= the attention's own GPU time
@@ -251,9 +251,10 @@ class MeasuredProfile:
             return max(host_path, gpu_path)
         return sum(max(host_path + x, gpu_path) for x in self.server_layer) / len(self.server_layer)
 
-    def layer_paths(self, load: AttentionLoad, padding_charge: float | None = None) -> tuple[float, float]:
+    def layer_paths(self, load: AttentionLoad, padding_charge: float | None = None,
+                    decode_charge: float | None = None) -> tuple[float, float]:
         """Pipelined clock, one stepped layer: (host path, GPU path) in seconds, without the server's
-        own per-layer work (`server_layer`); `padding_charge`: None = the profile's."""
+        own per-layer work (`server_layer`); `padding_charge`, `decode_charge`: None = the profile's."""
         host, gpu = self.clocks["host_s"], self.clocks["gpu_s"]
         share, padded = self.projection_share, self.impl in SERVED
         tokens = max(load.num_tokens, 1)
@@ -263,7 +264,8 @@ class MeasuredProfile:
             host_path = (_attention(host, load, padded, share) + host["router"](tokens)
                          + host["experts_layer"](tokens) + 2 * self._stage_s)
         charge = self.padding_charge if padding_charge is None else padding_charge
-        gpu_path = (_attention(gpu, load, padded, share, charge, self.decode_padding_charge) + gpu["router"](tokens)
+        decode = self.decode_padding_charge if decode_charge is None else decode_charge
+        gpu_path = (_attention(gpu, load, padded, share, charge, decode) + gpu["router"](tokens)
                     + gpu["experts_layer"](tokens))
         return host_path, gpu_path
 
