@@ -6,7 +6,11 @@ LM head it waits for the tokens, books them, asks the policy and builds the next
 (`server_switch`); a merge rebuilds the running batch's layout (`server_merge`). And between the layers
 of a stepped batch the server marks, throttles and loops: where such a layer is host-bound, its device
 time beyond the layer the profile composes is `server_layer` (from prefill batches, whose load the log
-gives). The engine attends a group of sequences as one padded call; `padding_charge` and
+gives). An iteration-level policy's pass is one advance that the host issues without stopping, a pass
+ahead of the GPU (sim.pipeline): its stepped layers' host issue time beyond the profile's host path is
+`pass_layer`, and the host's work from one pass's last layer to the next pass's first is `pass_host`, both
+read on the host clock, since the device times of such a pass hide the part of its issue that overlapped
+the pass before it (which is also why `server_layer` comes from layer-by-layer steps only). The engine attends a group of sequences as one padded call; `padding_charge` and
 `decode_padding_charge` are the shares of that padding's price (prefill; decode, from graph-replayed decode
 layers whose contexts the requests table gives) that the device pays. A batch started on an urgent stream (real.lanes) overlaps the queued layers of the one it
 paused: that switch costs no idle time, and its negative gap counts as zero. `real.run` logs every step
@@ -35,7 +39,8 @@ from sim.profile.base import AttentionLoad
 from sim.profile.derive import layer_s
 from sim.profile.measured import MeasuredProfile
 
-EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer", "padding_charge", "decode_padding_charge")
+EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer", "padding_charge", "decode_padding_charge",
+          "pass_layer", "pass_host", "pass_queue")
 MAX_GAP_S = 0.02  # longer gaps are the server sleeping until the next arrival, not working
 
 
@@ -84,15 +89,52 @@ def prefill_layers(steps: pd.DataFrame) -> Iterator[tuple[AttentionLoad, float]]
         yield load, (step.end_s - step.begin_s) / (step.to_layer - step.from_layer)
 
 
+def whole_passes(steps: pd.DataFrame) -> pd.Series:
+    """Advances that run a pass from its first layer to its last in one step (an iteration-level policy's)."""
+    return (steps.kind == "advance") & (steps.from_layer == 0) & (steps.to_layer == steps.to_layer.max())
+
+
 def layer_residuals(steps: pd.DataFrame, profile) -> pd.DataFrame:
     """`server_layer` rows: for each host-bound stepped prefill layer (`prefill_steps`, the profile's host
-    path at least its GPU path), its device time per layer minus the layer the profile composes. What is
-    left is host work the stage grid cannot see (the server's marks, throttle and loop between layers)."""
+    path at least its GPU path) that the server stepped layer by layer (not `whole_passes`), its device time
+    per layer minus the layer the profile composes. What is left is host work the stage grid cannot see
+    (the server's marks, throttle and loop between layers)."""
     rows = []
-    for load, per_layer_s in prefill_layers(steps):
+    for load, per_layer_s in prefill_layers(steps[~whole_passes(steps)]):
         host, gpu = profile.layer_paths(load)
         if host >= gpu:
             rows.append({"event": "server_layer", "time_s": per_layer_s - host})
+    return pd.DataFrame(rows, columns=["event", "time_s"])
+
+
+def pass_rows(steps: pd.DataFrame, profile) -> pd.DataFrame:
+    """`pass_layer` rows: for each whole stepped prefill pass (`whole_passes`, all its sequences prefills)
+    that is host-bound on the profile, the host's issue time per layer (its advance's issue to its LM
+    head's) minus the profile's host path of the layer. `pass_queue` rows: for such a pass that is
+    GPU-bound, how many of its layers the GPU had still to run when the host had issued the last (the
+    launch queue's depth in stepped layers: the host waits for it). `pass_host` rows: from such a pass's LM head issue to the issue of the next pass when that
+    is a decode pass (so requests were waiting: the host did not sleep), the host's work between passes
+    (LM head, bookkeeping, the policy, the next layout and embedding); the prefill pass leaves the GPU at
+    about the end of its issue, so the host does not wait on the device in that span."""
+    order = steps.reset_index(drop=True)
+    whole = whole_passes(order) & (order.num_prefill_seqs == order.num_seqs)
+    rows = []
+    for i in np.flatnonzero(whole.to_numpy()):
+        step, head = order.iloc[i], order.iloc[i + 1] if i + 1 < len(order) else None
+        if head is None or head.kind != "finish" or head.batch_id != step.batch_id:
+            continue
+        load = AttentionLoad(int(step.num_seqs), int(step.num_tokens), 0, prefill_max_tokens=int(step.longest))
+        layers = step.to_layer - step.from_layer
+        host, gpu = profile.layer_paths(load)
+        if host >= gpu:
+            rows.append({"event": "pass_layer", "time_s": (head.issued_s - step.issued_s) / layers - host})
+        else:
+            per_layer = (step.end_s - step.begin_s) / layers
+            rows.append({"event": "pass_queue", "time_s": (step.end_s - head.issued_s) / per_layer})
+        after = order.iloc[i + 2] if i + 2 < len(order) else None
+        if (after is not None and after.kind == "advance" and after.from_layer == 0 and after.num_prefill_seqs == 0
+                and after.issued_s - head.issued_s <= MAX_GAP_S):
+            rows.append({"event": "pass_host", "time_s": after.issued_s - head.issued_s})
     return pd.DataFrame(rows, columns=["event", "time_s"])
 
 
@@ -157,20 +199,29 @@ def decode_rows(steps: pd.DataFrame, requests: pd.DataFrame, graphs: MeasuredPro
 def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
     """Every run's idle gaps and, given the stepped engine's MeasuredProfile, its prefill-layer residuals
     and, for runs that replayed decode graphs, its decode padding charges."""
-    found = [d / "steps.parquet" for d in run_dirs if (d / "steps.parquet").exists()]
+    found = [d for d in run_dirs if (d / "steps.parquet").exists()]
     if not found:
         raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, run_dirs))}")
-    logs = [pd.read_parquet(path) for path in found]
-    parts = [gaps(log) for log in logs]
+    logs = [pd.read_parquet(d / "steps.parquet") for d in found]
+    # the idle gaps of a pass a host issued ahead (sim.pipeline) are its pipeline's: pass_host prices them
+    parts = [gaps(log) for d, log in zip(found, logs) if not (host_ahead(d) and whole_passes(log).any())]
     if profile is not None:
         residuals = [layer_residuals(log, profile) for log in logs if "level" in log]
         server_layer = pd.concat(residuals).time_s if residuals else pd.Series(dtype=float)
         host_extra = float(server_layer.median()) if len(server_layer) else 0.0
         parts += residuals + [padding_rows(log, profile, host_extra) for log in logs if "level" in log]
+        parts += [pass_rows(log, profile) for log in logs if "num_prefill_seqs" in log]
         parts += decode_parts(run_dirs, profile.directory)
     table = pd.concat(parts, ignore_index=True)
     table["repeat"] = table.groupby("event").cumcount()
     return table[["event", "repeat", "time_s"]]
+
+
+def host_ahead(run: Path) -> bool:
+    """Whether the run's host did not wait for a pass's tokens (real.pending): it then issues a whole pass
+    ahead of the GPU."""
+    summary = run / "summary.json"
+    return summary.exists() and bool(json.loads(summary.read_text())["run"].get("defer_tokens", False))
 
 
 def graph_decode_logs(run_dirs: list[Path]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
@@ -282,7 +333,10 @@ def main(argv: list[str] | None = None) -> None:
         shares = rows[rows.event == event].time_s
         if len(shares):
             print(f"{event}: median {shares.median():.3f} over {len(shares)} {what}")
-    rows = rows[~rows.event.isin(("padding_charge", "decode_padding_charge"))]
+    queue = rows[rows.event == "pass_queue"].time_s
+    if len(queue):
+        print(f"pass_queue: median {queue.median():.1f} layers over {len(queue)} GPU-bound whole prefill passes")
+    rows = rows[~rows.event.isin(("padding_charge", "decode_padding_charge", "pass_queue"))]
     ms = rows.assign(time_ms=rows.time_s * 1e3).groupby("event").time_ms
     summary = ms.agg(n="size", mean="mean", p50="median", p90=lambda t: t.quantile(0.9))
     print(f"{len(run_dirs)} runs -> {args.profile / 'events.csv'} (ms):")

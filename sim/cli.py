@@ -40,6 +40,7 @@ def build_spec(cfg: DictConfig, policy_name: str) -> RunSpec:
         slo_s=float(cfg.slo_s),
         routing_skew=float(cfg.routing_skew),
         stage_stops=_flag(cfg.stage_stops, "stage_stops"),
+        host_ahead=_flag(cfg.host_ahead, "host_ahead"),
         trace_path=cfg.trace,
         progress=bool(cfg.progress) and sys.stderr.isatty(),
     )

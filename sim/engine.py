@@ -1,17 +1,23 @@
 """The simulated GPU: one SimPy process that runs stages of the running batch and asks the policy
 at scheduling points. Stretches in which no decision can change run as a single timeout; an arrival
 interrupts such a stretch and the engine stops at the next scheduling point (SimPy's
-interrupt-and-compute-what-is-left idiom)."""
+interrupt-and-compute-what-is-left idiom).
+
+With `host_ahead` an iteration-level policy's passes run as the real engine runs them (sim.pipeline): the
+clock is the host's, which issues a pass, waits until at most one pass is in flight on the GPU (or an
+arrival), and treats the pass as done for the policy; the pass's tokens carry the GPU's time."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
 
 from policies import Batch, Granularity, Policy, Request, SchedulerState, Transition
+from sim.pipeline import pass_times
 from sim.plan import CostModel
 
 
@@ -40,6 +46,9 @@ class SimEngine:
     _process: simpy.Process | None = None
     _remaining: int = 0
     stage_stops: bool = False  # an arrival also ends a layer between its stages (real engine.stage_stops)
+    host_ahead: bool = False  # iteration-level passes on two clocks, the host a pass ahead (module docstring)
+    _device_free: float = 0.0  # host_ahead: when the GPU has run everything issued
+    _queued: deque = field(default_factory=deque)  # host_ahead: GPU end times of the latest stepped layers
 
     def __post_init__(self) -> None:
         layout = self.costs.layout
@@ -48,6 +57,7 @@ class SimEngine:
         # where a running batch may stop: the policy's points and, with stage stops, its stages' boundaries
         stops = self.stage_stops and self.policy.granularity >= Granularity.LAYER
         self._stops = np.union1d(self._points, layout.stage_points()) if stops else self._points
+        self._ahead = self.host_ahead and self.policy.granularity == Granularity.ITERATION
 
     def start(self, requests: list[Request]) -> simpy.Process:
         self._remaining = len(requests)
@@ -75,7 +85,9 @@ class SimEngine:
                 yield self._wake
                 self._wake = None
                 continue
-            yield from self._advance()
+            yield from self._issue_pass() if self._ahead else self._advance()
+        if self.env.now < self._device_free:  # host_ahead: the GPU runs the last passes issued
+            yield self.env.timeout(self._device_free - self.env.now)
 
     def _consult(self):
         """Decisions at this point (`SchedulerState.decide`), each charged its engine overhead."""
@@ -103,6 +115,32 @@ class SimEngine:
         self._interruptible = False
         self.busy_s += self.env.now - start
         self._arrive_at(work, target)
+
+    def _issue_pass(self):
+        """host_ahead: issue the running batch's whole pass, wait (as real.timeline's throttle does) until
+        the pass issued before it has left the GPU or a request arrives, and complete it for the policy."""
+        batch = self.state.running
+        host, gpu, head, lead = self.costs.pass_paths(batch, self._work.pop(batch.batch_id).durations)
+        start = self.env.now
+        times = pass_times(start, self._device_free, lead, host, gpu, head, self._queued,
+                           self.costs.pass_queue_layers)
+        for request in batch.requests:
+            if request.is_prefill:  # its first batch: it reaches the GPU when the pass begins there
+                request.first_scheduled_s = times.device_begin_s
+        yield self.env.timeout(times.host_end_s - start)
+        self.busy_s += times.device_end_s - times.device_begin_s
+        wait = self._device_free - self.env.now  # until the pass issued before this one has left the GPU
+        self._device_free = times.device_end_s
+        if wait > 0:
+            self._interruptible = True
+            try:
+                yield self.env.timeout(wait)
+            except simpy.Interrupt:
+                pass
+            self._interruptible = False
+        for request in self.state.complete_pass(times.device_end_s):
+            self._remaining -= 1
+            self.on_finish(request)
 
     def _arrive_at(self, work: BatchWork, index: int) -> None:
         work.index = index

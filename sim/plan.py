@@ -110,3 +110,24 @@ class CostModel:
         table[:, 2:] = expert_s
         head = p.lm_head_s(batch.num_requests) + p.overheads.iteration_s
         return np.append(table.ravel(), head)
+
+    @property
+    def pass_queue_layers(self) -> int:
+        """Stepped layers the device's launch queue holds ahead of the GPU (sim.pipeline); 0: unbounded."""
+        return getattr(self.profile, "pass_queue_layers", 0)
+
+    def pass_paths(self, batch: Batch, durations: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """A whole pass on two clocks (sim.pipeline): host and GPU seconds per layer, the LM head's GPU time
+        and the host's lead before the first layer, for the pass whose stage `durations` were drawn. A
+        profile without `pass_paths` (no host clock) has a free host: each layer costs its stages, and the
+        lead is the iteration overhead."""
+        layers = durations[:-1].reshape(self.model.num_layers, -1)
+        iteration_s = self.profile.overheads.iteration_s
+        head = float(durations[-1]) - iteration_s
+        paths = getattr(self.profile, "pass_paths", None)
+        if paths is None:
+            return np.zeros(len(layers)), layers.sum(axis=1), head, iteration_s
+        host, gpu = paths(attention_load(batch))  # gpu: without the experts, whose draws are the pass's own
+        lead = getattr(self.profile, "pass_host_s", None)
+        return (np.full(len(layers), host), gpu + layers[:, 2:].sum(axis=1), head,
+                iteration_s if lead is None else lead)

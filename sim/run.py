@@ -34,6 +34,7 @@ class RunSpec:
     slo_s: float = 3.0
     routing_skew: float = 0.0
     stage_stops: bool = False  # an arrival also ends a layer between its stages (the real engine.stage_stops)
+    host_ahead: bool = False  # iteration-level passes issued a pass ahead of the GPU (sim.pipeline; the real engine)
     trace_path: str | None = None
     progress: bool = False
 
@@ -60,7 +61,7 @@ def execute(spec: RunSpec) -> RunResult:
     with tqdm(total=len(requests), disable=not spec.progress, unit="req", leave=False) as bar:
         outcome = simulate(requests, spec.policy, costs, spec.hardware.kv_capacity_tokens(spec.model),
                            spec.max_batch_size, on_finish=lambda _: bar.update(),
-                           stage_stops=spec.stage_stops)
+                           stage_stops=spec.stage_stops, host_ahead=spec.host_ahead)
     table = requests_table(outcome.requests, "sim", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
     summary["run"] = {"policy": spec.policy_name, "rate": spec.workload.rate, "seed": spec.seed,

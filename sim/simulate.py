@@ -32,10 +32,12 @@ def simulate(
     max_batch_size: int = 32,
     on_finish: Callable[[Request], None] = lambda r: None,
     stage_stops: bool = False,
+    host_ahead: bool = False,
 ) -> SimOutcome:
     env = simpy.Environment()
     state = SchedulerState(kv_capacity_tokens=kv_capacity_tokens, max_batch_size=max_batch_size)
-    engine = SimEngine(env, state, policy, costs, on_finish=on_finish, stage_stops=stage_stops)
+    engine = SimEngine(env, state, policy, costs, on_finish=on_finish, stage_stops=stage_stops,
+                       host_ahead=host_ahead)
     ordered = sorted(requests, key=lambda r: (r.arrival_s, r.request_id))
     engine.start(ordered)
     env.run()

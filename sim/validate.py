@@ -48,8 +48,10 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
         request.kv_unit_tokens = summary["kv_slot_tokens"]
     router = ExpertRouter(spec.model.num_layers, spec.model.num_experts, spec.model.top_k, seed=spec.seed)
     costs = CostModel(spec.model, build_profile(spec.profile, spec.model, spec.hardware), router)
+    # the host runs a pass ahead of the GPU where it does not wait for a pass's tokens (real.pending)
     outcome = simulate(requests, spec.policy, costs, summary["num_slots"] * summary["kv_slot_tokens"],
-                       spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)))
+                       spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)),
+                       host_ahead=bool(summary.get("defer_tokens", False)))
     return requests_table(outcome.requests, "sim", policy, summary["rate"], summary["seed"])
 
 

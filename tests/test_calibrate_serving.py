@@ -18,7 +18,9 @@ from calibrate.serving import (
     layer_residuals,
     padding_rows,
     alone,
+    pass_rows,
     prefill_steps,
+    whole_passes,
     write_events,
 )
 from sim.profile.base import Overheads
@@ -235,3 +237,28 @@ def test_decode_check_prices_each_decode_layer_the_requests_account_for(tmp_path
     composed = 1e3 * layer_s(graphs, model, AttentionLoad(num_decode_seqs=2, decode_ctx_tokens=612, decode_max_ctx=506))
     assert table.layers.tolist() == [1] and table.measured_ms.tolist() == pytest.approx([1.0])
     assert table.composed_over_measured.tolist() == pytest.approx([composed])
+
+
+def whole(batch_id, num_seqs, prefills, num_tokens, issued_s, begin_s, end_s, kind="advance"):
+    """A step of a 4-layer model's whole pass (an iteration-level policy's: one advance, then the LM head)."""
+    return {**step(batch_id, num_seqs, kind, begin_s, end_s), "num_tokens": num_tokens, "longest": num_tokens,
+            "num_prefill_seqs": prefills, "to_layer": 4, "issued_s": issued_s}
+
+
+def test_whole_passes_give_the_hosts_issue_time_and_the_launch_queue():
+    """_FakeProfile: 100 tokens host-bound (host 1.1 ms a layer), 3,000 GPU-bound (6 ms a layer)."""
+    steps = pd.DataFrame([
+        whole(0, 1, 1, 100, 0.000, 0.010, 0.020),  # issued over 8 ms: 2 ms a layer, 0.9 over the profile
+        whole(0, 1, 1, 100, 0.008, 0.020, 0.021, "finish"),
+        whole(1, 1, 0, 1, 0.0095, 0.021, 0.030),  # a decode pass 1.5 ms of host after the LM head's issue
+        whole(1, 1, 0, 1, 0.0100, 0.030, 0.031, "finish"),
+        whole(2, 4, 4, 3000, 0.030, 0.040, 0.064),  # GPU-bound: 6 ms a layer on the GPU
+        whole(2, 4, 4, 3000, 0.052, 0.064, 0.065, "finish"),  # issued 12 ms (2 layers) before the GPU ended
+        whole(3, 5, 4, 3000, 0.070, 0.070, 0.094),  # mixed (a decode among prefills): no rows
+        whole(3, 5, 4, 3000, 0.080, 0.094, 0.095, "finish"),
+    ])
+    rows = pass_rows(steps, _FakeProfile())
+    assert rows.event.tolist() == ["pass_layer", "pass_host", "pass_queue"]
+    assert rows.time_s.tolist() == pytest.approx([0.9e-3, 1.5e-3, 2.0])
+    assert whole_passes(steps).tolist() == [True, False, True, False, True, False, True, False]
+    assert layer_residuals(steps, _FakeProfile()).empty  # the server does not stop between a whole pass's layers

@@ -304,3 +304,22 @@ def test_serving_profile_reads_each_padding_charge_from_its_events(tmp_path, eve
     pd.concat([events, shares]).to_csv(directory / "events.csv", index=False)
     assert getattr(MeasuredProfile(directory, serving=True), event) == pytest.approx(expected)
     assert getattr(MeasuredProfile(directory, serving=False), event) == 1.0
+
+
+def test_a_whole_pass_layer_costs_the_host_its_stages_and_pass_layer_not_server_layer(tmp_path):
+    """pass_paths (sim.pipeline): a stepped layer's host path plus `pass_layer`, which may be negative (a
+    faster serving host), and its GPU path without the experts; a graph-replayed decode layer: no host."""
+    directory = synthetic(tmp_path)
+    load = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=40, prefill_max_tokens=20)
+    host, gpu = MeasuredProfile(directory).layer_paths(load)
+    pd.DataFrame([{"event": e, "repeat": r, "time_s": x} for e, xs in
+                  (("pass_layer", (-2e-4, -1e-4, 0.0)), ("pass_host", (1e-3,)), ("server_layer", (5e-4,)),
+                   ("pass_queue", (8.6, 9.2, 9.4))) for r, x in enumerate(xs)]).to_csv(directory / "events.csv", index=False)
+    p = MeasuredProfile(directory)
+    assert (p.pass_layer_s, p.pass_host_s, p.pass_queue_layers) == pytest.approx((-1e-4, 1e-3, 9))
+    assert p.pass_paths(load) == pytest.approx((host - 1e-4, gpu - 0.5 * cost_s(40, 0)))
+    assert MeasuredProfile(synthetic(tmp_path / "bare")).pass_host_s is None  # no serving runs: the iteration overhead
+    graphs = MeasuredProfile(directory, impl="engine-graphs")
+    decode = AttentionLoad(num_decode_seqs=4, decode_ctx_tokens=400, decode_max_ctx=100)
+    assert graphs.pass_paths(decode) == pytest.approx((0.0, graphs.attention_s(decode) + graphs.router_s(4)))
+    assert graphs.pass_paths(load) == pytest.approx(p.pass_paths(load))  # prefill: stepped

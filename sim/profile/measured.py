@@ -180,6 +180,12 @@ class MeasuredProfile:
     padding_charge: float = field(init=False, default=1.0)
     # the same for a decode group's attention, priced at its longest context (events' decode_padding_charge)
     decode_padding_charge: float = field(init=False, default=1.0)
+    # inside a whole pass (pass_paths): the serving host's work per stepped layer beyond its stages, and its
+    # work between one pass's last layer and the next's first (events' pass_layer, pass_host; None: the
+    # iteration overhead)
+    pass_layer_s: float = field(init=False, default=0.0)
+    pass_host_s: float | None = field(init=False, default=None)
+    pass_queue_layers: int = field(init=False, default=0)  # stepped layers the launch queue holds (events' pass_queue)
 
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
@@ -219,6 +225,9 @@ class MeasuredProfile:
             self.padding_charge = _event_share(self.directory, "padding_charge")
         if self.serving and self.impl in SERVED:
             self.decode_padding_charge = _event_share(self.directory, "decode_padding_charge")
+            self.pass_layer_s = _event_median(self.directory, "pass_layer") or 0.0
+            self.pass_host_s = _event_median(self.directory, "pass_host")
+            self.pass_queue_layers = round(_event_median(self.directory, "pass_queue") or 0)
 
     @property
     def name(self) -> str:
@@ -268,6 +277,19 @@ class MeasuredProfile:
         gpu_path = (_attention(gpu, load, padded, share, charge, decode) + gpu["router"](tokens)
                     + gpu["experts_layer"](tokens))
         return host_path, gpu_path
+
+    def pass_paths(self, load: AttentionLoad) -> tuple[float, float]:
+        """One layer of a whole pass that the host issues without stopping (an iteration-level policy's:
+        sim.pipeline): (host issue, GPU time without the experts) in seconds. A graph-replayed decode layer
+        costs the host nothing to speak of; a stepped layer costs its stages' issue times plus the serving
+        host's own work per layer inside such a pass (`pass_layer`, calibrate.serving), and no
+        `server_layer`: the server does not stop between a whole pass's layers."""
+        tokens = max(load.num_tokens, 1)
+        stepped = self._stepped or self
+        if (self._stepped is not None and not load.num_prefill_seqs) or "host_s" not in stepped.clocks:
+            return 0.0, self.attention_s(load) + self.router_s(tokens)  # no host path: a replay, or one clock
+        host, gpu = stepped.layer_paths(load)
+        return max(host + stepped.pass_layer_s, 0.0), gpu - stepped.device_curves["experts_layer"](tokens)
 
     def router_s(self, num_tokens: int) -> float:
         return self.device_curves["router"](num_tokens)
@@ -409,6 +431,16 @@ def _event_share(directory: Path, event: str) -> float:
     table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
     rows = table[table.event == event].time_s
     return float(min(max(rows.median(), 0.0), 1.0)) if len(rows) else 1.0
+
+
+def _event_median(directory: Path, event: str) -> float | None:
+    """The plain median of an event's rows, None without rows: a correction that may be negative (the
+    serving host faster than the calibration's), so not a cost (`_event_costs`) clipped at zero."""
+    if not (directory / "events.csv").exists():
+        return None
+    table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
+    rows = table[table.event == event].time_s
+    return float(rows.median()) if len(rows) else None
 
 
 def _event_costs(directory: Path) -> dict[str, float]:
