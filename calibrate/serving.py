@@ -8,7 +8,8 @@ of a stepped batch the server marks, throttles and loops: where such a layer is 
 time beyond the layer the profile composes is `server_layer` (from prefill batches, whose load the log
 gives). An iteration-level policy's pass is one advance that the host issues without stopping, a pass
 ahead of the GPU (sim.pipeline): its stepped layers' host issue time beyond the profile's host path is
-`pass_layer`, and the host's work from one pass's last layer to the next pass's first is `pass_host`, both
+`pass_layer` (`pass_layer_busy` while the GPU still runs earlier work: launches then take longer), the
+launch queue's depth `pass_queue`, and the host's work from one pass's last layer to the next pass's first is `pass_host`, all
 read on the host clock, since the device times of such a pass hide the part of its issue that overlapped
 the pass before it (which is also why `server_layer` comes from layer-by-layer steps only). The engine attends a group of sequences as one padded call; `padding_charge` and
 `decode_padding_charge` are the shares of that padding's price (prefill; decode, from graph-replayed decode
@@ -40,7 +41,7 @@ from sim.profile.derive import layer_s
 from sim.profile.measured import MeasuredProfile
 
 EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer", "padding_charge", "decode_padding_charge",
-          "pass_layer", "pass_host", "pass_queue")
+          "pass_layer", "pass_layer_busy", "pass_host", "pass_queue")
 MAX_GAP_S = 0.02  # longer gaps are the server sleeping until the next arrival, not working
 
 
@@ -107,35 +108,54 @@ def layer_residuals(steps: pd.DataFrame, profile) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["event", "time_s"])
 
 
-def pass_rows(steps: pd.DataFrame, profile) -> pd.DataFrame:
-    """`pass_layer` rows: for each whole stepped prefill pass (`whole_passes`, all its sequences prefills)
-    that is host-bound on the profile, the host's issue time per layer (its advance's issue to its LM
-    head's) minus the profile's host path of the layer. `pass_queue` rows: for such a pass that is
-    GPU-bound, how many of its layers the GPU had still to run when the host had issued the last (the
-    launch queue's depth in stepped layers: the host waits for it). `pass_host` rows: from such a pass's LM head issue to the issue of the next pass when that
+IDLE_START_S = 1e-3  # a pass the GPU began within this of its issue: the GPU had no backlog to run first
+
+
+def pass_rows(steps: pd.DataFrame, profile) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows from each whole stepped prefill pass (`whole_passes`, all its sequences prefills), read on the host
+    clock, and the passes that `busy_rows` reads. If the profile's layer is host-bound: begun by the GPU
+    at once (`IDLE_START_S`), a `pass_layer` row, the host's issue time per layer (its advance's issue to
+    its LM head's) minus the profile's host path; begun later (the GPU was still running earlier passes),
+    a record for `busy_rows`. If GPU-bound: a `pass_queue` row, how many of its layers the GPU had still
+    to run when the host had issued the last (the launch queue's depth in stepped layers: the host waits
+    for it). And `pass_host` rows: from such a pass's LM head issue to the issue of the next pass when that
     is a decode pass (so requests were waiting: the host did not sleep), the host's work between passes
     (LM head, bookkeeping, the policy, the next layout and embedding); the prefill pass leaves the GPU at
     about the end of its issue, so the host does not wait on the device in that span."""
     order = steps.reset_index(drop=True)
     whole = whole_passes(order) & (order.num_prefill_seqs == order.num_seqs)
-    rows = []
+    rows, busy = [], []
     for i in np.flatnonzero(whole.to_numpy()):
         step, head = order.iloc[i], order.iloc[i + 1] if i + 1 < len(order) else None
         if head is None or head.kind != "finish" or head.batch_id != step.batch_id:
             continue
         load = AttentionLoad(int(step.num_seqs), int(step.num_tokens), 0, prefill_max_tokens=int(step.longest))
-        layers = step.to_layer - step.from_layer
+        layers, issue_s, backlog_s = step.to_layer - step.from_layer, head.issued_s - step.issued_s, step.begin_s - step.issued_s
         host, gpu = profile.layer_paths(load)
-        if host >= gpu:
-            rows.append({"event": "pass_layer", "time_s": (head.issued_s - step.issued_s) / layers - host})
-        else:
+        if host < gpu:
             per_layer = (step.end_s - step.begin_s) / layers
             rows.append({"event": "pass_queue", "time_s": (step.end_s - head.issued_s) / per_layer})
+        elif backlog_s <= IDLE_START_S:
+            rows.append({"event": "pass_layer", "time_s": issue_s / layers - host})
+        else:
+            busy.append({"layers": layers, "issue_s": issue_s, "backlog_s": backlog_s, "host_s": host})
         after = order.iloc[i + 2] if i + 2 < len(order) else None
         if (after is not None and after.kind == "advance" and after.from_layer == 0 and after.num_prefill_seqs == 0
                 and after.issued_s - head.issued_s <= MAX_GAP_S):
             rows.append({"event": "pass_host", "time_s": after.issued_s - head.issued_s})
-    return pd.DataFrame(rows, columns=["event", "time_s"])
+    return (pd.DataFrame(rows, columns=["event", "time_s"]),
+            pd.DataFrame(busy, columns=["layers", "issue_s", "backlog_s", "host_s"]))
+
+
+def busy_rows(passes: pd.DataFrame, idle_s: float) -> pd.DataFrame:
+    """`pass_layer_busy` rows: for each host-bound whole pass the GPU began `backlog_s` after its issue began
+    (`pass_rows`), the host's time per layer beyond the profile's while the GPU still ran earlier work. The
+    layers issued after the GPU began are taken at the idle rate (host path + `idle_s`, the `pass_layer`
+    median), so n = layers - (issue - backlog) / (host + idle) were issued in the backlog, at backlog / n."""
+    n = passes.layers - (passes.issue_s - passes.backlog_s) / (passes.host_s + idle_s)
+    keep = n >= 1
+    rate = passes.backlog_s[keep] / n[keep] - passes.host_s[keep]
+    return pd.DataFrame({"event": "pass_layer_busy", "time_s": rate.to_numpy()})
 
 
 MIN_EXCESS_S = 0.1e-3  # padded layers whose padding costs less than this on the grid say little about it
@@ -210,7 +230,11 @@ def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
         server_layer = pd.concat(residuals).time_s if residuals else pd.Series(dtype=float)
         host_extra = float(server_layer.median()) if len(server_layer) else 0.0
         parts += residuals + [padding_rows(log, profile, host_extra) for log in logs if "level" in log]
-        parts += [pass_rows(log, profile) for log in logs if "num_prefill_seqs" in log]
+        passes = [pass_rows(log, profile) for log in logs if "num_prefill_seqs" in log]
+        parts += [rows for rows, _ in passes]
+        idle = pd.concat([rows[rows.event == "pass_layer"].time_s for rows, _ in passes] or [pd.Series(dtype=float)])
+        if passes and len(idle):
+            parts.append(busy_rows(pd.concat([busy for _, busy in passes], ignore_index=True), float(idle.median())))
         parts += decode_parts(run_dirs, profile.directory)
     table = pd.concat(parts, ignore_index=True)
     table["repeat"] = table.groupby("event").cumcount()

@@ -123,7 +123,7 @@ class SimEngine:
         host, gpu, head, lead = self.costs.pass_paths(batch, self._work.pop(batch.batch_id).durations)
         start = self.env.now
         times = pass_times(start, self._device_free, lead, host, gpu, head, self._queued,
-                           self.costs.pass_queue_layers)
+                           self.costs.pass_queue_layers, self.costs.pass_busy_extra_s)
         for request in batch.requests:
             if request.is_prefill:  # its first batch: it reaches the GPU when the pass begins there
                 request.first_scheduled_s = times.device_begin_s

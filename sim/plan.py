@@ -116,6 +116,11 @@ class CostModel:
         """Stepped layers the device's launch queue holds ahead of the GPU (sim.pipeline); 0: unbounded."""
         return getattr(self.profile, "pass_queue_layers", 0)
 
+    @property
+    def pass_busy_extra_s(self) -> float:
+        """What a stepped layer costs the host more while the GPU has a backlog (sim.pipeline)."""
+        return getattr(self.profile, "pass_busy_extra_s", 0.0)
+
     def pass_paths(self, batch: Batch, durations: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
         """A whole pass on two clocks (sim.pipeline): host and GPU seconds per layer, the LM head's GPU time
         and the host's lead before the first layer, for the pass whose stage `durations` were drawn. A

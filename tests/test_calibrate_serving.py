@@ -18,6 +18,7 @@ from calibrate.serving import (
     layer_residuals,
     padding_rows,
     alone,
+    busy_rows,
     pass_rows,
     prefill_steps,
     whole_passes,
@@ -248,17 +249,29 @@ def whole(batch_id, num_seqs, prefills, num_tokens, issued_s, begin_s, end_s, ki
 def test_whole_passes_give_the_hosts_issue_time_and_the_launch_queue():
     """_FakeProfile: 100 tokens host-bound (host 1.1 ms a layer), 3,000 GPU-bound (6 ms a layer)."""
     steps = pd.DataFrame([
-        whole(0, 1, 1, 100, 0.000, 0.010, 0.020),  # issued over 8 ms: 2 ms a layer, 0.9 over the profile
-        whole(0, 1, 1, 100, 0.008, 0.020, 0.021, "finish"),
-        whole(1, 1, 0, 1, 0.0095, 0.021, 0.030),  # a decode pass 1.5 ms of host after the LM head's issue
+        whole(0, 1, 1, 100, 0.000, 0.0005, 0.008),  # issued over 8 ms, the GPU idle: 0.9 ms a layer over the profile
+        whole(0, 1, 1, 100, 0.008, 0.008, 0.009, "finish"),
+        whole(1, 1, 0, 1, 0.0095, 0.009, 0.030),  # a decode pass 1.5 ms of host after the LM head's issue
         whole(1, 1, 0, 1, 0.0100, 0.030, 0.031, "finish"),
         whole(2, 4, 4, 3000, 0.030, 0.040, 0.064),  # GPU-bound: 6 ms a layer on the GPU
         whole(2, 4, 4, 3000, 0.052, 0.064, 0.065, "finish"),  # issued 12 ms (2 layers) before the GPU ended
-        whole(3, 5, 4, 3000, 0.070, 0.070, 0.094),  # mixed (a decode among prefills): no rows
-        whole(3, 5, 4, 3000, 0.080, 0.094, 0.095, "finish"),
+        whole(3, 1, 1, 100, 0.070, 0.076, 0.081),  # the GPU began it 6 ms into its issue: a backlog
+        whole(3, 1, 1, 100, 0.081, 0.081, 0.082, "finish"),
+        whole(4, 5, 4, 3000, 0.090, 0.090, 0.114),  # mixed (a decode among prefills): no rows
+        whole(4, 5, 4, 3000, 0.100, 0.114, 0.115, "finish"),
     ])
-    rows = pass_rows(steps, _FakeProfile())
+    rows, busy = pass_rows(steps, _FakeProfile())
     assert rows.event.tolist() == ["pass_layer", "pass_host", "pass_queue"]
     assert rows.time_s.tolist() == pytest.approx([0.9e-3, 1.5e-3, 2.0])
-    assert whole_passes(steps).tolist() == [True, False, True, False, True, False, True, False]
+    assert busy.to_dict("records") == [pytest.approx({"layers": 4, "issue_s": 0.011, "backlog_s": 0.006, "host_s": 1.1e-3})]
+    assert whole_passes(steps).tolist() == [True, False] * 5
     assert layer_residuals(steps, _FakeProfile()).empty  # the server does not stop between a whole pass's layers
+
+
+def test_busy_layers_are_what_the_backlog_leaves_after_the_idle_rate():
+    """11 ms of issue, 6 of them before the GPU began: 5 ms at the idle rate (2 ms a layer) is 2.5 layers, so
+    1.5 layers took the 6 ms, 4 ms each, 2.9 over the profile; a pass issued all at the idle rate says nothing."""
+    passes = pd.DataFrame({"layers": [4, 4], "issue_s": [0.011, 0.008], "backlog_s": [0.006, 0.0001],
+                           "host_s": [1.1e-3, 1.1e-3]})
+    rows = busy_rows(passes, idle_s=0.9e-3)
+    assert rows.event.tolist() == ["pass_layer_busy"] and rows.time_s.tolist() == pytest.approx([2.9e-3])

@@ -314,9 +314,11 @@ def test_a_whole_pass_layer_costs_the_host_its_stages_and_pass_layer_not_server_
     host, gpu = MeasuredProfile(directory).layer_paths(load)
     pd.DataFrame([{"event": e, "repeat": r, "time_s": x} for e, xs in
                   (("pass_layer", (-2e-4, -1e-4, 0.0)), ("pass_host", (1e-3,)), ("server_layer", (5e-4,)),
+                   ("pass_layer_busy", (2e-3,)),
                    ("pass_queue", (8.6, 9.2, 9.4))) for r, x in enumerate(xs)]).to_csv(directory / "events.csv", index=False)
     p = MeasuredProfile(directory)
     assert (p.pass_layer_s, p.pass_host_s, p.pass_queue_layers) == pytest.approx((-1e-4, 1e-3, 9))
+    assert p.pass_busy_extra_s == pytest.approx(2.1e-3)  # busy over idle
     assert p.pass_paths(load) == pytest.approx((host - 1e-4, gpu - 0.5 * cost_s(40, 0)))
     assert MeasuredProfile(synthetic(tmp_path / "bare")).pass_host_s is None  # no serving runs: the iteration overhead
     graphs = MeasuredProfile(directory, impl="engine-graphs")

@@ -26,6 +26,13 @@ CASES = [
 ]
 
 
+def test_a_layer_issued_while_the_gpu_has_a_backlog_costs_the_host_more():
+    """The GPU runs the pass before until 5: layers 0 and 1 are issued into that backlog (2 + 1 ms each, to 6,
+    when the GPU has run layer 1 too), layer 2 with the GPU waiting (2 ms)."""
+    times = pass_times(0, 5, 0, [2] * 3, [0.5] * 3, 0, busy_extra_s=1)
+    assert (times.host_end_s, times.device_end_s) == pytest.approx((8, 8))
+
+
 @pytest.mark.parametrize("args, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_pass_times(args, expected):
     *head, depth = args

@@ -180,11 +180,13 @@ class MeasuredProfile:
     padding_charge: float = field(init=False, default=1.0)
     # the same for a decode group's attention, priced at its longest context (events' decode_padding_charge)
     decode_padding_charge: float = field(init=False, default=1.0)
-    # inside a whole pass (pass_paths): the serving host's work per stepped layer beyond its stages, and its
+    # inside a whole pass (pass_paths): the serving host's work per stepped layer beyond its stages (more while
+    # the GPU has a backlog: pass_busy_extra_s), and its
     # work between one pass's last layer and the next's first (events' pass_layer, pass_host; None: the
     # iteration overhead)
     pass_layer_s: float = field(init=False, default=0.0)
     pass_host_s: float | None = field(init=False, default=None)
+    pass_busy_extra_s: float = field(init=False, default=0.0)  # events' pass_layer_busy - pass_layer
     pass_queue_layers: int = field(init=False, default=0)  # stepped layers the launch queue holds (events' pass_queue)
 
     def __post_init__(self) -> None:
@@ -226,6 +228,8 @@ class MeasuredProfile:
         if self.serving and self.impl in SERVED:
             self.decode_padding_charge = _event_share(self.directory, "decode_padding_charge")
             self.pass_layer_s = _event_median(self.directory, "pass_layer") or 0.0
+            busy = _event_median(self.directory, "pass_layer_busy")
+            self.pass_busy_extra_s = 0.0 if busy is None else busy - self.pass_layer_s
             self.pass_host_s = _event_median(self.directory, "pass_host")
             self.pass_queue_layers = round(_event_median(self.directory, "pass_queue") or 0)
 
