@@ -1,0 +1,125 @@
+"""What the host pays to issue work while the GPU is busy, and what an LS request's start path costs.
+
+Serving logs (H200, fcfs, round 9) showed a small prefill layer taking the host 3.6 ms to issue while the GPU
+still ran an earlier pass, against 1.8 ms with the GPU waiting on the host (calibrate.serving's
+`pass_layer_busy`), and the LS start path (policy, layout, copy, embedding) takes 0.6-0.9 ms of host while a
+BE batch runs. This probe times, with the GPU idle and busy (a sleep kernel on the main stream, the work
+issued on the main stream or on a high-priority one, as real.lanes does; or 40 replayed decode-layer graphs
+on the main stream, as a BE decode pass leaves them), in interleaved rounds:
+- `launch`: one tiny kernel (a 16-element add);
+- `start`: `Engine.start` for one prompt (layout through the pinned ring, one copy, the embedding) on a
+  full-width Mixtral of `--layers` layers, and `layer`: one stepped prefill layer of it.
+
+    python -m real.launchprobe [--layers 2] [--rounds 20] [--prompt 300]      # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+BUSY_MS = 20.0  # the sleep kernel in front of the timed work: longer than any of it
+
+
+def sleep_cycles(device: torch.device, ms: float) -> int:
+    """Clock cycles of `torch.cuda._sleep` that take about `ms` on this GPU (measured once)."""
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    cycles = 10_000_000
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    end.synchronize()
+    return int(cycles * ms / start.elapsed_time(end))
+
+
+def timed(fn: Callable[[], None], busy: Callable[[], None] | None, stream: torch.cuda.Stream | None,
+          repeat: int) -> float:
+    """Host seconds per call of `fn` (issued on `stream`, or the current one), after `busy()` has queued
+    work on the current stream (None: the GPU idle)."""
+    device = torch.device("cuda")
+    torch.cuda.synchronize(device)
+    if busy is not None:
+        busy()
+    context = torch.cuda.stream(stream) if stream is not None else torch.cuda.stream(torch.cuda.current_stream())
+    with context:
+        begin = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        elapsed = time.perf_counter() - begin
+    torch.cuda.synchronize(device)
+    return elapsed / repeat
+
+
+@torch.inference_mode()
+def probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
+    from real.engine import Engine
+    from real.kv import KVPool
+    from real.lanes import urgent_streams
+    from policies import Position, Stage
+    from real.model import build_model, preset_config
+
+    device = torch.device("cuda")
+    model = build_model(preset_config("mixtral-8x7b", num_hidden_layers=layers), "cuda", torch.bfloat16)
+    engine = Engine.for_device(model, KVPool.allocate_for(model.config, num_slots=8, max_len=1024, device=device,
+                                                          dtype=torch.bfloat16))
+    engine.warm_up(4)
+    urgent = urgent_streams(device)[0]
+    cycles = sleep_cycles(device, BUSY_MS)
+    x = torch.zeros(16, device=device)
+    seq = engine.add_sequence(0, np.random.default_rng(0).integers(0, 32000, prompt).tolist())  # ints, as served
+    decoding = [engine.add_sequence(1 + i, [1] * 200) for i in range(4)]
+    engine.run_pass(decoding)
+    decode = engine.start(decoding)  # a graph-replayed decode batch
+
+    def graphs():
+        for i in range(40):
+            decode.position = Position(i % layers, Stage.ATTENTION)
+            engine.runner.run_layer(decode)
+
+    def start():
+        engine.start([seq])
+
+    def layer():
+        batch = engine.start([seq])
+        engine.step(batch)  # attention
+        engine.step(batch)  # router
+        engine.step(batch)  # experts
+        del batch
+
+    work = {"launch": (lambda: x.add_(1), 50), "start": (start, 5), "layer": (layer, 2)}
+    sleep = lambda: torch.cuda._sleep(cycles)  # noqa: E731
+    states = {"idle": (None, None), "busy, same stream": (sleep, None), "busy, urgent stream": (sleep, urgent),
+              "graphs, same stream": (graphs, None), "graphs, urgent stream": (graphs, urgent)}
+    rows = []
+    for r in range(rounds):  # interleaved: the host's drift reaches every cell alike
+        for name, (fn, repeat) in work.items():
+            for state, (busy, stream) in states.items():
+                rows.append({"round": r, "work": name, "state": state, "us": 1e6 * timed(fn, busy, stream, repeat)})
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m real.launchprobe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--prompt", type=int, default=300)
+    parser.add_argument("--out", default=None, help="CSV of every timing")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("error: real.launchprobe needs a GPU")
+    table = probe(args.layers, args.rounds, args.prompt)
+    if args.out:
+        table.to_csv(args.out, index=False)
+    summary = table.groupby(["work", "state"]).us.describe(percentiles=[0.5, 0.9])[["count", "50%", "90%", "max"]]
+    print(summary.round(1).to_string())
+
+
+if __name__ == "__main__":
+    main()
