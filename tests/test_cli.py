@@ -58,6 +58,7 @@ def test_replays_a_trace_file(tmp_path):
         (("trace=/no/such/trace.csv",), "no such file"),
         (("model=mixtral-8x7b", "hardware=h100"), "does not fit"),
         (("policy.granularity=token",), "unknown granularity"),
+        (("host_ahead=maybe",), "host_ahead must be true or false"),
     ],
 )
 def test_bad_input_gives_a_message_and_nonzero_exit(tmp_path, overrides, message):
