@@ -35,14 +35,27 @@ WRAPPED = [(real.server.ReplayServer, "_consult", "consult"), (real.server.Repla
            (policies.QLLM, "schedule", "qllm.schedule"), (real.server.ReplayServer, "_advance", "advance")]
 
 
+def _one_prompt(seqs) -> bool:
+    """A batch of one new prompt: an LS arrival's start, mostly."""
+    return len(seqs) == 1 and seqs[0].num_cached == 0
+
+
+KINDS = {  # sub-labels: the calls on an LS request's way to its first kernel
+    "engine.start": lambda engine, seqs: "one prompt" if _one_prompt(seqs) else "",
+    "bookkeep": lambda server, t: ("starts one prompt" if t.started is not None and len(t.started.requests) == 1
+                                   and t.started.requests[0].is_prefill else ""),
+}
+
+
 @dataclass
 class Timers:
     """Seconds per call of each wrapped function, by label."""
 
     times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
-    def wrap(self, owner, name: str, label: str) -> None:
-        """Replace `owner.name` by a timed version (for the rest of the process)."""
+    def wrap(self, owner, name: str, label: str, kind=None) -> None:
+        """Replace `owner.name` by a timed version (for the rest of the process); `kind(*args)`, if given,
+        names a sub-label for the call (its times also go under `label [kind]`)."""
         fn, times = getattr(owner, name), self.times[label]
 
         @functools.wraps(fn)
@@ -51,7 +64,10 @@ class Timers:
             try:
                 return fn(*args, **kwargs)
             finally:
-                times.append(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                times.append(elapsed)
+                if kind is not None and (sub := kind(*args)):
+                    self.times[f"{label} [{sub}]"].append(elapsed)
         setattr(owner, name, timed)
 
     def report(self) -> str:
@@ -67,7 +83,7 @@ class Timers:
 def main() -> None:
     timers = Timers()
     for owner, name, label in WRAPPED:
-        timers.wrap(owner, name, label)
+        timers.wrap(owner, name, label, KINDS.get(label))
     from real.cli import main as run
     sys.argv = ["real", *sys.argv[1:]]
     try:
