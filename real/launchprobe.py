@@ -10,7 +10,7 @@ on the main stream, as a BE decode pass leaves them), in interleaved rounds:
 - `start`: `Engine.start` for one prompt (layout through the pinned ring, one copy, the embedding) on a
   full-width Mixtral of `--layers` layers, and `layer`: one stepped prefill layer of it.
 
-    python -m real.launchprobe [--layers 2] [--rounds 20] [--prompt 300]      # on a GPU
+    python -m real.launchprobe [--layers 2] [--rounds 20] [--prompt 300] [--graphs 1100]      # on a GPU
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def timed(fn: Callable[[], None], busy: Callable[[], None] | None, stream: torch
 
 
 @torch.inference_mode()
-def probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
+def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.DataFrame:
     from real.engine import Engine
     from real.kv import KVPool
     from real.lanes import urgent_streams
@@ -96,12 +96,33 @@ def probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
     sleep = lambda: torch.cuda._sleep(cycles)  # noqa: E731
     states = {"idle": (None, None), "busy, same stream": (sleep, None), "busy, urgent stream": (sleep, urgent),
               "graphs, same stream": (graphs, None), "graphs, urgent stream": (graphs, urgent)}
-    rows = []
-    for r in range(rounds):  # interleaved: the host's drift reaches every cell alike
-        for name, (fn, repeat) in work.items():
-            for state, (busy, stream) in states.items():
-                rows.append({"round": r, "work": name, "state": state, "us": 1e6 * timed(fn, busy, stream, repeat)})
+    rows, kept = [], []
+    for phase in ("as built", f"+{extra_graphs} graphs") if extra_graphs else ("as built",):
+        if phase != "as built":
+            kept = dummy_graphs(extra_graphs, device)
+        for r in range(rounds):  # interleaved: the host's drift reaches every cell alike
+            for name, (fn, repeat) in work.items():
+                for state, (busy, stream) in states.items():
+                    rows.append({"phase": phase, "round": r, "work": name, "state": state,
+                                 "us": 1e6 * timed(fn, busy, stream, repeat)})
+    del kept
     return pd.DataFrame(rows)
+
+
+def dummy_graphs(count: int, device: torch.device, kernels: int = 30) -> list:
+    """`count` captured CUDA graphs of `kernels` tiny kernels each, kept alive: the serving engine holds about
+    1,100 (7 batch buckets x 5 key lengths x 32 layers)."""
+    x = torch.zeros(16, device=device)
+    stream, graphs = torch.cuda.Stream(device), []
+    with torch.cuda.stream(stream):
+        for _ in range(count):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                for _ in range(kernels):
+                    x.add_(1)
+            graphs.append(graph)
+    torch.cuda.synchronize(device)
+    return graphs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,14 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--prompt", type=int, default=300)
+    parser.add_argument("--graphs", type=int, default=0, help="then capture this many more (dummy) CUDA graphs "
+                        "and time it all again")
     parser.add_argument("--out", default=None, help="CSV of every timing")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: real.launchprobe needs a GPU")
-    table = probe(args.layers, args.rounds, args.prompt)
+    table = probe(args.layers, args.rounds, args.prompt, args.graphs)
     if args.out:
         table.to_csv(args.out, index=False)
-    summary = table.groupby(["work", "state"]).us.describe(percentiles=[0.5, 0.9])[["count", "50%", "90%", "max"]]
+    summary = table.groupby(["phase", "work", "state"]).us.describe(percentiles=[0.5, 0.9])[["count", "50%", "90%", "max"]]
     print(summary.round(1).to_string())
 
 
