@@ -58,10 +58,10 @@ def timed(fn: Callable[[], None], busy: Callable[[], None] | None, stream: torch
 
 @torch.inference_mode()
 def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.DataFrame:
+    from policies import Position, Stage
     from real.engine import Engine
     from real.kv import KVPool
     from real.lanes import urgent_streams
-    from policies import Position, Stage
     from real.model import build_model, preset_config
 
     device = torch.device("cuda")
@@ -93,7 +93,7 @@ def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.Da
         del batch
 
     work = {"launch": (lambda: x.add_(1), 50), "start": (start, 5), "layer": (layer, 2)}
-    sleep = lambda: torch.cuda._sleep(cycles)  # noqa: E731
+    sleep = lambda: torch.cuda._sleep(cycles)
     states = {"idle": (None, None), "busy, same stream": (sleep, None), "busy, urgent stream": (sleep, urgent),
               "graphs, same stream": (graphs, None), "graphs, urgent stream": (graphs, urgent)}
     rows, kept = [], []

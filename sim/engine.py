@@ -10,7 +10,6 @@ arrival), and treats the pass as done for the policy; the pass's tokens carry th
 from __future__ import annotations
 
 from collections.abc import Callable
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,7 +47,6 @@ class SimEngine:
     stage_stops: bool = False  # an arrival also ends a layer between its stages (real engine.stage_stops)
     host_ahead: bool = False  # iteration-level passes on two clocks, the host a pass ahead (module docstring)
     _device_free: float = 0.0  # host_ahead: when the GPU has run everything issued
-    _queued: deque = field(default_factory=deque)  # host_ahead: GPU end times of the latest stepped layers
 
     def __post_init__(self) -> None:
         layout = self.costs.layout
@@ -58,6 +56,7 @@ class SimEngine:
         stops = self.stage_stops and self.policy.granularity >= Granularity.LAYER
         self._stops = np.union1d(self._points, layout.stage_points()) if stops else self._points
         self._ahead = self.host_ahead and self.policy.granularity == Granularity.ITERATION
+        self._launches = self.costs.launch_queue()  # host_ahead: the device's launch queue, across passes
 
     def start(self, requests: list[Request]) -> simpy.Process:
         self._remaining = len(requests)
@@ -120,10 +119,9 @@ class SimEngine:
         """host_ahead: issue the running batch's whole pass, wait (as real.timeline's throttle does) until
         the pass issued before it has left the GPU or a request arrives, and complete it for the policy."""
         batch = self.state.running
-        host, gpu, head, lead = self.costs.pass_paths(batch, self._work.pop(batch.batch_id).durations)
+        paths = self.costs.pass_paths(batch, self._work.pop(batch.batch_id).durations)
         start = self.env.now
-        times = pass_times(start, self._device_free, lead, host, gpu, head, self._queued,
-                           self.costs.pass_queue_layers, self.costs.pass_busy_extra_s)
+        times = pass_times(start, self._device_free, paths, self._launches)
         for request in batch.requests:
             if request.is_prefill:  # its first batch: it reaches the GPU when the pass begins there
                 request.first_scheduled_s = times.device_begin_s

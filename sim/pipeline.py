@@ -11,8 +11,41 @@ such a pass max(host, GPU) per layer, one pass after the other, priced it at 67 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class PassPaths:
+    """One pass's costs on the two clocks (CostModel.pass_paths)."""
+
+    host: np.ndarray  # [L] seconds of host issue per layer (0: a replayed graph)
+    gpu: np.ndarray  # [L] seconds of GPU per layer
+    head_s: float  # the LM head on the GPU
+    lead_s: float  # the host's work before the first layer (decision, layout, embedding, the last LM head's issue)
+
+
+@dataclass
+class LaunchQueue:
+    """The host's side of the device's launch queue, across passes: it holds at most `depth` stepped layers
+    (one with host time) ahead of the GPU (0: unbounded), and a stepped layer issued while the GPU still has
+    earlier work to run costs the host `busy_extra_s` more. (H200, fcfs, round 9: the host ended a GPU-bound
+    prefill pass's issue 9-11 layers before the GPU ended the pass, against 62 for a pass of replayed graphs,
+    one launch per layer; a small prefill layer took the host 3.6 ms into a backlog, 1.8 with the GPU waiting.)"""
+
+    depth: int = 0
+    busy_extra_s: float = 0.0
+    ends: deque = field(default_factory=deque)  # GPU end times of the latest stepped layers issued
+
+    def issue_at(self, host_s: float) -> float:
+        """When the host may issue the next stepped layer, ready at `host_s`."""
+        return max(host_s, self.ends[-self.depth]) if self.depth and len(self.ends) >= self.depth else host_s
+
+    def issued(self, device_end_s: float) -> None:
+        self.ends.append(device_end_s)
+        while len(self.ends) > self.depth:
+            self.ends.popleft()
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,36 +55,23 @@ class PassTimes:
     device_end_s: float  # the GPU has run its LM head: the pass's tokens exist
 
 
-def pass_times(host_start_s: float, device_free_s: float, lead_s: float, host_layers: Sequence[float],
-               gpu_layers: Sequence[float], head_s: float, queued: deque | None = None,
-               queue_layers: int = 0, busy_extra_s: float = 0.0) -> PassTimes:
-    """Issue starts at `host_start_s` after `lead_s` of the host's own work (decision, layout, embedding);
-    layer i is issued `host_layers[i]` later, and the GPU, free from `device_free_s`, ends it no sooner
-    than `gpu_layers[i]` after the layer before and no sooner than its issue ends (max(host, GPU) per layer
-    once the two are in step, as in a stepped layer's pipelined price). The LM head (`head_s`) follows on
-    the GPU; its issue is part of the next pass's lead.
-
-    The device's launch queue is bounded: with `queue_layers` > 0 the host issues a stepped layer (one with
-    host time) only once the stepped layer `queue_layers` before it has left the GPU. `queued` holds the
-    GPU end times of the latest stepped layers, across passes, and is updated. (H200, fcfs, round 9: the
-    host ended a GPU-bound prefill pass's issue 9-11 layers before the GPU ended the pass, against 62 for a
-    pass of replayed graphs, one launch per layer.)
-
-    A stepped layer issued while the GPU still has earlier work to run costs the host `busy_extra_s` more
-    (H200, fcfs, round 9: 3.6 ms a small prefill layer then, against 1.8 with the GPU waiting on the host).
-    """
-    host = host_start_s + lead_s
+def pass_times(host_start_s: float, device_free_s: float, paths: PassPaths,
+               queue: LaunchQueue | None = None) -> PassTimes:
+    """Issue starts at `host_start_s` after the host's lead; layer i is issued its host time later, and the
+    GPU, free from `device_free_s`, ends it no sooner than its GPU time after the layer before and no sooner
+    than its issue ends (max(host, GPU) per layer once the two are in step, as in a stepped layer's pipelined
+    price). The LM head follows on the GPU; its issue is part of the next pass's lead. `queue` (updated)
+    bounds how far the host gets ahead and what it pays into a backlog."""
+    queue = queue or LaunchQueue()
+    host = host_start_s + paths.lead_s
     begin = max(device_free_s, host)
     device = begin
-    for host_s, gpu_s in zip(host_layers, gpu_layers, strict=True):
+    for host_s, gpu_s in zip(paths.host, paths.gpu, strict=True):
         stepped = host_s > 0
-        if stepped and queue_layers and queued is not None and len(queued) >= queue_layers:
-            host = max(host, queued[-queue_layers])
-        host += host_s + (busy_extra_s if stepped and host < device else 0.0)
+        if stepped:
+            host = queue.issue_at(host)
+            host += host_s + (queue.busy_extra_s if host < device else 0.0)
         device = max(device + gpu_s, host)
-        if stepped and queued is not None:
-            queued.append(device)
-    if queued is not None:
-        while len(queued) > queue_layers:
-            queued.popleft()
-    return PassTimes(host, begin, device + head_s)
+        if stepped:
+            queue.issued(device)
+    return PassTimes(host, begin, device + paths.head_s)

@@ -8,6 +8,7 @@ import numpy as np
 
 from policies import Batch, Granularity, Position, Stage
 from sim.model import ModelSpec
+from sim.pipeline import LaunchQueue, PassPaths
 from sim.profile import AttentionLoad, Profile
 from sim.routing import ExpertRouter
 
@@ -111,19 +112,13 @@ class CostModel:
         head = p.lm_head_s(batch.num_requests) + p.overheads.iteration_s
         return np.append(table.ravel(), head)
 
-    @property
-    def pass_queue_layers(self) -> int:
-        """Stepped layers the device's launch queue holds ahead of the GPU (sim.pipeline); 0: unbounded."""
-        return getattr(self.profile, "pass_queue_layers", 0)
+    def launch_queue(self) -> LaunchQueue:
+        """The host's launch queue for whole passes (sim.pipeline), as the profile measured it (unbounded and
+        no backlog cost without those measurements)."""
+        return LaunchQueue(getattr(self.profile, "pass_queue_layers", 0), getattr(self.profile, "pass_busy_extra_s", 0.0))
 
-    @property
-    def pass_busy_extra_s(self) -> float:
-        """What a stepped layer costs the host more while the GPU has a backlog (sim.pipeline)."""
-        return getattr(self.profile, "pass_busy_extra_s", 0.0)
-
-    def pass_paths(self, batch: Batch, durations: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """A whole pass on two clocks (sim.pipeline): host and GPU seconds per layer, the LM head's GPU time
-        and the host's lead before the first layer, for the pass whose stage `durations` were drawn. A
+    def pass_paths(self, batch: Batch, durations: np.ndarray) -> PassPaths:
+        """A whole pass on two clocks (sim.pipeline), for the pass whose stage `durations` were drawn. A
         profile without `pass_paths` (no host clock) has a free host: each layer costs its stages, and the
         lead is the iteration overhead."""
         layers = durations[:-1].reshape(self.model.num_layers, -1)
@@ -131,8 +126,8 @@ class CostModel:
         head = float(durations[-1]) - iteration_s
         paths = getattr(self.profile, "pass_paths", None)
         if paths is None:
-            return np.zeros(len(layers)), layers.sum(axis=1), head, iteration_s
+            return PassPaths(np.zeros(len(layers)), layers.sum(axis=1), head, iteration_s)
         host, gpu = paths(attention_load(batch))  # gpu: without the experts, whose draws are the pass's own
         lead = getattr(self.profile, "pass_host_s", None)
-        return (np.full(len(layers), host), gpu + layers[:, 2:].sum(axis=1), head,
-                iteration_s if lead is None else lead)
+        return PassPaths(np.full(len(layers), host), gpu + layers[:, 2:].sum(axis=1), head,
+                         iteration_s if lead is None else lead)

@@ -10,6 +10,8 @@ import pytest
 
 from calibrate.check import model_spec
 from calibrate.serving import (
+    alone,
+    busy_rows,
     collect,
     decode_check_report,
     decode_rows,
@@ -17,8 +19,6 @@ from calibrate.serving import (
     layer_check,
     layer_residuals,
     padding_rows,
-    alone,
-    busy_rows,
     pass_rows,
     prefill_steps,
     whole_passes,

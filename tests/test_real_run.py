@@ -167,7 +167,9 @@ def test_hostprof_times_the_start_path_of_a_real_replay(tmp_path):
                           "workload.output_mode=fixed", "workload.fixed_output_tokens=2", f"hydra.run.dir={tmp_path}"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    counts = {line.split()[0]: int(line.split("n=")[1].split()[0]) for line in out.stdout.splitlines() if " n=" in line}
+    counts = {line.split(" n=")[0].strip(): int(line.split(" n=")[1].split()[0]) for line in out.stdout.splitlines()
+              if " n=" in line}
     # every start embeds once (the warm-up's starts too); how many starts one consult makes depends on timing
     assert counts["engine.start"] == counts["embed"] >= 6 and counts["consult"] >= 1 and counts["bookkeep"] >= 1
+    assert 1 <= counts["engine.start [one prompt]"] <= counts["engine.start"]  # the warm-up's single prompts at least
     assert (tmp_path / "requests.parquet").exists()  # the replay itself ran and wrote its results

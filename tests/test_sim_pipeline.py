@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from policies import FCFS
-from sim.pipeline import pass_times
+from sim.pipeline import LaunchQueue, PassPaths, pass_times
 from sim.simulate import simulate
 from tests.conftest import ConstantProfile, request, toy_costs
 
@@ -29,22 +30,26 @@ CASES = [
 def test_a_layer_issued_while_the_gpu_has_a_backlog_costs_the_host_more():
     """The GPU runs the pass before until 5: layers 0 and 1 are issued into that backlog (2 + 1 ms each, to 6,
     when the GPU has run layer 1 too), layer 2 with the GPU waiting (2 ms)."""
-    times = pass_times(0, 5, 0, [2] * 3, [0.5] * 3, 0, busy_extra_s=1)
+    times = pass_times(0, 5, paths(0, [2] * 3, [0.5] * 3, 0), LaunchQueue(busy_extra_s=1))
     assert (times.host_end_s, times.device_end_s) == pytest.approx((8, 8))
+
+
+def paths(lead, host, gpu, head):
+    return PassPaths(np.array(host, dtype=float), np.array(gpu, dtype=float), head, lead)
 
 
 @pytest.mark.parametrize("args, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_pass_times(args, expected):
-    *head, depth = args
-    queued = deque()
-    times = pass_times(*head, queued=queued, queue_layers=depth)
+    start, free, lead, host, gpu, head, depth = args
+    queue = LaunchQueue(depth)
+    times = pass_times(start, free, paths(lead, host, gpu, head), queue)
     assert (times.host_end_s, times.device_begin_s, times.device_end_s) == pytest.approx(expected)
-    assert len(queued) == depth  # the latest stepped layers' ends, kept for the next pass
+    assert len(queue.ends) == depth  # the latest stepped layers' ends, kept for the next pass
 
 
 def test_a_replayed_layer_does_not_enter_the_launch_queue():
-    queued = deque([100.0, 100.0])
-    times = pass_times(0, 0, 0, [0.0, 0.0], [1, 1], 0, queued=queued, queue_layers=2)
+    queue = LaunchQueue(2, ends=deque([100.0, 100.0]))
+    times = pass_times(0, 0, paths(0, [0.0, 0.0], [1, 1], 0), queue)
     assert times.host_end_s == 0 and times.device_end_s == 2  # host time 0: graphs, not held by the queue
 
 
