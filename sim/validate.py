@@ -1,6 +1,10 @@
 """Sim vs real: replay each real run's own trace through the simulator with the profile of the same
 GPU and compare latency percentiles and throughput.
-`python -m sim.validate results/real/h200_round9 --hardware h200-measured --model mixtral-8x7b`"""
+`python -m sim.validate results/real/h200_round9 --hardware h200-measured --model mixtral-8x7b`
+
+`--against OTHER` scores the real runs against OTHER's runs of the same policy, rate and seed (the same traces
+on another lease, say) instead of the simulator: the engine against itself, the floor under any simulator's
+error (BENCHMARKS.md, session 12: 77 of 108 cells within target, as many as the simulator)."""
 
 from __future__ import annotations
 
@@ -94,28 +98,65 @@ def paired_pct(real: pd.DataFrame, sim: pd.DataFrame, cls: str, column: str) -> 
     return 100 * (float(ratio.median()) - 1) if len(ratio) else float("nan")
 
 
+TARGETS_PCT = {"p50": 5.0, "p99": 10.0, "tokens/s": 3.0}  # issue 6's targets on |error|
+
+
+def within_target(table: pd.DataFrame) -> tuple[int, int]:
+    """(cells within target, cells) over the error columns of `compare` rows."""
+    columns = [c for c in table.columns if c.endswith("err %")]
+    limits = [next(v for k, v in TARGETS_PCT.items() if k in c) for c in columns]
+    inside = (table[columns].abs() <= limits).to_numpy()
+    return int(inside.sum()), inside.size
+
+
+def run_key(run_dir: Path) -> tuple[str, float, int]:
+    info = json.loads((run_dir / "summary.json").read_text())["run"]
+    return info["policy"], float(info["rate"]), int(info["seed"])
+
+
+def paired_runs(runs: list[Path], other_root: Path) -> list[tuple[Path, Path]]:
+    """Each run with OTHER's run of the same policy, rate and seed; an error if none of them has one."""
+    other = {run_key(p.parent): p.parent for p in other_root.rglob("summary.json")
+             if (p.parent / "requests.parquet").exists()}
+    pairs = [(run, other[run_key(run)]) for run in runs if run_key(run) in other]
+    if not pairs:
+        raise SystemExit(f"error: no run under {other_root} has the policy, rate and seed of a run under the first folder")
+    return pairs
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, help="folder of real run folders (each with trace.csv, requests.parquet)")
     parser.add_argument("--hardware", default="h200-measured")
     parser.add_argument("--model", default="mixtral-8x7b")
     parser.add_argument("--out", type=Path, default=None, help="CSV of the error table")
     parser.add_argument("--sim-out", type=Path, default=None, help="folder for the simulated runs' tables")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="folder of real runs of the same traces to score against instead of the simulator")
     args = parser.parse_args()
     runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
     if not runs:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
+    if args.against is not None and not args.against.is_dir():
+        raise SystemExit(f"error: --against {args.against}: no such folder")
     rows = []
-    for run in runs:
-        simulated = simulate_like(run, args.hardware, args.model)
-        if args.sim_out is not None:
-            (args.sim_out / run.name).mkdir(parents=True, exist_ok=True)
-            simulated.to_parquet(args.sim_out / run.name / "requests.parquet", index=False)
-        rows.append(compare(pd.read_parquet(run / "requests.parquet"), simulated))
-    table = pd.DataFrame(rows).sort_values(["policy", "rate"])
+    for run, other in paired_runs(runs, args.against) if args.against else ((run, None) for run in runs):
+        if other is None:
+            other_table = simulate_like(run, args.hardware, args.model)
+            if args.sim_out is not None:
+                (args.sim_out / run.name).mkdir(parents=True, exist_ok=True)
+                other_table.to_parquet(args.sim_out / run.name / "requests.parquet", index=False)
+        else:
+            other_table = pd.read_parquet(other / "requests.parquet")
+        row = compare(pd.read_parquet(run / "requests.parquet"), other_table)
+        rows.append({**row, "seed": run_key(run)[2]})
+    table = pd.DataFrame(rows).sort_values(["policy", "rate", "seed"])
     if args.out:
         table.to_csv(args.out, index=False)
     print(table.T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
+    inside, cells = within_target(table)
+    print(f"{len(table)} runs against {args.against or 'the simulator'}: {inside} of {cells} cells within target "
+          f"(p50 <= 5%, p99 <= 10%, tokens/s <= 3%)")
 
 
 if __name__ == "__main__":

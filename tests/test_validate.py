@@ -68,3 +68,35 @@ def test_the_paired_error_compares_each_request_with_itself():
     sim = real.assign(ttft_s=[0.11, 0.22, 0.44, 0.5]).iloc[::-1]  # row order does not matter
     assert paired_pct(real, sim, "LS", "ttft_s") == pytest.approx(10.0)
     assert paired_pct(real, sim, "BE", "ttft_s") == pytest.approx(-50.0)
+
+
+def test_runs_scored_against_other_runs_of_the_same_traces(tmp_path, monkeypatch, capsys):
+    """--against: the engine against itself. A copy of a run scores zero error, every cell within target."""
+    trace = generate_trace(WorkloadConfig(rate=3.0, num_requests=40, output_mode="fixed", fixed_output_tokens=4), 5)
+    run = {"policy": "fcfs", "rate": 3.0, "seed": 5, "num_slots": 40,
+           "kv_slot_tokens": int((trace.prompt_tokens + trace.output_tokens).max())}
+    for root in ("a", "b"):
+        folder = tmp_path / root / "0_fcfs"
+        folder.mkdir(parents=True)
+        write_trace(trace, folder / "trace.csv")
+        (folder / "summary.json").write_text(json.dumps({"run": run}))
+    made = simulate_like(tmp_path / "a" / "0_fcfs", "h200", "mixtral-8x7b")
+    for root in ("a", "b"):
+        made.to_parquet(tmp_path / root / "0_fcfs" / "requests.parquet", index=False)
+    monkeypatch.setattr("sys.argv", ["validate", str(tmp_path / "a"), "--against", str(tmp_path / "b"),
+                                     "--out", str(tmp_path / "t.csv")])
+    sim.validate.main()
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert sim.validate.within_target(table) == (9, 9) and table.seed.tolist() == [5]
+    assert "1 runs against" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["validate", str(tmp_path / "a"), "--against", str(tmp_path / "nothing")])
+    with pytest.raises(SystemExit, match="no such folder"):
+        sim.validate.main()
+
+
+@pytest.mark.parametrize("errors, inside", [
+    ({"LS ttft_p50_s err %": 4.9, "LS ttft_p99_s err %": -9.9, "tokens/s err %": 2.9}, 3),
+    ({"LS ttft_p50_s err %": -5.1, "LS ttft_p99_s err %": 10.1, "tokens/s err %": -3.1}, 0),
+])
+def test_cells_within_target_use_each_metrics_limit(errors, inside):
+    assert sim.validate.within_target(pd.DataFrame([errors])) == (inside, 3)
