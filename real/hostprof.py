@@ -26,7 +26,8 @@ from real import stages
 
 WRAPPED = [(real.server.ReplayServer, "_consult", "consult"), (real.server.ReplayServer, "_bookkeep", "bookkeep"),
            (real.engine.Engine, "start", "engine.start"), (real.engine, "build_layout", "build_layout"),
-           (real.layout, "to_device", "to_device"), (torch.Tensor, "pin_memory", "pin_memory"),
+           (real.layout, "to_device", "to_device"), (real.engine, "pending_ids", "input_ids"),
+           (real.layout, "_packed", "layout._packed"), (torch.Tensor, "pin_memory", "pin_memory"),
            (stages, "embed", "embed"), (real.engine.Engine, "add_sequence", "add_sequence"),
            (real.timeline.DeviceTimeline, "busy_streams", "busy_streams"),
            (real.timeline.DeviceTimeline, "mark", "mark"), (real.lanes.PriorityLane, "claim", "lane.claim"),
@@ -40,8 +41,14 @@ def _one_prompt(seqs) -> bool:
     return len(seqs) == 1 and seqs[0].num_cached == 0
 
 
+def _prompts(seqs) -> bool:
+    """A batch of several new prompts: an LS prefill with its BE fill, or BE prefills."""
+    return len(seqs) > 1 and all(seq.num_cached == 0 for seq in seqs)
+
+
 KINDS = {  # sub-labels: the calls on an LS request's way to its first kernel
-    "engine.start": lambda engine, seqs: "one prompt" if _one_prompt(seqs) else "",
+    "engine.start": lambda engine, seqs: "one prompt" if _one_prompt(seqs) else "prompts" if _prompts(seqs) else "",
+    "input_ids": lambda seqs: "prompts" if _prompts(seqs) else "",
     "bookkeep": lambda server, t: ("starts one prompt" if t.started is not None and len(t.started.requests) == 1
                                    and t.started.requests[0].is_prefill else ""),
 }
