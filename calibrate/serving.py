@@ -7,11 +7,12 @@ LM head it waits for the tokens, books them, asks the policy and builds the next
 of a stepped batch the server marks, throttles and loops: where such a layer is host-bound, its device
 time beyond the layer the profile composes is `server_layer` (from prefill batches, whose load the log
 gives). An iteration-level policy's pass is one advance that the host issues without stopping, a pass
-ahead of the GPU (sim.pipeline): its stepped layers' host issue time beyond the profile's host path is
-`pass_layer` (`pass_layer_busy` while the GPU still runs earlier work: launches then take longer), the
-launch queue's depth `pass_queue`, and the host's work from one pass's last layer to the next pass's first is `pass_host`, all
+ahead of the GPU (sim.pipeline). Its stepped layers' host issue time beyond the profile's host path is
+`pass_layer` (`pass_layer_busy` while the GPU still runs earlier passes), the launch queue's depth is
+`pass_queue`, and the host's work from one pass's last layer to the next pass's first is `pass_host`: all
 read on the host clock, since the device times of such a pass hide the part of its issue that overlapped
-the pass before it (which is also why `server_layer` comes from layer-by-layer steps only). The engine attends a group of sequences as one padded call; `padding_charge` and
+the pass before it (which is also why `server_layer` comes from layer-by-layer steps only).
+The engine attends a group of sequences as one padded call; `padding_charge` and
 `decode_padding_charge` are the shares of that padding's price (prefill; decode, from graph-replayed decode
 layers whose contexts the requests table gives) that the device pays. A batch started on an urgent stream (real.lanes) overlaps the queued layers of the one it
 paused: that switch costs no idle time, and its negative gap counts as zero. `real.run` logs every step
@@ -130,7 +131,8 @@ def pass_rows(steps: pd.DataFrame, profile) -> tuple[pd.DataFrame, pd.DataFrame]
         if head is None or head.kind != "finish" or head.batch_id != step.batch_id:
             continue
         load = AttentionLoad(int(step.num_seqs), int(step.num_tokens), 0, prefill_max_tokens=int(step.longest))
-        layers, issue_s, backlog_s = step.to_layer - step.from_layer, head.issued_s - step.issued_s, step.begin_s - step.issued_s
+        layers = step.to_layer - step.from_layer
+        issue_s, backlog_s = head.issued_s - step.issued_s, step.begin_s - step.issued_s
         host, gpu = profile.layer_paths(load)
         if host < gpu:
             per_layer = (step.end_s - step.begin_s) / layers

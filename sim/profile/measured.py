@@ -180,10 +180,9 @@ class MeasuredProfile:
     padding_charge: float = field(init=False, default=1.0)
     # the same for a decode group's attention, priced at its longest context (events' decode_padding_charge)
     decode_padding_charge: float = field(init=False, default=1.0)
-    # inside a whole pass (pass_paths): the serving host's work per stepped layer beyond its stages (more while
-    # the GPU has a backlog: pass_busy_extra_s), and its
-    # work between one pass's last layer and the next's first (events' pass_layer, pass_host; None: the
-    # iteration overhead)
+    # inside a whole pass (pass_paths, sim.pipeline): the serving host's work per stepped layer beyond its
+    # stages (events' pass_layer; more while the GPU has a backlog) and between one pass's last layer and
+    # the next's first (pass_host; None: the iteration overhead)
     pass_layer_s: float = field(init=False, default=0.0)
     pass_host_s: float | None = field(init=False, default=None)
     pass_busy_extra_s: float = field(init=False, default=0.0)  # events' pass_layer_busy - pass_layer
@@ -430,11 +429,8 @@ def _event_quantiles(directory: Path, event: str, n: int = 20) -> tuple[float, .
 def _event_share(directory: Path, event: str) -> float:
     """The median of an event's rows clipped to [0, 1], 1 without rows: a share of a price to charge, which
     unlike a cost (`_event_costs`) must not fall to 0 where its rows scatter."""
-    if not (directory / "events.csv").exists():
-        return 1.0
-    table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
-    rows = table[table.event == event].time_s
-    return float(min(max(rows.median(), 0.0), 1.0)) if len(rows) else 1.0
+    median = _event_median(directory, event)
+    return 1.0 if median is None else min(max(median, 0.0), 1.0)
 
 
 def _event_median(directory: Path, event: str) -> float | None:
