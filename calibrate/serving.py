@@ -92,8 +92,10 @@ def prefill_layers(steps: pd.DataFrame) -> Iterator[tuple[AttentionLoad, float]]
 
 
 def whole_passes(steps: pd.DataFrame) -> pd.Series:
-    """Advances that run a pass from its first layer to its last in one step (an iteration-level policy's)."""
-    return (steps.kind == "advance") & (steps.from_layer == 0) & (steps.to_layer == steps.to_layer.max())
+    """Advances that run a pass from its first layer to its last in one step (an iteration-level policy's; in
+    a log of one layer's steps, as the layer-by-layer ones, there are none)."""
+    last = steps.to_layer.max()
+    return (steps.kind == "advance") & (steps.from_layer == 0) & (steps.to_layer == last) & (last > 1)
 
 
 def layer_residuals(steps: pd.DataFrame, profile) -> pd.DataFrame:
@@ -285,10 +287,11 @@ BINS = [0, 128, 256, 512, 1024, 2048, 4096, 8192, 1 << 20]
 
 
 def layer_check(steps: pd.DataFrame, profile: MeasuredProfile, model: ModelSpec) -> pd.DataFrame:
-    """Per stepped prefill layer of a run (`prefill_steps`): its device time and the layer the simulator
-    composes for that load (uniform routing), in ms."""
+    """Per prefill layer a run stepped layer by layer (`prefill_steps`, not `whole_passes`: the simulator
+    prices those on two clocks, sim.pipeline): its device time and the layer the simulator composes for
+    that load (uniform routing), in ms."""
     rows = [{"tokens": load.num_tokens, "seqs": load.num_seqs, "composed_ms": 1e3 * layer_s(profile, model, load),
-             "measured_ms": 1e3 * per_layer_s} for load, per_layer_s in prefill_layers(steps)]
+             "measured_ms": 1e3 * per_layer_s} for load, per_layer_s in prefill_layers(steps[~whole_passes(steps)])]
     return pd.DataFrame(rows, columns=["tokens", "seqs", "composed_ms", "measured_ms"])
 
 
