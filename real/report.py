@@ -147,11 +147,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("runs", type=Path, help="folder of run folders (requests.parquet, summary.json, steps.parquet)")
     parser.add_argument("--baseline", default="fcfs")
     parser.add_argument("--slo", type=float, default=3.0)
-    parser.add_argument("--out", type=Path, default=None, help="CSV of the per-run rows")
+    parser.add_argument("--out", type=Path, default=None, help="CSV of the per-run rows (with --reaction: of its table)")
     parser.add_argument("--reaction", action="store_true", help="split each LS reaction into notice / host / device")
     args = parser.parse_args(argv)
     if args.reaction:
-        print(markdown(reaction_table(args.runs)))
+        reactions = reaction_table(args.runs)
+        if args.out:
+            reactions.to_csv(args.out, index=False)
+        print(markdown(reactions))
         return
     table = runs_table(args.runs, args.slo)
     if args.out:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from calibrate import newshape
-from real.report import compare, markdown, reaction_parts, reaction_table, runs_table
+from real.report import compare, main, markdown, reaction_parts, reaction_table, runs_table
 from sim.results import REQUEST_COLUMNS, with_latencies
 
 
@@ -94,6 +94,8 @@ def test_reaction_split_into_notice_host_and_device(tmp_path):
     assert table.loc["all", "urgent share"] == pytest.approx(0.5)
     assert table.loc["all", "within one in-flight layer"] == pytest.approx(1.0)
     assert table.loc["all, found BE", "LS"] == table.loc["all, found idle", "LS"] == 1
+    main([str(tmp_path), "--reaction", "--out", str(tmp_path / "reaction.csv")])  # the table, as a CSV too
+    assert pd.read_csv(tmp_path / "reaction.csv").set_index("run").loc["all", "LS"] == 2
 
 
 def test_an_arrival_during_an_lm_head_is_pooled_apart(tmp_path):
