@@ -37,6 +37,7 @@ import pandas as pd
 
 from calibrate.check import profile_model, stepped_profile
 from sim.model import ModelSpec
+from sim.pipeline import ran_ahead
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import layer_s
 from sim.profile.measured import MeasuredProfile
@@ -234,11 +235,12 @@ def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
         server_layer = pd.concat(residuals).time_s if residuals else pd.Series(dtype=float)
         host_extra = float(server_layer.median()) if len(server_layer) else 0.0
         parts += residuals + [padding_rows(log, profile, host_extra) for log in logs if "level" in log]
-        passes = [pass_rows(log, profile) for log in logs if "num_prefill_seqs" in log]
-        parts += [rows for rows, _ in passes]
-        idle = pd.concat([rows[rows.event == "pass_layer"].time_s for rows, _ in passes] or [pd.Series(dtype=float)])
-        if passes and len(idle):
-            parts.append(busy_rows(pd.concat([busy for _, busy in passes], ignore_index=True), float(idle.median())))
+        if passes := [pass_rows(log, profile) for log in logs if "num_prefill_seqs" in log]:
+            rows = pd.concat([rows for rows, _ in passes], ignore_index=True)
+            idle = rows[rows.event == "pass_layer"].time_s  # busy_rows takes the others' layers at this rate
+            parts.append(rows)
+            if len(idle):
+                parts.append(busy_rows(pd.concat([busy for _, busy in passes], ignore_index=True), float(idle.median())))
         parts += decode_parts(run_dirs, profile.directory)
     table = pd.concat(parts, ignore_index=True)
     table["repeat"] = table.groupby("event").cumcount()
@@ -246,10 +248,9 @@ def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
 
 
 def host_ahead(run: Path) -> bool:
-    """Whether the run's host did not wait for a pass's tokens (real.pending): it then issues a whole pass
-    ahead of the GPU."""
+    """Whether the run issued whole passes ahead of the GPU (sim.pipeline.ran_ahead of its summary)."""
     summary = run / "summary.json"
-    return summary.exists() and bool(json.loads(summary.read_text())["run"].get("defer_tokens", False))
+    return summary.exists() and ran_ahead(json.loads(summary.read_text())["run"])
 
 
 def graph_decode_logs(run_dirs: list[Path]) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:

@@ -42,9 +42,9 @@ class Layout:
 def build_layout(seqs: list[Sequence], device, ids: np.ndarray | None = None,
                  staging: PinnedStaging | None = None) -> Layout:
     """Decode sequences (one new token) and prefill sequences are padded separately. Built with numpy
-    and sent in one copy (with `ids`, the packed new token ids too: real.pending.input_ids): this sits between an LS arrival and its first kernel (torch's per-op dispatch
-    on small host tensors cost about 1 ms per batch; a second copy for the ids, 0.13 ms of host time per
-    pass start, H200). `staging`: the engine's pinned buffers (`to_device`)."""
+    and sent in one copy (with `ids`, the packed new token ids too: real.pending.input_ids): this sits
+    between an LS arrival and its first kernel (torch's per-op dispatch on small host tensors cost about 1 ms
+    per batch; a second copy for the ids, 0.13 ms of host time per pass start, H200). `staging`: the engine's pinned buffers (`to_device`)."""
     if len(seqs) == 1:  # an LS arrival's prefill, mostly: the same arrays with a few numpy calls
         host, groups, total = _single(seqs[0])
     else:

@@ -16,6 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def ran_ahead(run: dict) -> bool:
+    """Whether a real run (its summary.json's `run`) issued whole passes ahead of the GPU: its host did not
+    wait for a pass's tokens (engine.defer_tokens, real.pending)."""
+    return bool(run.get("defer_tokens", False))
+
+
 @dataclass(frozen=True, slots=True)
 class PassPaths:
     """One pass's costs on the two clocks (CostModel.pass_paths)."""

@@ -22,7 +22,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from sim.results import markdown, ratio_to, serving_metrics
-from sim.validate import simulate_like
+from sim.validate import run_key, simulate_like
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,6 @@ def compare(run_dirs: list[Path], variants: list[Variant], hardware: str, model:
     return table.assign(**{"tokens/s ratio": ratio_to(table, table.variant == variants[0].label, "tokens/s")})
 
 
-def _policy_of(run: Path) -> str:
-    return json.loads((run / "summary.json").read_text())["run"]["policy"]
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sim.tracecmp", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     runs = sorted(p.parent for p in args.runs.rglob("summary.json") if (p.parent / "trace.csv").exists())
     if args.runs_of:
-        runs = [r for r in runs if _policy_of(r) == args.runs_of]
+        runs = [r for r in runs if run_key(r)[0] == args.runs_of]
     if not runs:
         raise SystemExit(f"error: no real runs (summary.json + trace.csv) under {args.runs}")
     try:

@@ -4,7 +4,8 @@ GPU and compare latency percentiles and throughput.
 
 `--against OTHER` scores the real runs against OTHER's runs of the same policy, rate and seed (the same traces
 on another lease, say) instead of the simulator: the engine against itself, the floor under any simulator's
-error (BENCHMARKS.md, session 12: 77 of 108 cells within target, as many as the simulator)."""
+error (BENCHMARKS.md, session 12: round 11 against round 9, 78 of 108 cells within target; the simulator
+against round 11, 77)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 from policies import Policy
 from sim.cli import CONF_DIR
 from sim.compose import compose_spec
+from sim.pipeline import ran_ahead
 from sim.plan import CostModel
 from sim.profile.select import build_profile
 from sim.results import class_metrics, requests_table, throughput
@@ -52,10 +54,9 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
         request.kv_unit_tokens = summary["kv_slot_tokens"]
     router = ExpertRouter(spec.model.num_layers, spec.model.num_experts, spec.model.top_k, seed=spec.seed)
     costs = CostModel(spec.model, build_profile(spec.profile, spec.model, spec.hardware), router)
-    # the host runs a pass ahead of the GPU where it does not wait for a pass's tokens (real.pending)
     outcome = simulate(requests, spec.policy, costs, summary["num_slots"] * summary["kv_slot_tokens"],
                        spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)),
-                       host_ahead=bool(summary.get("defer_tokens", False)))
+                       host_ahead=ran_ahead(summary))
     return requests_table(outcome.requests, "sim", policy, summary["rate"], summary["seed"])
 
 
@@ -139,17 +140,16 @@ def main() -> None:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
     if args.against is not None and not args.against.is_dir():
         raise SystemExit(f"error: --against {args.against}: no such folder")
+    if args.against:
+        references = {run: pd.read_parquet(other / "requests.parquet") for run, other in paired_runs(runs, args.against)}
+    else:
+        references = {run: simulate_like(run, args.hardware, args.model) for run in runs}
     rows = []
-    for run, other in paired_runs(runs, args.against) if args.against else ((run, None) for run in runs):
-        if other is None:
-            other_table = simulate_like(run, args.hardware, args.model)
-            if args.sim_out is not None:
-                (args.sim_out / run.name).mkdir(parents=True, exist_ok=True)
-                other_table.to_parquet(args.sim_out / run.name / "requests.parquet", index=False)
-        else:
-            other_table = pd.read_parquet(other / "requests.parquet")
-        row = compare(pd.read_parquet(run / "requests.parquet"), other_table)
-        rows.append({**row, "seed": run_key(run)[2]})
+    for run, reference in references.items():
+        if args.sim_out is not None and not args.against:
+            (args.sim_out / run.name).mkdir(parents=True, exist_ok=True)
+            reference.to_parquet(args.sim_out / run.name / "requests.parquet", index=False)
+        rows.append({**compare(pd.read_parquet(run / "requests.parquet"), reference), "seed": run_key(run)[2]})
     table = pd.DataFrame(rows).sort_values(["policy", "rate", "seed"])
     if args.out:
         table.to_csv(args.out, index=False)
