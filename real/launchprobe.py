@@ -11,6 +11,12 @@ on the main stream, as a BE decode pass leaves them), in interleaved rounds:
   full-width Mixtral of `--layers` layers, and `layer`: one stepped prefill layer of it.
 
     python -m real.launchprobe [--layers 2] [--rounds 20] [--prompt 300] [--graphs 1100]      # on a GPU
+
+`--cold` times instead single starts (one prompt, and an LS prompt with seven BE prompts) on the urgent stream
+behind a busy GPU, each after: three untimed starts (`hot`); replayed graphs and a 2 ms spin on an event, as the
+server waits (`served`); a 64 MiB memory sweep (`flushed`); `served`, with a host-only rehearsal of the start
+path (the same batch's ids and layout on the CPU) every 0.25 ms of the spin (`served, rehearsed`). The serving
+process starts a batch 2-3x slower than the hot loop above does: is it the caches the other work evicts?
 """
 
 from __future__ import annotations
@@ -109,6 +115,68 @@ def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.Da
     return pd.DataFrame(rows)
 
 
+@torch.inference_mode()
+def cold_probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
+    from policies import Position, Stage
+    from real.engine import Engine
+    from real.kv import KVPool
+    from real.lanes import urgent_streams
+    from real.layout import build_layout
+    from real.model import build_model, preset_config
+    from real.pending import input_ids
+
+    device, cpu = torch.device("cuda"), torch.device("cpu")
+    model = build_model(preset_config("mixtral-8x7b", num_hidden_layers=layers), "cuda", torch.bfloat16)
+    engine = Engine.for_device(model, KVPool.allocate_for(model.config, num_slots=16, max_len=1024, device=device,
+                                                          dtype=torch.bfloat16))
+    engine.warm_up(4)
+    urgent = urgent_streams(device)[0]
+    cycles = sleep_cycles(device, BUSY_MS)
+    rng = np.random.default_rng(0)
+    lengths = (prompt, 250, 180, 400, 90, 320, 210, 150)
+    prompts = [engine.add_sequence(i, rng.integers(0, 32000, n).tolist()) for i, n in enumerate(lengths)]
+    decoding = [engine.add_sequence(100 + i, [1] * 200) for i in range(4)]
+    engine.run_pass(decoding)
+    decode = engine.start(decoding)
+    sweep = np.ones(8 << 20)  # 64 MiB
+
+    def graphs():
+        for i in range(40):
+            decode.position = Position(i % layers, Stage.ATTENTION)
+            engine.runner.run_layer(decode)
+
+    def spin(seqs, rehearse: bool):
+        event = torch.cuda.Event()
+        event.record()
+        end = time.perf_counter() + 2e-3
+        next_rehearsal = 0.0
+        while time.perf_counter() < end:
+            event.query()
+            if rehearse and time.perf_counter() >= next_rehearsal:
+                ids, _ = input_ids(seqs)
+                build_layout(seqs, cpu, ids)
+                next_rehearsal = time.perf_counter() + 0.25e-3
+
+    before = {"hot": lambda seqs: [engine.start(seqs) for _ in range(3)],
+              "served": lambda seqs: (graphs(), spin(seqs, False)),
+              "flushed": lambda seqs: sweep.__iadd__(1.0),
+              "served, rehearsed": lambda seqs: (graphs(), spin(seqs, True))}
+    rows = []
+    for r in range(rounds):
+        for work, seqs in (("start 1", prompts[:1]), ("start 8", prompts)):
+            for state, prepare in before.items():
+                torch.cuda.synchronize(device)
+                torch.cuda._sleep(cycles)
+                prepare(seqs)
+                with torch.cuda.stream(urgent):
+                    begin = time.perf_counter()
+                    engine.start(seqs)
+                    elapsed = time.perf_counter() - begin
+                rows.append({"phase": "cold", "round": r, "work": work, "state": state, "us": 1e6 * elapsed})
+    torch.cuda.synchronize(device)
+    return pd.DataFrame(rows)
+
+
 def dummy_graphs(count: int, device: torch.device, kernels: int = 30) -> list:
     """`count` captured CUDA graphs of `kernels` tiny kernels each, kept alive: the serving engine holds about
     1,100 (7 batch buckets x 5 key lengths x 32 layers)."""
@@ -133,11 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", type=int, default=300)
     parser.add_argument("--graphs", type=int, default=0, help="then capture this many more (dummy) CUDA graphs "
                         "and time it all again")
+    parser.add_argument("--cold", action="store_true", help="single starts after other host work (see above)")
     parser.add_argument("--out", default=None, help="CSV of every timing")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: real.launchprobe needs a GPU")
-    table = probe(args.layers, args.rounds, args.prompt, args.graphs)
+    table = (cold_probe(args.layers, args.rounds, args.prompt) if args.cold
+             else probe(args.layers, args.rounds, args.prompt, args.graphs))
     if args.out:
         table.to_csv(args.out, index=False)
     summary = table.groupby(["phase", "work", "state"]).us.describe(percentiles=[0.5, 0.9])[["count", "50%", "90%", "max"]]
