@@ -14,8 +14,8 @@ on the main stream, as a BE decode pass leaves them), in interleaved rounds:
 
 `--cold` times instead single starts (one prompt, and an LS prompt with seven BE prompts) on the urgent stream
 behind a busy GPU, each after: three untimed starts (`hot`); replayed graphs and a 2 ms spin on an event, as the
-server waits (`served`); a 64 MiB memory sweep (`flushed`); `served`, with a host-only rehearsal of the start
-path (the same batch's ids and layout on the CPU) every 0.25 ms of the spin (`served, rehearsed`). The serving
+server waits (`served`); a 64 MiB memory sweep (`flushed`); `served`, with `Engine.rehearse` every 0.25 ms of the
+spin (`served, rehearsed`: the host side of starts for stand-in prompts, nothing copied or launched). The serving
 process starts a batch 2-3x slower than the hot loop above does: is it the caches the other work evicts?
 """
 
@@ -121,11 +121,9 @@ def cold_probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
     from real.engine import Engine
     from real.kv import KVPool
     from real.lanes import urgent_streams
-    from real.layout import build_layout
     from real.model import build_model, preset_config
-    from real.pending import input_ids
 
-    device, cpu = torch.device("cuda"), torch.device("cpu")
+    device = torch.device("cuda")
     model = build_model(preset_config("mixtral-8x7b", num_hidden_layers=layers), "cuda", torch.bfloat16)
     engine = Engine.for_device(model, KVPool.allocate_for(model.config, num_slots=16, max_len=1024, device=device,
                                                           dtype=torch.bfloat16))
@@ -153,8 +151,7 @@ def cold_probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
         while time.perf_counter() < end:
             event.query()
             if rehearse and time.perf_counter() >= next_rehearsal:
-                ids, _ = input_ids(seqs)
-                build_layout(seqs, cpu, ids)
+                engine.rehearse()
                 next_rehearsal = time.perf_counter() + 0.25e-3
 
     before = {"hot": lambda seqs: [engine.start(seqs) for _ in range(3)],

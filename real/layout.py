@@ -40,18 +40,20 @@ class Layout:
 
 
 def build_layout(seqs: list[Sequence], device, ids: np.ndarray | None = None,
-                 staging: PinnedStaging | None = None) -> Layout:
+                 staging: PinnedStaging | None = None, dry: bool = False) -> Layout:
     """Decode sequences (one new token) and prefill sequences are padded separately. Built with numpy
     and sent in one copy (with `ids`, the packed new token ids too: real.pending.input_ids): this sits
     between an LS arrival and its first kernel (torch's per-op dispatch on small host tensors cost about 1 ms
-    per batch; a second copy for the ids, 0.13 ms of host time per pass start, H200). `staging`: the engine's pinned buffers (`to_device`)."""
+    per batch; a second copy for the ids, 0.13 ms of host time per pass start, H200). `staging`: the engine's pinned buffers (`to_device`).
+    `dry`: the same host work, but the device tensors are views of a scratch block, nothing copied (a rehearsal:
+    real.engine.Engine.rehearse)."""
     if len(seqs) == 1:  # an LS arrival's prefill, mostly: the same arrays with a few numpy calls
         host, groups, total = _single(seqs[0])
     else:
         host, groups, total = _packed(seqs)
     if ids is not None:
         host.append(ids)
-    dev = to_device(host, device, staging)
+    dev = to_device(host, device, staging, dry)
     layout_groups = tuple(AttentionGroup(*dev[3 + 5 * i: 8 + 5 * i], num_keys=g[-1]) for i, g in enumerate(groups))
     return Layout(total, dev[0], dev[1], dev[2], layout_groups, dev[-1] if ids is not None else None)
 
@@ -92,14 +94,16 @@ def _packed(seqs: list[Sequence]) -> tuple[list[np.ndarray], list[tuple], int]:
     return host, groups, total
 
 
-def to_device(host: list[np.ndarray], device, staging: PinnedStaging | None = None) -> list[torch.Tensor]:
+def to_device(host: list[np.ndarray], device, staging: PinnedStaging | None = None,
+              dry: bool = False) -> list[torch.Tensor]:
     """One asynchronous host-to-device copy (from pinned memory) for many small index arrays:
     a pageable copy would wait for the GPU to drain, a hidden sync at every merge or pass start.
-    Through `staging` where given and large enough, else from a block pinned for this copy."""
+    Through `staging` where given and large enough, else from a block pinned for this copy.
+    `dry` (with `staging`): no copy, views of its scratch block (`PinnedStaging.rehearse`)."""
     sizes = [np.size(a) for a in host]
     total = sum(sizes)
     if staging is not None and total <= staging.capacity:
-        flat = staging.send(host, total)
+        flat = staging.rehearse(host, total) if dry else staging.send(host, total)
     else:
         flat = torch.from_numpy(np.concatenate([np.ravel(a) for a in host]).astype(np.int64, copy=False))
         if torch.device(device).type == "cuda":
@@ -118,13 +122,16 @@ class PinnedStaging:
     buffers: list[torch.Tensor]
     views: list[np.ndarray]
     copied: list[torch.cuda.Event | None]
+    scratch: np.ndarray | None = None  # `rehearse`'s: a host buffer and a device block, never copied
+    scratch_device: torch.Tensor | None = None
     next: int = 0
 
     @classmethod
     def allocate(cls, device: torch.device, elements: int = 1 << 17, count: int = 16) -> PinnedStaging:
         """`count` buffers of `elements` int64s (default 16 x 1 MiB: layouts of up to ~16k prefill tokens)."""
         buffers = [torch.empty(elements, dtype=torch.int64, pin_memory=True) for _ in range(count)]
-        return cls(device, buffers, [b.numpy() for b in buffers], [None] * count)
+        return cls(device, buffers, [b.numpy() for b in buffers], [None] * count, np.empty(elements, np.int64),
+                   torch.zeros(elements, dtype=torch.int64, device=device))
 
     @property
     def capacity(self) -> int:
@@ -141,6 +148,12 @@ class PinnedStaging:
             self.copied[i] = torch.cuda.Event()
         self.copied[i].record()
         return out
+
+    def rehearse(self, host: list[np.ndarray], total: int) -> torch.Tensor:
+        """`send`'s host work without the copy: the arrays into the host scratch, and the device scratch's first
+        `total` elements (stale values) in place of the copy's result."""
+        np.concatenate([np.ravel(a) for a in host], out=self.scratch[:total], casting="unsafe")
+        return self.scratch_device[:total]
 
 
 def _group(new: np.ndarray, cached: np.ndarray, slots: np.ndarray, offsets: np.ndarray) -> tuple:

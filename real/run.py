@@ -18,7 +18,7 @@ from real.lanes import PriorityLane, urgent_streams
 from real.lanes import warm_up as warm_up_lanes
 from real.model import build_model, preset_config
 from real.server import ReplayServer
-from real.timeline import DeviceTimeline
+from real.timeline import DeviceTimeline, every
 from sim.results import requests_table, summarize
 from sim.workload import WorkloadConfig, generate_trace, read_trace, to_requests, write_trace
 
@@ -51,6 +51,8 @@ class EngineSettings:
     defer_tokens: bool = field(default=True, compare=False)
     # an iteration-level policy's pass may also take the urgent stream, beside the pass still on the device
     pass_overlap: bool = field(default=False, compare=False)
+    # while the host waits for the device, it rehearses a pass start this often (0: never; Engine.rehearse)
+    rehearse_us: float = field(default=0.0, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -59,6 +61,8 @@ class EngineSettings:
             raise ValueError("engine.device=cuda but no CUDA device is available")
         if self.pool_prewarm_gib < 0:
             raise ValueError(f"engine.pool_prewarm_gib must be >= 0, got {self.pool_prewarm_gib}")
+        if isinstance(self.rehearse_us, bool) or not isinstance(self.rehearse_us, int | float) or self.rehearse_us < 0:
+            raise ValueError(f"engine.rehearse_us must be a number >= 0, got {self.rehearse_us!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap"):
@@ -180,7 +184,9 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     for request in requests:
         request.kv_unit_tokens = max_len  # one slot per request: the policy's KV budget counts slots
     state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * max_len, max_batch_size=spec.max_batch_size)
-    timeline = DeviceTimeline(engine.device, depth=spec.engine.run_ahead)
+    rehearse_s = spec.engine.rehearse_us * 1e-6
+    timeline = DeviceTimeline(engine.device, depth=spec.engine.run_ahead,
+                              idle=every(rehearse_s, engine.rehearse) if rehearse_s > 0 else None)
     on_cuda = engine.device.type == "cuda"
     lane = PriorityLane(urgent_streams(engine.device) if on_cuda and spec.engine.priority_stream else (),
                         enabled=lane_for(spec.policy, spec.engine))
@@ -212,7 +218,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "priority_stream": spec.engine.priority_stream, "lane": lane.enabled,
                       "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
-                      "defer_tokens": spec.engine.defer_tokens,
+                      "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib,
                       "gc": collections.summary(),
                       "allocator": allocator}

@@ -30,6 +30,7 @@ class DeviceTimeline:
     device: torch.device
     clock: Callable[[], float] = time.perf_counter
     depth: int = 1  # advances the device may hold (running or queued) while the host decides the next
+    idle: Callable[[], None] | None = None  # called between polls while the host waits (real.server's rehearsals)
     _origin: object = None  # CUDA event at host time `_origin_s` (both taken after a synchronise)
     _origin_s: float = 0.0
     _marks: list = field(default_factory=list)  # CUDA events or host times
@@ -62,7 +63,7 @@ class DeviceTimeline:
         if throttle:
             queue = self._inflight.setdefault(torch.cuda.current_stream(self.device).cuda_stream, deque())
             queue.append(event)
-            _wait(queue, self.depth, interrupt)
+            _wait(queue, self.depth, interrupt, self.idle)
         return len(self._marks) - 1
 
     def drain(self, interrupt: Callable[[], bool]) -> bool:
@@ -75,7 +76,7 @@ class DeviceTimeline:
         issued = torch.cuda.Event()  # behind everything issued on the stream (no timing: cheaper)
         issued.record()
         pending = deque([issued])
-        _wait(pending, 0, interrupt)
+        _wait(pending, 0, interrupt, self.idle)
         return not pending
 
     def busy_streams(self) -> set[int]:
@@ -90,8 +91,23 @@ class DeviceTimeline:
         return [self._origin.elapsed_time(event) / 1e3 for event in self._marks]
 
 
-def _wait(queue: deque, depth: int, interrupt: Callable[[], bool] | None) -> None:
-    """Until at most `depth` events of `queue` are pending; spins (polling `interrupt`) when one is given."""
+def every(period_s: float, fn: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> Callable[[], None]:
+    """`fn`, called at most once per `period_s` (the next call due `period_s` after the last one ended):
+    a timeline's `idle`."""
+    due = 0.0
+
+    def call() -> None:
+        nonlocal due
+        if clock() >= due:
+            fn()
+            due = clock() + period_s
+    return call
+
+
+def _wait(queue: deque, depth: int, interrupt: Callable[[], bool] | None,
+          idle: Callable[[], None] | None = None) -> None:
+    """Until at most `depth` events of `queue` are pending; spins (polling `interrupt`, then calling `idle`)
+    when `interrupt` is given."""
     while len(queue) > depth:
         if interrupt is None:
             queue.popleft().synchronize()
@@ -99,4 +115,6 @@ def _wait(queue: deque, depth: int, interrupt: Callable[[], bool] | None) -> Non
         while not queue[0].query():
             if interrupt():
                 return
+            if idle is not None:
+                idle()
         queue.popleft()

@@ -171,6 +171,24 @@ def test_a_pass_start_sends_its_new_token_ids_with_the_layout():
 
 
 
+def test_a_rehearsal_changes_nothing(model):
+    """`Engine.rehearse` (the host side of pass starts, for stand-ins) takes no KV slot and leaves the next
+    pass's tokens and logits as they were."""
+    engine, again = new_engine(model, "grouped"), new_engine(model, "grouped")
+    seqs = [engine.add_sequence(i, p) for i, p in enumerate(prompts(3, seed=4))]
+    twins = [again.add_sequence(i, list(seq.token_ids)) for i, seq in enumerate(seqs)]
+    free = engine.pool.num_free
+    engine.rehearse()
+    assert engine.pool.num_free == free
+    logits, tokens = engine.run_pass(seqs)
+    engine.rehearse()
+    more_logits, more_tokens = engine.run_pass(seqs)
+    want_logits, want_tokens = again.run_pass(twins)
+    want_more_logits, want_more_tokens = again.run_pass(twins)
+    assert tokens == want_tokens and more_tokens == want_more_tokens
+    assert torch.equal(logits, want_logits) and torch.equal(more_logits, want_more_logits)
+
+
 def test_stagecheck_compares_every_layout_field(capsys):
     import random
     from real import stagecheck

@@ -20,7 +20,7 @@ from real.gcwatch import GCWatch  # noqa: E402
 from real.graphs import BUCKET_SIZES  # noqa: E402
 from real.kv import KVPool  # noqa: E402
 from real.model import build_model, preset_config  # noqa: E402
-from real.timeline import DeviceTimeline, _wait  # noqa: E402
+from real.timeline import DeviceTimeline, _wait, every  # noqa: E402
 from sim.workload import WorkloadConfig  # noqa: E402
 
 
@@ -72,6 +72,9 @@ def test_a_too_short_kv_slot_is_an_error(tmp_path):
         real_run.EngineSettings(priority_stream="maybe")
     with pytest.raises(ValueError, match="pool_prewarm_gib"):
         real_run.EngineSettings(pool_prewarm_gib=-1.0)
+    for bad in (-1.0, "often", True):
+        with pytest.raises(ValueError, match="rehearse_us"):
+            real_run.EngineSettings(rehearse_us=bad)
 
 
 @pytest.mark.parametrize("policy, settings, lane", [
@@ -97,6 +100,7 @@ def test_a_multirun_varying_only_how_the_server_drives_the_engine_reuses_it():
     settings = real_run.EngineSettings(num_slots=4)
     engine = real_run.build_engine(settings, 128, 4)
     for server_only in ({"defer_tokens": False}, {"head_stops": True}, {"stage_stops": False}, {"run_ahead": 2},
+                        {"rehearse_us": 250.0},
                         {"pass_overlap": True}):
         assert real_run.build_engine(real_run.EngineSettings(num_slots=4, **server_only), 128, 4) is engine
     assert real_run.build_engine(real_run.EngineSettings(num_slots=5), 128, 4) is not engine
@@ -147,6 +151,22 @@ def test_throttle_without_interrupt_blocks_on_each_event():
     events = [FakeEvent(5), FakeEvent(5)]
     _wait(deque(events), 1, None)
     assert events[0].synced and not events[1].synced
+
+
+def test_the_wait_calls_idle_between_polls_and_every_limits_its_rate():
+    """`idle` runs after each poll that found the device busy and no arrival (the server's rehearsals), never
+    after the poll that saw an arrival; `every` calls its function at most once per period."""
+    idles = []
+    _wait(deque([FakeEvent(6)]), 0, lambda: False, lambda: idles.append(1))
+    assert len(idles) == 6  # six busy polls
+    _wait(deque([FakeEvent(6)]), 0, lambda: True, lambda: idles.append(2))
+    assert 2 not in idles
+    now, calls = [0.0], []
+    limited = every(2.0, lambda: calls.append(now[0]), clock=lambda: now[0])
+    for t in (0.0, 1.0, 2.0, 2.5, 4.5):
+        now[0] = t
+        limited()
+    assert calls == [0.0, 2.0, 4.5]
 
 
 def test_gc_watch_records_each_collection_and_its_pause():
