@@ -3,7 +3,8 @@ paper's metrics, each policy against a baseline on the same traces, and the pree
 (LS arrival -> its first batch starts on the device) in milliseconds and in layer times.
 
 `python -m real.report results/real/h200_round9 [--baseline fcfs] [--out table.csv]`
-`python -m real.report results/real/h200_round9 --reaction`: where each LS request's reaction went (from the step log)."""
+`python -m real.report results/real/h200_round9 --reaction [--by rehearse_us]`: where each LS request's reaction went
+(from the step log), per policy (and per value of a run setting)."""
 
 from __future__ import annotations
 
@@ -98,9 +99,10 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["request_id", *PARTS, "level", "found", "host in"])
 
 
-def reaction_table(root: Path) -> pd.DataFrame:
+def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
     """p50 / p99 of each part per run, and per policy over all its runs; runs logged before `decided_s` and
-    `level` existed are left out."""
+    `level` existed are left out. `by`: a setting in the runs' summary.json ("run"), e.g. `rehearse_us`:
+    runs are pooled per policy and value (an A/B in one folder)."""
     parts = []
     for run in run_dirs(root):
         steps_path = run / "steps.parquet"
@@ -109,7 +111,8 @@ def reaction_table(root: Path) -> pd.DataFrame:
             continue
         info = json.loads((run / "summary.json").read_text())["run"]
         found = reaction_parts(pd.read_parquet(run / "requests.parquet"), steps)
-        parts.append(found.assign(policy=info["policy"], run=f"rate {info['rate']:g} seed {info['seed']}"))
+        label = info["policy"] if by is None else f"{info['policy']} {by}={info.get(by)}"
+        parts.append(found.assign(policy=label, run=f"rate {info['rate']:g} seed {info['seed']}"))
     if not parts:
         raise SystemExit(f"error: no step logs with decided_s and level under {root} (runs before serving round 4)")
     table = pd.concat(parts, ignore_index=True)
@@ -149,9 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slo", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=None, help="CSV of the per-run rows (with --reaction: of its table)")
     parser.add_argument("--reaction", action="store_true", help="split each LS reaction into notice / host / device")
+    parser.add_argument("--by", default=None, help="with --reaction: pool runs per value of this setting of their "
+                        "summary.json's run (e.g. rehearse_us)")
     args = parser.parse_args(argv)
     if args.reaction:
-        reactions = reaction_table(args.runs)
+        reactions = reaction_table(args.runs, args.by)
         if args.out:
             reactions.to_csv(args.out, index=False)
         print(markdown(reactions))

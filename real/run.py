@@ -52,7 +52,7 @@ class EngineSettings:
     # an iteration-level policy's pass may also take the urgent stream, beside the pass still on the device
     pass_overlap: bool = field(default=False, compare=False)
     # while the host waits for the device, it rehearses a pass start this often (0: never; Engine.rehearse)
-    rehearse_us: float = field(default=0.0, compare=False)
+    rehearse_us: float = field(default=250.0, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

@@ -96,6 +96,8 @@ def test_reaction_split_into_notice_host_and_device(tmp_path):
     assert table.loc["all, found BE", "LS"] == table.loc["all, found idle", "LS"] == 1
     main([str(tmp_path), "--reaction", "--out", str(tmp_path / "reaction.csv")])  # the table, as a CSV too
     assert pd.read_csv(tmp_path / "reaction.csv").set_index("run").loc["all", "LS"] == 2
+    by = reaction_table(tmp_path, by="rehearse_us")  # a setting the run did not log: pooled as None
+    assert set(by.policy) == {"qllm_catchup rehearse_us=None"} and len(by) == len(table)
 
 
 def test_an_arrival_during_an_lm_head_is_pooled_apart(tmp_path):
