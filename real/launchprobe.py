@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -62,31 +63,50 @@ def timed(fn: Callable[[], None], busy: Callable[[], None] | None, stream: torch
     return elapsed / repeat
 
 
+@dataclass
+class Rig:
+    """A full-width Mixtral of a few layers on the GPU, warmed up, with what the probes put in front of their work:
+    the urgent stream, the sleep kernel's cycles, and a graph-replayed decode batch of four sequences."""
+
+    engine: object  # real.engine.Engine
+    urgent: torch.cuda.Stream
+    cycles: int
+    decode: object  # real.batch.BatchState
+    layers: int
+
+    @classmethod
+    def build(cls, layers: int, num_slots: int) -> Rig:
+        from real.engine import Engine
+        from real.kv import KVPool
+        from real.lanes import urgent_streams
+        from real.model import build_model, preset_config
+
+        device = torch.device("cuda")
+        model = build_model(preset_config("mixtral-8x7b", num_hidden_layers=layers), "cuda", torch.bfloat16)
+        engine = Engine.for_device(model, KVPool.allocate_for(model.config, num_slots=num_slots, max_len=1024,
+                                                              device=device, dtype=torch.bfloat16))
+        engine.warm_up(4)
+        decoding = [engine.add_sequence(100 + i, [1] * 200) for i in range(4)]
+        engine.run_pass(decoding)
+        return cls(engine, urgent_streams(device)[0], sleep_cycles(device, BUSY_MS), engine.start(decoding), layers)
+
+    def graphs(self) -> None:
+        """40 decode layers replayed on the current stream, as a BE decode pass leaves them."""
+        from policies import Position, Stage
+        for i in range(40):
+            self.decode.position = Position(i % self.layers, Stage.ATTENTION)
+            self.engine.runner.run_layer(self.decode)
+
+    def sleep(self) -> None:
+        torch.cuda._sleep(self.cycles)
+
+
 @torch.inference_mode()
 def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.DataFrame:
-    from policies import Position, Stage
-    from real.engine import Engine
-    from real.kv import KVPool
-    from real.lanes import urgent_streams
-    from real.model import build_model, preset_config
-
-    device = torch.device("cuda")
-    model = build_model(preset_config("mixtral-8x7b", num_hidden_layers=layers), "cuda", torch.bfloat16)
-    engine = Engine.for_device(model, KVPool.allocate_for(model.config, num_slots=8, max_len=1024, device=device,
-                                                          dtype=torch.bfloat16))
-    engine.warm_up(4)
-    urgent = urgent_streams(device)[0]
-    cycles = sleep_cycles(device, BUSY_MS)
+    rig = Rig.build(layers, num_slots=8)
+    engine, device = rig.engine, torch.device("cuda")
     x = torch.zeros(16, device=device)
     seq = engine.add_sequence(0, np.random.default_rng(0).integers(0, 32000, prompt).tolist())  # ints, as served
-    decoding = [engine.add_sequence(1 + i, [1] * 200) for i in range(4)]
-    engine.run_pass(decoding)
-    decode = engine.start(decoding)  # a graph-replayed decode batch
-
-    def graphs():
-        for i in range(40):
-            decode.position = Position(i % layers, Stage.ATTENTION)
-            engine.runner.run_layer(decode)
 
     def start():
         engine.start([seq])
@@ -99,9 +119,8 @@ def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.Da
         del batch
 
     work = {"launch": (lambda: x.add_(1), 50), "start": (start, 5), "layer": (layer, 2)}
-    sleep = lambda: torch.cuda._sleep(cycles)
-    states = {"idle": (None, None), "busy, same stream": (sleep, None), "busy, urgent stream": (sleep, urgent),
-              "graphs, same stream": (graphs, None), "graphs, urgent stream": (graphs, urgent)}
+    states = {"idle": (None, None), "busy, same stream": (rig.sleep, None), "busy, urgent stream": (rig.sleep, rig.urgent),
+              "graphs, same stream": (rig.graphs, None), "graphs, urgent stream": (rig.graphs, rig.urgent)}
     rows, kept = [], []
     for phase in ("as built", f"+{extra_graphs} graphs") if extra_graphs else ("as built",):
         if phase != "as built":
@@ -117,33 +136,14 @@ def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.Da
 
 @torch.inference_mode()
 def cold_probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
-    from policies import Position, Stage
-    from real.engine import Engine
-    from real.kv import KVPool
-    from real.lanes import urgent_streams
-    from real.model import build_model, preset_config
-
-    device = torch.device("cuda")
-    model = build_model(preset_config("mixtral-8x7b", num_hidden_layers=layers), "cuda", torch.bfloat16)
-    engine = Engine.for_device(model, KVPool.allocate_for(model.config, num_slots=16, max_len=1024, device=device,
-                                                          dtype=torch.bfloat16))
-    engine.warm_up(4)
-    urgent = urgent_streams(device)[0]
-    cycles = sleep_cycles(device, BUSY_MS)
+    rig = Rig.build(layers, num_slots=16)
+    engine, device = rig.engine, torch.device("cuda")
     rng = np.random.default_rng(0)
     lengths = (prompt, 250, 180, 400, 90, 320, 210, 150)
     prompts = [engine.add_sequence(i, rng.integers(0, 32000, n).tolist()) for i, n in enumerate(lengths)]
-    decoding = [engine.add_sequence(100 + i, [1] * 200) for i in range(4)]
-    engine.run_pass(decoding)
-    decode = engine.start(decoding)
     sweep = np.ones(8 << 20)  # 64 MiB
 
-    def graphs():
-        for i in range(40):
-            decode.position = Position(i % layers, Stage.ATTENTION)
-            engine.runner.run_layer(decode)
-
-    def spin(seqs, rehearse: bool):
+    def spin(rehearse: bool):
         event = torch.cuda.Event()
         event.record()
         end = time.perf_counter() + 2e-3
@@ -155,17 +155,17 @@ def cold_probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
                 next_rehearsal = time.perf_counter() + 0.25e-3
 
     before = {"hot": lambda seqs: [engine.start(seqs) for _ in range(3)],
-              "served": lambda seqs: (graphs(), spin(seqs, False)),
+              "served": lambda seqs: (rig.graphs(), spin(False)),
               "flushed": lambda seqs: sweep.__iadd__(1.0),
-              "served, rehearsed": lambda seqs: (graphs(), spin(seqs, True))}
+              "served, rehearsed": lambda seqs: (rig.graphs(), spin(True))}
     rows = []
     for r in range(rounds):
         for work, seqs in (("start 1", prompts[:1]), ("start 8", prompts)):
             for state, prepare in before.items():
                 torch.cuda.synchronize(device)
-                torch.cuda._sleep(cycles)
+                rig.sleep()
                 prepare(seqs)
-                with torch.cuda.stream(urgent):
+                with torch.cuda.stream(rig.urgent):
                     begin = time.perf_counter()
                     engine.start(seqs)
                     elapsed = time.perf_counter() - begin
