@@ -16,7 +16,8 @@ on the main stream, as a BE decode pass leaves them), in interleaved rounds:
 behind a busy GPU, each after: three untimed starts (`hot`); replayed graphs and a 2 ms spin on an event, as the
 server waits (`served`); a 64 MiB memory sweep (`flushed`); `served`, with `Engine.rehearse` every 0.25 ms of the
 spin (`served, rehearsed`: the host side of starts for stand-in prompts, nothing copied or launched). The serving
-process starts a batch 2-3x slower than the hot loop above does: is it the caches the other work evicts?
+process started a batch 2-3x slower than the hot loop above: the host work between starts evicts the start path from
+the CPU's caches (BENCHMARKS.md, session 13), which is why the server rehearses it (engine.rehearse_us).
 """
 
 from __future__ import annotations

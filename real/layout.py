@@ -99,14 +99,14 @@ def to_device(host: list[np.ndarray], device, staging: PinnedStaging | None = No
     """One asynchronous host-to-device copy (from pinned memory) for many small index arrays:
     a pageable copy would wait for the GPU to drain, a hidden sync at every merge or pass start.
     Through `staging` where given and large enough, else from a block pinned for this copy.
-    `dry` (with `staging`): no copy, views of its scratch block (`PinnedStaging.rehearse`)."""
+    `dry`: no copy; views of `staging`'s scratch block (`PinnedStaging.rehearse`), or without it host tensors."""
     sizes = [np.size(a) for a in host]
     total = sum(sizes)
     if staging is not None and total <= staging.capacity:
         flat = staging.rehearse(host, total) if dry else staging.send(host, total)
     else:
         flat = torch.from_numpy(np.concatenate([np.ravel(a) for a in host]).astype(np.int64, copy=False))
-        if torch.device(device).type == "cuda":
+        if torch.device(device).type == "cuda" and not dry:  # dry without staging: host tensors only
             flat = flat.pin_memory().to(device, non_blocking=True)
     return [chunk if np.ndim(a) == 1 else chunk.view(np.shape(a)) for chunk, a in zip(flat.split(sizes), host)]
 
