@@ -168,6 +168,8 @@ def test_a_pass_start_sends_its_new_token_ids_with_the_layout():
     assert layout.positions.tolist() == [0, 1, 2, 3, 0, 1] and layout.slots.tolist() == [2, 2, 2, 0, 1, 1]
     assert layout.last_rows.tolist() == [2, 3, 5]
     assert build_layout(seqs, "cpu").token_ids is None  # merges and splits rebuild layouts without them
+    dry = build_layout(seqs, "cpu", input_ids(seqs)[0], dry=True)  # a rehearsal's: the same host work and values
+    assert dry.positions.tolist() == layout.positions.tolist() and dry.token_ids.tolist() == layout.token_ids.tolist()
 
 
 
