@@ -30,7 +30,7 @@ class DeviceTimeline:
     device: torch.device
     clock: Callable[[], float] = time.perf_counter
     depth: int = 1  # advances the device may hold (running or queued) while the host decides the next
-    idle: Callable[[], None] | None = None  # called between polls while the host waits (real.server's rehearsals)
+    idle: Callable[[], None] | None = None  # called between polls while the host waits (real.run: Engine.rehearse)
     _origin: object = None  # CUDA event at host time `_origin_s` (both taken after a synchronise)
     _origin_s: float = 0.0
     _marks: list = field(default_factory=list)  # CUDA events or host times
