@@ -1,13 +1,14 @@
 # %% [markdown]
 # # The real engine vs the simulator (H200, Mixtral-8x7B bf16)
-# `python -m real run` replayed ShareGPT traces (300 requests, 32-token outputs, seeds 5 and 6) for fcfs and qllm
-# at 8, 18 and 28 req/s on an H200 (CUDA-graph engine with urgent streams for preempting policies, stage stops
-# and deferred tokens; serving round 9, session 11); `python -m sim.validate` replayed the same traces in the
-# simulator with the committed H200 profile (eighth calibration run, another lease), whose server costs and
-# padding charges were fitted on round 9's seed 4 (`python -m calibrate serving`): seeds 5 and 6 are a hold-out.
+# `python -m real run` replayed ShareGPT traces (300 requests, 32-token outputs, seeds 13 and 14) for fcfs, qllm
+# and qllm_catchup at 8, 18 and 28 req/s on an H200 (CUDA-graph engine with urgent streams for preempting
+# policies, stage stops, deferred tokens and rehearsed starts; serving round 12, session 13, a lease of its own);
+# `python -m sim.validate` replayed the same traces in the simulator with the committed H200 profile (eighth
+# calibration run, another lease), whose server costs and padding charges were fitted on round 9's seed 4
+# (`python -m calibrate serving`): round 12 is a hold-out in every respect.
 # Solid: sim, dashed: real. Reads `results/h200_serving` (or `$QLLM_RESULTS`); writes `figures/real_vs_sim.png`.
-# Round 7's version (with qllm_catchup) is in git history at 6bc7efe, round 6's at eb24afc, round 5's at
-# df7695f, round 4's (seeds 2-4, with qllm_eager) at f1567c2.
+# Round 9's version (seeds 5 and 6, fcfs and qllm) is in git history at 09bea5b, round 7's (with qllm_catchup)
+# at 6bc7efe, round 6's at eb24afc, round 5's at df7695f, round 4's (seeds 2-4, with qllm_eager) at f1567c2.
 
 # %%
 import matplotlib.pyplot as plt
