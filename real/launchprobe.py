@@ -103,7 +103,7 @@ class Rig:
 
 
 @torch.inference_mode()
-def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.DataFrame:
+def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0, queued: tuple[int, ...] = ()) -> pd.DataFrame:
     rig = Rig.build(layers, num_slots=8)
     engine, device = rig.engine, torch.device("cuda")
     x = torch.zeros(16, device=device)
@@ -122,6 +122,9 @@ def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0) -> pd.Da
     work = {"launch": (lambda: x.add_(1), 50), "start": (start, 5), "layer": (layer, 2)}
     states = {"idle": (None, None), "busy, same stream": (rig.sleep, None), "busy, urgent stream": (rig.sleep, rig.urgent),
               "graphs, same stream": (rig.graphs, None), "graphs, urgent stream": (rig.graphs, rig.urgent)}
+    for n in queued:  # a longer sleep kernel (it outlasts issuing them) with n tiny kernels queued behind it
+        states[f"{n} queued, same stream"] = (lambda n=n: (torch.cuda._sleep(int(rig.cycles * (1 + n / 500))),
+                                                           [x.add_(1) for _ in range(n)]), None)
     rows, kept = [], []
     for phase in ("as built", f"+{extra_graphs} graphs") if extra_graphs else ("as built",):
         if phase != "as built":
@@ -199,13 +202,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", type=int, default=300)
     parser.add_argument("--graphs", type=int, default=0, help="then capture this many more (dummy) CUDA graphs "
                         "and time it all again")
+    parser.add_argument("--queued", default="", help="comma-separated counts of tiny kernels queued behind the "
+                        "sleep kernel, as further states (does issue slow with the launch queue's fill?)")
     parser.add_argument("--cold", action="store_true", help="single starts after other host work (see above)")
     parser.add_argument("--out", default=None, help="CSV of every timing")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: real.launchprobe needs a GPU")
     table = (cold_probe(args.layers, args.rounds, args.prompt) if args.cold
-             else probe(args.layers, args.rounds, args.prompt, args.graphs))
+             else probe(args.layers, args.rounds, args.prompt, args.graphs,
+                        tuple(int(n) for n in args.queued.split(",") if n)))
     if args.out:
         table.to_csv(args.out, index=False)
     summary = table.groupby(["phase", "work", "state"]).us.describe(percentiles=[0.5, 0.9])[["count", "50%", "90%", "max"]]
