@@ -134,7 +134,12 @@ def main() -> None:
     parser.add_argument("--sim-out", type=Path, default=None, help="folder for the simulated runs' tables")
     parser.add_argument("--against", type=Path, default=None,
                         help="folder of real runs of the same traces to score against instead of the simulator")
+    parser.add_argument("--host-scale", type=float, default=None,
+                        help="the runs' host speed against the profile's: host-side costs x this (hardware.profile.host_scale)")
     args = parser.parse_args()
+    if args.host_scale is not None and not args.host_scale > 0:
+        raise SystemExit(f"error: --host-scale must be > 0, got {args.host_scale}")
+    extra = () if args.host_scale is None else (f"++hardware.profile.host_scale={args.host_scale}",)
     runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
     if not runs:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
@@ -143,7 +148,7 @@ def main() -> None:
     if args.against:
         references = {run: pd.read_parquet(other / "requests.parquet") for run, other in paired_runs(runs, args.against)}
     else:
-        references = {run: simulate_like(run, args.hardware, args.model) for run in runs}
+        references = {run: simulate_like(run, args.hardware, args.model, extra=extra) for run in runs}
     rows = []
     for run, reference in references.items():
         if args.sim_out is not None and not args.against:

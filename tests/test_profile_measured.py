@@ -325,3 +325,25 @@ def test_a_whole_pass_layer_costs_the_host_its_stages_and_pass_layer_not_server_
     decode = AttentionLoad(num_decode_seqs=4, decode_ctx_tokens=400, decode_max_ctx=100)
     assert graphs.pass_paths(decode) == pytest.approx((0.0, graphs.attention_s(decode) + graphs.router_s(4)))
     assert graphs.pass_paths(load) == pytest.approx(p.pass_paths(load))  # prefill: stepped
+
+
+def test_host_scale_multiplies_every_host_side_cost(tmp_path):
+    """A host twice as fast (host_scale 0.5): stepped layers' host paths, the server's per-layer work and the
+    whole-pass events halve; GPU paths, the launch queue's depth and the derived overheads stay."""
+    directory = synthetic(tmp_path)
+    pd.DataFrame([{"event": e, "repeat": r, "time_s": x} for e, xs in
+                  (("pass_layer", (3e-4,)), ("pass_host", (1e-3,)), ("server_layer", (5e-4, 7e-4)),
+                   ("pass_layer_busy", (2e-3,)), ("pass_queue", (9.0,))) for r, x in enumerate(xs)]
+                 ).to_csv(directory / "events.csv", index=False)
+    base, fast = MeasuredProfile(directory), MeasuredProfile(directory, host_scale=0.5)
+    load = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=40, prefill_max_tokens=20)
+    (host, gpu), (fast_host, fast_gpu) = base.layer_paths(load), fast.layer_paths(load)
+    assert (fast_host, fast_gpu) == pytest.approx((0.5 * host, gpu))
+    assert fast.server_layer == pytest.approx(tuple(0.5 * x for x in base.server_layer))
+    assert (fast.pass_layer_s, fast.pass_host_s, fast.pass_busy_extra_s) == pytest.approx(
+        (0.5 * base.pass_layer_s, 0.5 * base.pass_host_s, 0.5 * base.pass_busy_extra_s))
+    assert fast.pass_queue_layers == base.pass_queue_layers == 9 and fast.overheads == base.overheads
+    graphs = MeasuredProfile(directory, impl="engine-graphs", host_scale=0.5)
+    assert graphs.pass_paths(load) == pytest.approx(fast.pass_paths(load))  # its stepped layers scale too
+    with pytest.raises(MeasuredProfileError, match="host_scale"):
+        MeasuredProfile(directory, host_scale=0.0)

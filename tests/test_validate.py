@@ -30,6 +30,22 @@ def test_a_run_the_simulator_made_validates_exactly(tmp_path):
     assert (made.generated_tokens == 8).all()
 
 
+def test_a_faster_host_shortens_the_simulated_host_bound_work(tmp_path, monkeypatch):
+    """`--host-scale` (hardware.profile.host_scale): with the measured H200 profile, fcfs's stepped prefill
+    passes are host-bound, so a host twice as fast finishes its requests sooner; a scale <= 0 is an error."""
+    trace = generate_trace(WorkloadConfig(rate=4.0, num_requests=30, output_mode="fixed", fixed_output_tokens=4), 3)
+    write_trace(trace, tmp_path / "trace.csv")
+    slot = int((trace.prompt_tokens + trace.output_tokens).max())
+    run = {"policy": "fcfs", "rate": 4.0, "seed": 3, "num_slots": 40, "kv_slot_tokens": slot, "defer_tokens": True}
+    (tmp_path / "summary.json").write_text(json.dumps({"run": run}))
+    base = simulate_like(tmp_path, "h200-measured", "mixtral-8x7b")
+    fast = simulate_like(tmp_path, "h200-measured", "mixtral-8x7b", extra=("++hardware.profile.host_scale=0.5",))
+    assert fast.ttft_s.sum() < base.ttft_s.sum() and (fast.generated_tokens == 4).all()
+    monkeypatch.setattr("sys.argv", ["validate", str(tmp_path), "--host-scale", "-1"])
+    with pytest.raises(SystemExit, match="host-scale must be > 0"):
+        sim.validate.main()
+
+
 SAVED = """policy:
   _target_: policies.QLLM
   max_batch_size: ${max_batch_size}

@@ -173,6 +173,9 @@ class MeasuredProfile:
     overheads: Overheads | None = None
     projection_share: float = 0.0  # attention projections' weights / one expert's (ModelSpec): see _attention
     serving: bool = True  # charge the serving engine's own costs (events.csv server_*: calibrate.serving)
+    # the host's issue speed against the profile's: host-side costs (stages' issue times, the serving host's
+    # per-layer and per-pass work) are multiplied by it (hosts of different leases differ by 10-15%)
+    host_scale: float = 1.0
     # the server's host work per stepped layer (events' server_layer), as quantiles of its distribution
     server_layer: tuple[float, ...] = field(init=False, default=())
     # share of a padded prefill attention call's excess over its packed equivalent that the device pays
@@ -189,6 +192,9 @@ class MeasuredProfile:
     pass_queue_layers: int = field(init=False, default=0)  # stepped layers the launch queue holds (events' pass_queue)
 
     def __post_init__(self) -> None:
+        if not self.host_scale > 0:
+            raise MeasuredProfileError(f"host_scale must be > 0, got {self.host_scale}")
+        self._host_factor = 1.0  # the overheads below are derived from the profile's own host times
         self.directory = Path(self.directory)
         self.table = load_table(self.directory)
         graphs = self.impl == "engine-graphs"
@@ -212,7 +218,8 @@ class MeasuredProfile:
         # only pure decode layers are replayed as graphs: prefill and mixed layers run stage by stage,
         # with the host path of the engine's stages
         self._stepped = MeasuredProfile(self.directory, self.top_k, "engine", serving=self.serving,
-                                        projection_share=self.projection_share) if graphs else None
+                                        projection_share=self.projection_share,
+                                        host_scale=self.host_scale) if graphs else None
         self._graph_fix = _graph_layer_fix(self) if graphs else None  # before overheads: they use layer_s
         if self.overheads is None:
             self.overheads = measured_overheads(self)
@@ -231,6 +238,16 @@ class MeasuredProfile:
             self.pass_busy_extra_s = 0.0 if busy is None else busy - self.pass_layer_s
             self.pass_host_s = _event_median(self.directory, "pass_host")
             self.pass_queue_layers = round(_event_median(self.directory, "pass_queue") or 0)
+        self._scale_host()
+
+    def _scale_host(self) -> None:
+        """`host_scale` on everything measured on the host clock (the launch queue's depth is a count)."""
+        self._host_factor = self.host_scale
+        self.server_layer = tuple(self.host_scale * x for x in self.server_layer)
+        self.pass_layer_s *= self.host_scale
+        self.pass_busy_extra_s *= self.host_scale
+        if self.pass_host_s is not None:
+            self.pass_host_s *= self.host_scale
 
     @property
     def name(self) -> str:
@@ -279,7 +296,7 @@ class MeasuredProfile:
         decode = self.decode_padding_charge if decode_charge is None else decode_charge
         gpu_path = (_attention(gpu, load, padded, share, charge, decode) + gpu["router"](tokens)
                     + gpu["experts_layer"](tokens))
-        return host_path, gpu_path
+        return self._host_factor * host_path, gpu_path
 
     def pass_paths(self, load: AttentionLoad) -> tuple[float, float]:
         """One layer of a whole pass that the host issues without stopping (an iteration-level policy's:

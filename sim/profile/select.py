@@ -33,7 +33,8 @@ class ProfileSpec:
     measured: `calibrate/profiles/<directory>` (default `<hardware>/<model>-<dtype>`); `impl` engine
     (real/'s stages, run stage by stage), engine-graphs (decode layers as CUDA graphs) or hf (Hugging
     Face's modules); `clock` pipelined (host and GPU paths of a layer overlap) or one timing column; `merge_ms` /
-    `pause_resume_ms` override the measured event costs.
+    `pause_resume_ms` override the measured event costs; `host_scale` multiplies its host-side costs (a serving
+    host faster or slower than the profile's).
     scaled: the profile `base` describes (a dict of these fields; default: measured) with every
     stage multiplied by `factor`, or by the factor that makes the reference decode pass take
     `decode_step_ms`."""
@@ -49,6 +50,7 @@ class ProfileSpec:
     reference_context: int = 512
     base: dict | None = None
     factor: float | None = None
+    host_scale: float = 1.0
 
 
 def build_profile(spec: ProfileSpec, model: ModelSpec, hardware: HardwareSpec) -> Profile:
@@ -77,9 +79,12 @@ def measured(spec: ProfileSpec, model: ModelSpec, hardware: HardwareSpec) -> Pro
     from sim.profile.measured import MeasuredProfile, MeasuredProfileError
 
     directory = measured_directory(spec, model, hardware)
+    if not spec.host_scale > 0:
+        raise ProfileError(f"hardware.profile.host_scale must be > 0, got {spec.host_scale}")
     try:
         profile = MeasuredProfile(directory, top_k=model.top_k, impl=spec.impl, clock=spec.clock,
-                                  projection_share=model.attention_params / model.expert_params)
+                                  projection_share=model.attention_params / model.expert_params,
+                                  host_scale=spec.host_scale)
     except MeasuredProfileError as error:
         raise ProfileError(str(error)) from None
     overrides = {}
