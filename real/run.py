@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from calibrate.hostspeed import probe_s
 from policies import Granularity, Policy, Request, SchedulerState
 from real.engine import Engine
 from real.gcwatch import GCWatch
@@ -180,6 +181,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     if longest > max_len:
         raise ValueError(f"engine.max_len={max_len} is shorter than the trace's longest request ({longest} tokens)")
     engine = build_engine(spec.engine, max_len, spec.max_batch_size)
+    host_probe_s = probe_s(engine.model, engine.pool, engine.device.type)  # the host's speed (calibrate.hostspeed)
     requests = to_requests(trace)
     for request in requests:
         request.kv_unit_tokens = max_len  # one slot per request: the policy's KV budget counts slots
@@ -219,7 +221,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
-                      "pool_prewarm_gib": spec.engine.pool_prewarm_gib,
+                      "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}
     return table, summary

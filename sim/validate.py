@@ -18,12 +18,13 @@ import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from calibrate.hostspeed import reference_s
 from policies import Policy
 from sim.cli import CONF_DIR
 from sim.compose import compose_spec
 from sim.pipeline import ran_ahead
 from sim.plan import CostModel
-from sim.profile.select import build_profile
+from sim.profile.select import build_profile, measured_directory
 from sim.results import class_metrics, requests_table, throughput
 from sim.routing import ExpertRouter
 from sim.simulate import simulate
@@ -34,9 +35,11 @@ METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"
 
 
 def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None = None,
-                  extra: tuple[str, ...] = ()) -> pd.DataFrame:
+                  extra: tuple[str, ...] = (), host_scale: float | str | None = None) -> pd.DataFrame:
     """The simulator on the real run's trace, policy, batch size and KV slots (`policy`, `extra`: another
-    policy, further Hydra overrides, to ask what it would have done on the same trace: sim.tracecmp)."""
+    policy, further Hydra overrides, to ask what it would have done on the same trace: sim.tracecmp).
+    `host_scale`: the measured profile's host-side costs x this; "auto": the run's host probe over the
+    profile's (calibrate.hostspeed)."""
     summary = json.loads((run_dir / "summary.json").read_text())["run"]
     saved = None if policy else saved_policy(run_dir)
     policy = policy or summary["policy"]
@@ -49,6 +52,10 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     spec = compose_spec(overrides)
     if saved is not None:
         spec = replace(spec, policy=saved)
+    if host_scale == "auto":
+        host_scale = run_host_scale(run_dir, summary, measured_directory(spec.profile, spec.model, spec.hardware))
+    if host_scale is not None:
+        spec = replace(spec, profile=replace(spec.profile, host_scale=float(host_scale)))
     requests = to_requests(read_trace(run_dir / "trace.csv"))
     for request in requests:
         request.kv_unit_tokens = summary["kv_slot_tokens"]
@@ -58,6 +65,15 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
                        spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)),
                        host_ahead=ran_ahead(summary))
     return requests_table(outcome.requests, "sim", policy, summary["rate"], summary["seed"])
+
+
+def run_host_scale(run_dir: Path, summary: dict, profile_dir: Path) -> float:
+    """The run's host probe over the profile's time of the same point (calibrate.hostspeed)."""
+    probe_ms = summary.get("host_probe_ms")
+    if probe_ms is None or not probe_ms > 0:
+        raise SystemExit(f"error: {run_dir}: no host probe in summary.json (runs before session 13): "
+                         "--host-scale auto needs one")
+    return probe_ms / (1e3 * reference_s(profile_dir))
 
 
 def saved_policy(run_dir: Path) -> Policy | None:
@@ -134,12 +150,18 @@ def main() -> None:
     parser.add_argument("--sim-out", type=Path, default=None, help="folder for the simulated runs' tables")
     parser.add_argument("--against", type=Path, default=None,
                         help="folder of real runs of the same traces to score against instead of the simulator")
-    parser.add_argument("--host-scale", type=float, default=None,
-                        help="the runs' host speed against the profile's: host-side costs x this (hardware.profile.host_scale)")
+    parser.add_argument("--host-scale", default=None,
+                        help="the runs' host speed against the profile's: host-side costs x this "
+                             "(hardware.profile.host_scale); auto: each run's host probe over the profile's")
     args = parser.parse_args()
-    if args.host_scale is not None and not args.host_scale > 0:
-        raise SystemExit(f"error: --host-scale must be > 0, got {args.host_scale}")
-    extra = () if args.host_scale is None else (f"++hardware.profile.host_scale={args.host_scale}",)
+    host_scale = args.host_scale
+    if host_scale is not None and host_scale != "auto":
+        try:
+            host_scale = float(host_scale)
+        except ValueError:
+            raise SystemExit(f"error: --host-scale must be a number or auto, got {host_scale!r}") from None
+        if not host_scale > 0:
+            raise SystemExit(f"error: --host-scale must be > 0, got {host_scale}")
     runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
     if not runs:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
@@ -148,7 +170,7 @@ def main() -> None:
     if args.against:
         references = {run: pd.read_parquet(other / "requests.parquet") for run, other in paired_runs(runs, args.against)}
     else:
-        references = {run: simulate_like(run, args.hardware, args.model, extra=extra) for run in runs}
+        references = {run: simulate_like(run, args.hardware, args.model, host_scale=host_scale) for run in runs}
     rows = []
     for run, reference in references.items():
         if args.sim_out is not None and not args.against:

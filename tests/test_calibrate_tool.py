@@ -217,3 +217,25 @@ def test_heldout_noise_is_half_the_split_half_difference(tmp_path):
     steadiness = check.host_steadiness(tmp_path)
     assert steadiness.index.tolist() == ["stage grids", "calibration passes", "full passes"]
     assert steadiness["median"].tolist() == [6.0, 8.0, 7.0]
+
+
+def test_the_host_probe_is_a_grid_point_of_every_engine_profile(tmp_path):
+    """calibrate.hostspeed: the probe's point is read from a profile's stages (an error where it is missing),
+    and a KV pool too short for its prompt gives no probe."""
+    import torch
+
+    from calibrate.hostspeed import POINT, probe_s, reference_s
+    from real.kv import KVPool
+    from real.model import build_model, preset_config
+    from sim.profile.select import PROFILES_DIR
+    for gpu in ("h100", "h200"):
+        assert 1e-4 < reference_s(PROFILES_DIR / gpu / "mixtral-8x7b-bf16") < 1e-2
+    stage, x1, x2 = POINT
+    pd.DataFrame([{"impl": "engine", "stage": stage, "x1": x1, "x2": x2 * 2, "host_s": 1e-3}]).to_csv(
+        tmp_path / "stages.csv", index=False)
+    with pytest.raises(ValueError, match="host probe"):
+        reference_s(tmp_path)
+    model = build_model(preset_config("tiny-mixtral"), "cpu", torch.float32)
+    short = KVPool.allocate_for(model.config, 2, x2 // 2, "cpu", torch.float32)
+    assert math.isnan(probe_s(model, short, "cpu"))
+    assert probe_s(model, KVPool.allocate_for(model.config, 2, x2, "cpu", torch.float32), "cpu", repeats=2) > 0

@@ -39,6 +39,7 @@ def test_serve_twice_keeps_the_engine_and_logs_every_step(tmp_path):
     assert summary["run"]["kv_slot_tokens"] % 256 == 0 and summary["run"]["graphs"]
     assert summary["run"]["gc"]["collections"] == [0, 0, 0] and gc.isenabled()  # off during the replay only
     assert summary["run"]["allocator"] == {}  # the caching allocator's counts exist on CUDA only
+    assert summary["run"]["host_probe_ms"] > 0  # the host's speed before the replay (calibrate.hostspeed)
     assert summary["run"]["lane"] and not summary["run"]["pass_overlap"]  # qllm preempts: it may take the lane
     for t in (first, table):
         assert len(t) == 12 and (t.generated_tokens == 3).all()

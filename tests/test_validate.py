@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 
 import sim.validate
+from calibrate.hostspeed import reference_s
 from policies import QLLM
+from sim.profile.select import PROFILES_DIR
 from sim.simulate import simulate
 from sim.validate import compare, paired_pct, saved_policy, simulate_like
 from sim.workload import WorkloadConfig, generate_trace, write_trace
@@ -44,6 +46,13 @@ def test_a_faster_host_shortens_the_simulated_host_bound_work(tmp_path, monkeypa
     monkeypatch.setattr("sys.argv", ["validate", str(tmp_path), "--host-scale", "-1"])
     with pytest.raises(SystemExit, match="host-scale must be > 0"):
         sim.validate.main()
+    with pytest.raises(SystemExit, match="no host probe"):  # auto needs the run's probe
+        simulate_like(tmp_path, "h200-measured", "mixtral-8x7b", host_scale="auto")
+    # auto: the run's probe over the profile's time of the same point; a probe half the profile's is scale 0.5
+    reference_ms = 1e3 * reference_s(PROFILES_DIR / "h200" / "mixtral-8x7b-bf16")
+    (tmp_path / "summary.json").write_text(json.dumps({"run": {**run, "host_probe_ms": 0.5 * reference_ms}}))
+    auto = simulate_like(tmp_path, "h200-measured", "mixtral-8x7b", host_scale="auto")
+    assert auto.ttft_s.tolist() == pytest.approx(fast.ttft_s.tolist())
 
 
 SAVED = """policy:
