@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from calibrate.timing import measure
+from sim.profile.measured import load_table
 
 POINT = ("layer_prefill", 1, 128)  # (stage, prompts, tokens each): a grid point of every engine profile
 
@@ -31,7 +31,7 @@ def probe_s(model, pool, device: str, repeats: int = 10) -> float:
 
 def reference_s(profile_dir: Path) -> float:
     """The profile's own time of the probe point: median host seconds of the engine's repeats there."""
-    table = pd.read_csv(Path(profile_dir) / "stages.csv")
+    table = load_table(Path(profile_dir))  # the simulator's reader: missing or malformed profiles say so
     stage, x1, x2 = POINT
     rows = table[(table.impl == "engine") & (table.stage == stage) & (table.x1 == x1) & (table.x2 == x2)]
     if rows.empty or "host_s" not in rows:

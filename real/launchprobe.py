@@ -140,6 +140,8 @@ def probe(layers: int, rounds: int, prompt: int, extra_graphs: int = 0, queued: 
 
 @torch.inference_mode()
 def cold_probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
+    from real.timeline import every
+
     rig = Rig.build(layers, num_slots=16)
     engine, device = rig.engine, torch.device("cuda")
     rng = np.random.default_rng(0)
@@ -148,15 +150,14 @@ def cold_probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
     sweep = np.ones(8 << 20)  # 64 MiB
 
     def spin(rehearse: bool):
-        event = torch.cuda.Event()
+        """2 ms of the server's wait: event polls, with rehearsals as engine.rehearse_us=250 runs them."""
+        event, idle = torch.cuda.Event(), every(0.25e-3, engine.rehearse)
         event.record()
         end = time.perf_counter() + 2e-3
-        next_rehearsal = 0.0
         while time.perf_counter() < end:
             event.query()
-            if rehearse and time.perf_counter() >= next_rehearsal:
-                engine.rehearse()
-                next_rehearsal = time.perf_counter() + 0.25e-3
+            if rehearse:
+                idle()
 
     before = {"hot": lambda seqs: [engine.start(seqs) for _ in range(3)],
               "served": lambda seqs: (rig.graphs(), spin(False)),

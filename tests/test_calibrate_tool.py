@@ -231,7 +231,8 @@ def test_the_host_probe_is_a_grid_point_of_every_engine_profile(tmp_path):
     for gpu in ("h100", "h200"):
         assert 1e-4 < reference_s(PROFILES_DIR / gpu / "mixtral-8x7b-bf16") < 1e-2
     stage, x1, x2 = POINT
-    pd.DataFrame([{"impl": "engine", "stage": stage, "x1": x1, "x2": x2 * 2, "host_s": 1e-3}]).to_csv(
+    pd.DataFrame([{"impl": "engine", "stage": stage, "x1": x1, "x2": x2 * 2, "split": "grid", "repeat": 0,
+                   "time_s": 1e-3, "host_s": 1e-3}]).to_csv(
         tmp_path / "stages.csv", index=False)
     with pytest.raises(ValueError, match="host probe"):
         reference_s(tmp_path)
