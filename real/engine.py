@@ -68,6 +68,7 @@ class Engine:
         longest = min(self.pool.max_len - 1, 1024)
         for num_seqs, length in ((1, 8), (2, 64), (1, longest), (min(max_batch, 8), longest // 2),
                                  (min(max_batch, self.pool.num_slots), min(128, longest))):
+            length = max(min(length, longest), 1)  # short KV slots (a small `engine.max_len`)
             seqs = [self.add_sequence(-1 - i, [1] * length) for i in range(min(num_seqs, self.pool.num_free))]
             self.run_pass(seqs)  # prefill (first calls of grouped GEMMs and attention at these sizes)
             self.run_pass(seqs)  # decode

@@ -165,6 +165,20 @@ def slots_that_fit(config, max_len: int, settings: EngineSettings) -> int:
     return max(int(free * settings.kv_memory_fraction // per_slot), 1)
 
 
+def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state: SchedulerState,
+                prompt_ids) -> ReplayServer:
+    """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
+    rehearse_s = settings.rehearse_us * 1e-6
+    timeline = DeviceTimeline(engine.device, depth=settings.run_ahead,
+                              idle=every(rehearse_s, engine.rehearse) if rehearse_s > 0 else None)
+    on_cuda = engine.device.type == "cuda"
+    lane = PriorityLane(urgent_streams(engine.device) if on_cuda and settings.priority_stream else (),
+                        enabled=lane_for(policy, settings))
+    return ReplayServer(engine, policy, state, prompt_ids, timeline=timeline, lane=lane,
+                        stage_stops=settings.stage_stops, head_stops=settings.head_stops,
+                        defer_tokens=settings.defer_tokens)
+
+
 def prompt_token_ids(seed: int, vocab_size: int):
     """Random prompt tokens of each request's length, fixed by (seed, request id)."""
     def ids(request: Request) -> list[int]:
@@ -186,15 +200,9 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     for request in requests:
         request.kv_unit_tokens = max_len  # one slot per request: the policy's KV budget counts slots
     state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * max_len, max_batch_size=spec.max_batch_size)
-    rehearse_s = spec.engine.rehearse_us * 1e-6
-    timeline = DeviceTimeline(engine.device, depth=spec.engine.run_ahead,
-                              idle=every(rehearse_s, engine.rehearse) if rehearse_s > 0 else None)
-    on_cuda = engine.device.type == "cuda"
-    lane = PriorityLane(urgent_streams(engine.device) if on_cuda and spec.engine.priority_stream else (),
-                        enabled=lane_for(spec.policy, spec.engine))
-    server = ReplayServer(engine, spec.policy, state, prompt_token_ids(spec.seed, engine.model.config.vocab_size),
-                          timeline=timeline, lane=lane, stage_stops=spec.engine.stage_stops,
-                          head_stops=spec.engine.head_stops, defer_tokens=spec.engine.defer_tokens)
+    server = make_server(engine, spec.policy, spec.engine, state,
+                         prompt_token_ids(spec.seed, engine.model.config.vocab_size))
+    lane = server.lane
     if engine.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(engine.device)
     allocator_before = allocator_counts(engine.device)

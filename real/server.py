@@ -8,11 +8,11 @@ pass is complete for the policy once its LM head is issued, and its tokens reach
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from policies import Granularity, Policy, Position, Request, SchedulerState, Stage, Transition
+from real.arrivals import LiveArrivals, TraceArrivals
 from real.batch import BatchState, merge
 from real.engine import Engine
 from real.lanes import PriorityLane
@@ -78,30 +78,45 @@ class ReplayServer:
     token_marks: dict[int, list[int]] = field(default_factory=dict)  # request_id -> marks of its first, last token
     retiring: list[tuple[PendingTokens, list[Request]]] = field(default_factory=list)  # passes' tokens, finished
     prompts: dict[int, list[int]] = field(default_factory=dict)  # request_id -> prompt token ids
+    on_finish: Callable[[Request, list[int]], None] | None = None  # a finished request's tokens, once on the host
 
     def run(self, requests: list[Request]) -> ServeOutcome:
+        """Replay a trace: each request arrives at its `arrival_s` on the wall clock."""
+        self.prompts = {r.request_id: self.prompt_ids(r) for r in requests}  # the trace's input, not timed work
+        return replace(self.serve(TraceArrivals(requests)), requests=requests)
+
+    def serve(self, arrivals: TraceArrivals | LiveArrivals) -> ServeOutcome:
+        """Serve what `arrivals` brings until it can bring no more and every admitted request has finished."""
         if self.timeline is None:
             self.timeline = DeviceTimeline(self.engine.device, self.clock)
-        pending = deque(sorted(requests, key=lambda r: (r.arrival_s, r.request_id)))
-        self.prompts = {r.request_id: self.prompt_ids(r) for r in requests}  # the trace's input, not timed work
-        remaining, start = len(requests), self.timeline.start()
+        start = self.timeline.start()
+        if isinstance(arrivals, LiveArrivals):
+            arrivals.start(start)
         now = lambda: self.clock() - start  # noqa: E731
-        changed = True
-        while remaining:
-            while pending and pending[0].arrival_s <= now():
-                self.state.arrive(pending.popleft())
+        admitted, unfinished, changed = [], 0, True
+        while unfinished or not arrivals.closed:
+            for request in arrivals.due(now):
+                if request.request_id not in self.prompts:
+                    self.prompts[request.request_id] = self.prompt_ids(request)
+                self.state.arrive(request)
+                admitted.append(request)
+                unfinished += 1
                 changed = True
             if self.state.running is None or changed or self._can_merge():
                 changed = False
                 self._consult(now())
             self._retire()
             if self.state.running is None:
-                self._wait_for(pending, now)
+                if arrivals.closed and unfinished:
+                    raise ServingError(f"policy left {self.state.queues.num_waiting} requests waiting "
+                                       "with nothing running")
+                if not arrivals.closed:
+                    arrivals.wait(now())
                 continue
-            remaining -= self._advance(now, lambda: bool(pending) and pending[0].arrival_s <= now())
+            unfinished -= self._advance(now, lambda: arrivals.is_due(now))
         self._retire(wait=True)
         wall_s = now()
-        return ServeOutcome(requests, self.busy_s, wall_s, self.num_consults, self._resolve(requests))
+        return ServeOutcome(admitted, self.busy_s, wall_s, self.num_consults, self._resolve(admitted))
 
     def _resolve(self, requests: list[Request]) -> list[dict]:
         """Device times of the marks: each request's `first_scheduled_s` becomes the moment its first
@@ -180,6 +195,8 @@ class ReplayServer:
                 seq = self.seqs.pop(request.request_id)
                 self.outputs[request.request_id] = seq.token_ids[request.num_prompt_tokens:]
                 self.engine.release(seq)
+                if self.on_finish is not None:
+                    self.on_finish(request, self.outputs[request.request_id])
         self.retiring = keep
 
     def _head_wait(self, batch_id: int, interrupt: Callable[[], bool]) -> bool:
@@ -253,11 +270,6 @@ class ReplayServer:
     def _can_merge(self) -> bool:
         running = self.state.running
         return running is not None and any(running.position.can_absorb(b.position) for b in self.state.paused)
-
-    def _wait_for(self, pending: deque, now: Callable[[], float]) -> None:
-        if not pending:
-            raise ServingError(f"policy left {self.state.queues.num_waiting} requests waiting with nothing running")
-        time.sleep(max(pending[0].arrival_s - now(), 0.0))
 
 
 def _shape(batch: BatchState) -> tuple[int, int]:

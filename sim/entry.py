@@ -1,4 +1,4 @@
-"""The `python -m <package> run [overrides]` front door shared by `sim` and `real`."""
+"""The `python -m <package> run [overrides]` front door shared by `sim` and `real` (`real serve` too)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,16 @@ T = TypeVar("T")
 ENGINE_MODULES = ("torch", "transformers")
 
 
-def dispatch(usage: str, load_main: Callable[[], Callable[[], None]]) -> None:
-    """Accept only the `run` subcommand, then hand the remaining arguments to the Hydra main."""
-    if len(sys.argv) < 2 or sys.argv[1] != "run":
+def dispatch(usage: str, load_main: Callable[[], Callable[[], None]],
+             more: dict[str, Callable[[], Callable[[], None]]] | None = None) -> None:
+    """Accept the `run` subcommand (and those in `more`), then hand the remaining arguments to its Hydra main."""
+    commands = {"run": load_main, **(more or {})}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
         print(usage, file=sys.stderr)
         sys.exit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
-    sys.argv = [f"{sys.argv[0]} run", *sys.argv[2:]]
-    load_main()()
+    command = sys.argv[1]
+    sys.argv = [f"{sys.argv[0]} {command}", *sys.argv[2:]]
+    commands[command]()()
 
 
 def needs_engine(load: Callable[[], T]) -> T:

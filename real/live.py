@@ -1,0 +1,112 @@
+"""`python -m real serve`: the real engine behind an HTTP endpoint (real.api), scheduled by the same policy
+objects as a trace replay. On shutdown (Ctrl-C, SIGTERM) it stops admitting, finishes what it admitted, and
+writes the served requests as the simulator's tables (`requests.parquet`, `summary.json`, `source=real`)."""
+
+from __future__ import annotations
+
+import gc
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from policies import Policy, Priority, SchedulerState
+from real.api import Api, Codec, start_http
+from real.arrivals import LiveArrivals
+from real.run import EngineSettings, build_engine, make_server
+from real.server import ReplayServer, ServeOutcome
+from sim.results import requests_table, summarize
+
+
+@dataclass(frozen=True)
+class LiveSpec:
+    policy: Policy
+    policy_name: str
+    engine: EngineSettings
+    max_len: int  # KV slot length: a request's prompt plus max_tokens must fit
+    max_batch_size: int = 32
+    slo_s: float = 3.0
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port
+    default_priority: str = "BE"
+    default_max_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_len < 2:
+            raise ValueError(f"engine.max_len must be >= 2 for serving, got {self.max_len}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.default_max_tokens < 1:
+            raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
+        try:
+            Priority.parse(self.default_priority)
+        except (KeyError, ValueError):
+            raise ValueError(f"default_priority must be LS or BE, got {self.default_priority!r}") from None
+
+
+@dataclass
+class LiveServer:
+    """A built engine, its serving loop and the HTTP server feeding it."""
+
+    spec: LiveSpec
+    arrivals: LiveArrivals
+    server: ReplayServer
+    api: Api
+    url: str = ""
+
+    @classmethod
+    def build(cls, spec: LiveSpec) -> LiveServer:
+        engine = build_engine(spec.engine, spec.max_len, spec.max_batch_size)
+        arrivals = LiveArrivals(kv_unit_tokens=spec.max_len)  # one KV slot per request, as in a replay
+        state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * spec.max_len,
+                               max_batch_size=spec.max_batch_size)
+        server = make_server(engine, spec.policy, spec.engine, state, arrivals.prompt_ids)
+        server.on_finish = arrivals.finished
+        api = Api(arrivals, Codec.for_vocab(engine.model.config.vocab_size), spec.engine.model, spec.max_len,
+                  Priority.parse(spec.default_priority), spec.default_max_tokens)
+        return cls(spec, arrivals, server, api)
+
+    def run(self, on_ready=lambda url: None) -> ServeOutcome:
+        """Serve until `arrivals.close()` (a signal handler, or a test) and every admitted request is done.
+        The collector stays on (a server may run for days) but skips the weights' and engine's objects."""
+        http = start_http(self.api, self.spec.host, self.spec.port)
+        host, port = http.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        gc.collect()
+        gc.freeze()
+        try:
+            on_ready(self.url)
+            return self.server.serve(self.arrivals)
+        except BaseException as error:
+            self.arrivals.fail_all(f"the server stopped: {error!r}")
+            raise
+        finally:
+            gc.unfreeze()
+            http.shutdown()
+            http.server_close()
+
+
+def close_on_signals(arrivals: LiveArrivals) -> None:
+    """Ctrl-C or SIGTERM: admit no more and finish what was admitted; a second one stops at once."""
+    def handler(signum, frame) -> None:
+        if arrivals.closing:
+            raise KeyboardInterrupt
+        print("\nstopping: finishing the admitted requests (again to abort)", flush=True)
+        arrivals.close()
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """The served requests as the simulator's table and summary (rate: the measured arrival rate)."""
+    pd.DataFrame(outcome.steps).to_parquet(out_dir / "steps.parquet", index=False)
+    arrivals = [r.arrival_s for r in outcome.requests]
+    span = max(arrivals) - min(arrivals) if len(arrivals) > 1 else 0.0
+    rate = (len(arrivals) - 1) / span if span > 0 else 0.0
+    table = requests_table(outcome.requests, "real", spec.policy_name, rate, 0)
+    summary = summarize(table, spec.slo_s, outcome.busy_s) if len(table) else {"classes": {}, "slo_s": spec.slo_s}
+    summary["run"] = {"policy": spec.policy_name, "mode": "http", "rate": rate, "engine": spec.engine.model,
+                      "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
+                      "num_consults": outcome.num_consults}
+    return table, summary

@@ -1,0 +1,151 @@
+"""The HTTP endpoint (`python -m real serve`): request validation, live arrivals, and the tiny random Mixtral
+served over HTTP on the CPU: every request answered once, with exactly its tokens, equal to HF's greedy output."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+
+from policies import Priority
+from real.api import Api, BadRequest, Codec, parse_completion
+from real.arrivals import ArrivalError, LiveArrivals
+
+CODEC = Codec(vocab_size=128)
+
+
+def parse(body, max_len: int = 64):
+    return parse_completion(body, CODEC, max_len, Priority.BE, default_max_tokens=4)
+
+
+@pytest.mark.parametrize("body, prompt, max_tokens, priority", [
+    ({"prompt": [1, 2, 3]}, [1, 2, 3], 4, Priority.BE),
+    ({"prompt": [5], "max_tokens": 7, "priority": "LS"}, [5], 7, Priority.LS),
+    ({"prompt": [5], "priority": "be", "temperature": 0.3, "model": "x"}, [5], 4, Priority.BE),
+    ({"prompt": [0, 127], "max_tokens": 62, "priority": 0, "stream": False, "n": 1}, [0, 127], 62, Priority.LS),
+])
+def test_valid_completions_parse(body, prompt, max_tokens, priority):
+    parsed = parse(body)
+    assert (parsed.prompt_ids, parsed.max_tokens, parsed.priority) == (prompt, max_tokens, priority)
+
+
+@pytest.mark.parametrize("body, message", [
+    ([1, 2], "JSON object"),
+    ({"max_tokens": 3}, "`prompt` is required"),
+    ({"prompt": []}, "non-empty"),
+    ({"prompt": [1, "a"]}, "token ids"),
+    ({"prompt": [1, True]}, "token ids"),
+    ({"prompt": [128]}, "outside the vocabulary"),
+    ({"prompt": [-1]}, "outside the vocabulary"),
+    ({"prompt": "hello"}, "list of token ids"),  # no tokenizer for a 128-token vocabulary
+    ({"prompt": [1], "max_tokens": 0}, "max_tokens"),
+    ({"prompt": [1], "max_tokens": 2.5}, "max_tokens"),
+    ({"prompt": [1], "max_tokens": True}, "max_tokens"),
+    ({"prompt": [1] * 60, "max_tokens": 5}, "KV slot length 64"),
+    ({"prompt": [1], "priority": "urgent"}, "`priority`"),
+    ({"prompt": [1], "stream": True}, "`stream` is not supported"),
+    ({"prompt": [1], "n": 2}, "`n` is not supported"),
+])
+def test_bad_completions_are_refused_with_a_message(body, message):
+    with pytest.raises(BadRequest, match=message):
+        parse(body)
+
+
+def test_live_arrivals_admit_in_order_and_refuse_once_closed():
+    arrivals = LiveArrivals(kv_unit_tokens=64, clock=iter(range(100)).__next__)
+    with pytest.raises(ArrivalError):
+        arrivals.submit([1], 2, Priority.BE)  # the loop has not started
+    arrivals.start(0.0)
+    a = arrivals.submit([1, 2], 2, Priority.BE)
+    b = arrivals.submit([3], 1, Priority.LS)
+    assert arrivals.is_due(lambda: 0.0)
+    due = arrivals.due(lambda: 0.0)
+    assert [r.request_id for r in due] == [0, 1] and due[0].arrival_s < due[1].arrival_s
+    assert due[0].kv_unit_tokens == 64 and due[1].priority == Priority.LS
+    assert arrivals.prompt_ids(due[0]) == [1, 2] and not arrivals.is_due(lambda: 0.0)
+    arrivals.close()
+    assert arrivals.closed
+    with pytest.raises(ArrivalError):
+        arrivals.submit([1], 1, Priority.BE)
+    arrivals.finished(a.request, [7, 8])
+    assert a.done.is_set() and a.output_ids == [7, 8] and a.error is None
+    arrivals.fail_all("stopped")
+    assert b.done.is_set() and b.error == "stopped" and b.output_ids is None
+
+
+def test_a_closed_server_answers_503_and_a_bad_body_400():
+    arrivals = LiveArrivals()
+    api = Api(arrivals, CODEC, "tiny", max_len=64)
+    status, body = api.complete({"prompt": [1]})
+    assert status == 503 and "not accepting" in body["error"]["message"]
+    status, body = api.complete({"prompt": "text"})
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from policies import QLLM  # noqa: E402
+from real import run as real_run  # noqa: E402
+from real.live import LiveServer, LiveSpec, results  # noqa: E402
+
+
+def post(url: str, body) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path):
+    """Ten requests (more than the six KV slots; BE first, then LS ones that preempt them) posted at once
+    over HTTP: each answered once, with exactly `max_tokens` tokens, equal to HF's greedy generation."""
+    real_run.release_engine()
+    spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=6), max_len=48, port=0,
+                    max_batch_size=4)
+    live = LiveServer.build(spec)
+    bodies = [{"prompt": [3 + (5 * i + j) % 120 for j in range(4 + (7 * i) % 17)], "max_tokens": 3 + i % 4,
+               "priority": "LS" if i >= 7 else "BE"} for i in range(10)]
+    answers: dict[int, tuple[int, dict]] = {}
+    extra: list[tuple[int, dict]] = []
+
+    def clients(url: str) -> None:
+        def one(i: int) -> None:
+            answers[i] = post(f"{url}/v1/completions", bodies[i])
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        extra.append(post(f"{url}/v1/completions", b"{not json"))
+        extra.append(post(f"{url}/v1/nothing", {"prompt": [1]}))
+        with urllib.request.urlopen(f"{url}/v1/models", timeout=10) as response:
+            extra.append((response.status, json.loads(response.read())))
+        live.arrivals.close()
+
+    outcome = live.run(on_ready=lambda url: threading.Thread(target=clients, args=(url,)).start())
+    assert sorted(answers) == list(range(10)) and all(status == 200 for status, _ in answers.values())
+    assert [status for status, _ in extra] == [400, 404, 200] and extra[2][1]["data"][0]["id"] == "tiny-mixtral"
+    ids = [body["qllm"]["request_id"] for _, body in answers.values()]
+    assert sorted(ids) == sorted(r.request_id for r in outcome.requests) == list(range(10))  # each exactly once
+    model = live.server.engine.model
+    for i, (_, body) in answers.items():
+        tokens = body["choices"][0]["token_ids"]
+        assert len(tokens) == body["usage"]["completion_tokens"] == bodies[i]["max_tokens"]
+        assert body["usage"]["prompt_tokens"] == len(bodies[i]["prompt"])
+        with torch.inference_mode():
+            ref = model.generate(torch.tensor([bodies[i]["prompt"]]), max_new_tokens=bodies[i]["max_tokens"],
+                                 min_new_tokens=bodies[i]["max_tokens"], do_sample=False)
+        assert tokens == ref[0, len(bodies[i]["prompt"]):].tolist()
+    for r in outcome.requests:
+        assert r.num_generated_tokens == r.num_output_tokens and r.arrival_s <= r.first_token_s <= r.finish_s
+    assert live.server.engine.pool.num_free == 6  # every slot given back
+    table, summary = results(outcome, spec, tmp_path)
+    assert len(table) == 10 and set(table.source) == {"real"} and summary["run"]["mode"] == "http"
+    assert (table.priority == "LS").sum() == 3
