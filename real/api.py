@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from policies import Priority
 from real.arrivals import ArrivalError, LiveArrivals, Ticket
@@ -38,14 +39,27 @@ class Codec:
     processor: object | None = None
 
     @classmethod
-    def for_vocab(cls, vocab_size: int) -> Codec:
+    def for_vocab(cls, vocab_size: int, tokenizer: str | None = None) -> Codec:
+        """`tokenizer`: a SentencePiece model file (None: mistral-common's, if installed). A named file
+        that is missing or not the model's vocabulary is an error; the default is tried quietly."""
         try:
-            from sim.workload.tokenizer import load_tokenizer
+            import sentencepiece
 
-            processor = load_tokenizer()
+            from sim.workload.tokenizer import tokenizer_file
+
+            path = tokenizer or tokenizer_file()
+            if tokenizer and not Path(tokenizer).is_file():
+                raise FileNotFoundError(f"tokenizer {tokenizer} not found")
+            processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
         except (FileNotFoundError, ImportError):
+            if tokenizer:
+                raise
             return cls(vocab_size)
-        return cls(vocab_size, processor if processor.get_piece_size() == vocab_size else None)
+        if processor.get_piece_size() != vocab_size:
+            if tokenizer:
+                raise ValueError(f"tokenizer {tokenizer} has {processor.get_piece_size()} tokens, the model {vocab_size}")
+            return cls(vocab_size)
+        return cls(vocab_size, processor)
 
     def encode(self, prompt: object) -> list[int]:
         if isinstance(prompt, str):
@@ -143,7 +157,9 @@ class Api:
         return HTTPStatus.OK, completion_body(ticket, self.model, self.codec, time.perf_counter() - started)
 
     def models(self) -> dict:
-        return {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "qllm"}]}
+        return {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "qllm",
+                                            "vocab_size": self.codec.vocab_size, "max_len": self.max_len,
+                                            "tokenizer": self.codec.processor is not None}]}
 
 
 def error_body(message: str, kind: str) -> dict:

@@ -14,6 +14,7 @@ import pandas as pd
 from policies import Policy, Priority, SchedulerState
 from real.api import Api, Codec, start_http
 from real.arrivals import LiveArrivals
+from real.model import preset_config
 from real.run import EngineSettings, build_engine, make_server
 from real.server import ReplayServer, ServeOutcome
 from sim.results import requests_table, summarize
@@ -31,6 +32,7 @@ class LiveSpec:
     port: int = 8000  # 0: any free port
     default_priority: str = "BE"
     default_max_tokens: int = 16
+    tokenizer: str | None = None  # SentencePiece model file for text prompts (None: mistral-common's)
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
@@ -57,13 +59,14 @@ class LiveServer:
 
     @classmethod
     def build(cls, spec: LiveSpec) -> LiveServer:
+        codec = Codec.for_vocab(preset_config(spec.engine.model).vocab_size, spec.tokenizer)  # before a minute of weights
         engine = build_engine(spec.engine, spec.max_len, spec.max_batch_size)
         arrivals = LiveArrivals(kv_unit_tokens=spec.max_len)  # one KV slot per request, as in a replay
         state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * spec.max_len,
                                max_batch_size=spec.max_batch_size)
         server = make_server(engine, spec.policy, spec.engine, state, arrivals.prompt_ids)
         server.on_finish = arrivals.finished
-        api = Api(arrivals, Codec.for_vocab(engine.model.config.vocab_size), spec.engine.model, spec.max_len,
+        api = Api(arrivals, codec, spec.engine.model, spec.max_len,
                   Priority.parse(spec.default_priority), spec.default_max_tokens)
         return cls(spec, arrivals, server, api)
 

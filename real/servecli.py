@@ -27,7 +27,7 @@ def build_spec(cfg: DictConfig, policy_name: str) -> LiveSpec:
     return LiveSpec(policy=instantiate(cfg.policy), policy_name=policy_name, engine=engine, max_len=int(engine.max_len),
                     max_batch_size=int(cfg.max_batch_size), slo_s=float(cfg.slo_s), host=str(cfg.host),
                     port=int(cfg.port), default_priority=str(cfg.default_priority),
-                    default_max_tokens=int(cfg.default_max_tokens))
+                    default_max_tokens=int(cfg.default_max_tokens), tokenizer=cfg.tokenizer)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="real_serve")

@@ -1,0 +1,117 @@
+"""`python -m real.loadgen URL --trace trace.csv`: replay a trace against a running `python -m real serve`
+(or any server taking the same `/v1/completions` body): each request is posted at its arrival time, with
+its trace length of random prompt ids (those of a `real run` of the same seed), `max_tokens` its output
+length, and its priority. Writes one row per request (client-side latency, status) and prints a summary."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.workload import WorkloadConfig, generate_trace, read_trace
+from sim.workload.trace import TraceError
+
+
+def prompt_ids(seed: int, vocab_size: int, request_id: int, length: int) -> list[int]:
+    """As real.run.prompt_token_ids (kept free of torch: a client needs none)."""
+    return np.random.default_rng([seed, request_id]).integers(3, vocab_size, size=length).tolist()
+
+
+def model_info(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as response:
+        return json.loads(response.read())["data"][0]
+
+
+def post(url: str, body: dict, timeout_s: float) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+        return 0, {"error": {"message": str(error)}}
+
+
+def replay(url: str, trace: pd.DataFrame, seed: int, timeout_s: float = 600.0) -> pd.DataFrame:
+    """Post every request of `trace` at its `arrival_s` (one thread each); one row per request."""
+    vocab = int(model_info(url)["vocab_size"])
+    rows: list[dict] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+
+    def one(r) -> None:
+        body = {"prompt": prompt_ids(seed, vocab, int(r.request_id), int(r.prompt_tokens)),
+                "max_tokens": int(r.output_tokens), "priority": r.priority}
+        sent = time.perf_counter() - start
+        status, answer = post(url, body, timeout_s)
+        done = time.perf_counter() - start
+        usage, extra = answer.get("usage", {}), answer.get("qllm", {})
+        with lock:
+            rows.append({"request_id": int(r.request_id), "priority": r.priority, "arrival_s": float(r.arrival_s),
+                         "sent_s": sent, "done_s": done, "latency_s": done - sent, "status": status,
+                         "completion_tokens": usage.get("completion_tokens", 0),
+                         "output_tokens": int(r.output_tokens), "server_request_id": extra.get("request_id", -1),
+                         "error": answer.get("error", {}).get("message", "")})
+
+    threads = []
+    for r in trace.itertuples():
+        time.sleep(max(float(r.arrival_s) - (time.perf_counter() - start), 0.0))
+        thread = threading.Thread(target=one, args=(r,), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    return pd.DataFrame(rows).sort_values("request_id", ignore_index=True)
+
+
+def summary(table: pd.DataFrame) -> str:
+    ok = table[table.status == 200]
+    lines = [f"{len(ok)} of {len(table)} requests answered 200; tokens as asked: "
+             f"{int((ok.completion_tokens == ok.output_tokens).sum())} of {len(ok)}"]
+    for priority, group in ok.groupby("priority"):
+        lines.append(f"  {priority}: n={len(group)}  latency p50 {1e3 * group.latency_s.median():.0f} ms  "
+                     f"p99 {1e3 * group.latency_s.quantile(0.99):.0f} ms")
+    late = (table.sent_s - table.arrival_s).quantile(0.99)
+    lines.append(f"  sends behind their arrival time, p99: {1e3 * late:.1f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m real.loadgen", description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
+    parser.add_argument("--trace", help="a trace file (CSV/parquet, as `real run` and `sim run` write)")
+    parser.add_argument("--rate", type=float, default=2.0, help="without --trace: Poisson arrivals per second")
+    parser.add_argument("--num-requests", type=int, default=50, help="without --trace: how many")
+    parser.add_argument("--output-tokens", type=int, default=None, help="without --trace: a fixed output length")
+    parser.add_argument("--seed", type=int, default=0, help="the trace's (without --trace) and the prompts' seed")
+    parser.add_argument("--out", type=Path, default=Path("loadgen.csv"))
+    args = parser.parse_args(argv)
+    try:
+        if args.trace:
+            trace = read_trace(args.trace)
+        else:
+            fixed = {"output_mode": "fixed", "fixed_output_tokens": args.output_tokens} if args.output_tokens else {}
+            trace = generate_trace(WorkloadConfig(rate=args.rate, num_requests=args.num_requests, **fixed), args.seed)
+        table = replay(args.url.rstrip("/"), trace, args.seed)
+    except (TraceError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
+    except urllib.error.URLError as error:
+        sys.exit(f"error: no server at {args.url}: {error.reason}")
+    table.to_csv(args.out, index=False)
+    print(summary(table))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
