@@ -109,7 +109,7 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path) -> tuple[pd.Da
     rate = (len(arrivals) - 1) / span if span > 0 else 0.0
     table = requests_table(outcome.requests, "real", spec.policy_name, rate, 0)
     summary = summarize(table, spec.slo_s, outcome.busy_s) if len(table) else {"classes": {}, "slo_s": spec.slo_s}
-    summary["run"] = {"policy": spec.policy_name, "mode": "http", "rate": rate, "engine": spec.engine.model,
+    summary["run"] = {"policy": spec.policy_name, "mode": "http", "rate": rate, "seed": 0, "engine": spec.engine.model,
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
                       "num_consults": outcome.num_consults}
     return table, summary
