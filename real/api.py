@@ -10,7 +10,6 @@ engine has no stop tokens: the traces fix every request's length, and so does th
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -208,9 +207,9 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def start_http(api: Api, host: str, port: int) -> ThreadingHTTPServer:
-    """The HTTP server, answering on its own threads (`shutdown()` stops it)."""
+def bind_http(api: Api, host: str, port: int) -> ThreadingHTTPServer:
+    """The HTTP server, bound (port 0: any free one) but not yet answering: `serve_forever` on a thread of
+    its own starts it, `shutdown()` stops it. Each request is answered on a thread of its own."""
     server = ThreadingHTTPServer((host, port), handler_for(api))
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="qllm-http", daemon=True).start()
     return server

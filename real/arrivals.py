@@ -117,7 +117,8 @@ class LiveArrivals:
 
     def finished(self, request: Request, output_ids: list[int]) -> None:
         """The serving loop hands back a finished request's tokens; its client wakes."""
-        ticket = self.tickets.pop(request.request_id)
+        with self._lock:
+            ticket = self.tickets.pop(request.request_id)
         ticket.output_ids = list(output_ids)
         ticket.done.set()
 

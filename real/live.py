@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
+import threading
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pandas as pd
 
 from policies import Policy, Priority, SchedulerState
-from real.api import Api, Codec, start_http
+from real.api import Api, Codec, bind_http
 from real.arrivals import LiveArrivals
 from real.model import preset_config
 from real.run import EngineSettings, build_engine, make_server
@@ -33,12 +36,15 @@ class LiveSpec:
     default_priority: str = "BE"
     default_max_tokens: int = 16
     tokenizer: str | None = None  # SentencePiece model file for text prompts (None: mistral-common's)
+    switch_interval_us: float = 200.0  # the GIL's switch interval while serving (Python's default: 5000)
 
     def __post_init__(self) -> None:
         if self.max_len < 2:
             raise ValueError(f"engine.max_len must be >= 2 for serving, got {self.max_len}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not self.switch_interval_us > 0:
+            raise ValueError(f"switch_interval_us must be > 0, got {self.switch_interval_us}")
         if self.default_max_tokens < 1:
             raise ValueError(f"default_max_tokens must be >= 1, got {self.default_max_tokens}")
         try:
@@ -55,29 +61,42 @@ class LiveServer:
     arrivals: LiveArrivals
     server: ReplayServer
     api: Api
-    url: str = ""
+    http: ThreadingHTTPServer
+
+    @property
+    def url(self) -> str:
+        host, port = self.http.server_address[:2]
+        return f"http://{host}:{port}"
 
     @classmethod
     def build(cls, spec: LiveSpec) -> LiveServer:
-        codec = Codec.for_vocab(preset_config(spec.engine.model).vocab_size, spec.tokenizer)  # before a minute of weights
-        engine = build_engine(spec.engine, spec.max_len, spec.max_batch_size)
+        """The tokenizer and the port first: a bad path or a taken port fails before a minute of weights."""
+        codec = Codec.for_vocab(preset_config(spec.engine.model).vocab_size, spec.tokenizer)
         arrivals = LiveArrivals(kv_unit_tokens=spec.max_len)  # one KV slot per request, as in a replay
+        api = Api(arrivals, codec, spec.engine.model, spec.max_len, Priority.parse(spec.default_priority),
+                  spec.default_max_tokens)
+        http = bind_http(api, spec.host, spec.port)
+        try:
+            engine = build_engine(spec.engine, spec.max_len, spec.max_batch_size)
+        except BaseException:
+            http.server_close()
+            raise
         state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * spec.max_len,
                                max_batch_size=spec.max_batch_size)
         server = make_server(engine, spec.policy, spec.engine, state, arrivals.prompt_ids)
         server.on_finish = arrivals.finished
-        api = Api(arrivals, codec, spec.engine.model, spec.max_len,
-                  Priority.parse(spec.default_priority), spec.default_max_tokens)
-        return cls(spec, arrivals, server, api)
+        return cls(spec, arrivals, server, api, http)
 
     def run(self, on_ready=lambda url: None) -> ServeOutcome:
         """Serve until `arrivals.close()` (a signal handler, or a test) and every admitted request is done.
         The collector stays on (a server may run for days) but skips the weights' and engine's objects."""
-        http = start_http(self.api, self.spec.host, self.spec.port)
-        host, port = http.server_address[:2]
-        self.url = f"http://{host}:{port}"
+        threading.Thread(target=self.http.serve_forever, name="qllm-http", daemon=True).start()
         gc.collect()
         gc.freeze()
+        # the engine's thread spins while it waits for the GPU, holding the GIL: a handler thread that has read
+        # a request would wait up to the switch interval (5 ms by default) to hand it over
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(self.spec.switch_interval_us * 1e-6)
         try:
             on_ready(self.url)
             return self.server.serve(self.arrivals)
@@ -85,9 +104,10 @@ class LiveServer:
             self.arrivals.fail_all(f"the server stopped: {error!r}")
             raise
         finally:
+            sys.setswitchinterval(interval)
             gc.unfreeze()
-            http.shutdown()
-            http.server_close()
+            self.http.shutdown()
+            self.http.server_close()
 
 
 def close_on_signals(arrivals: LiveArrivals) -> None:

@@ -27,7 +27,8 @@ def build_spec(cfg: DictConfig, policy_name: str) -> LiveSpec:
     return LiveSpec(policy=instantiate(cfg.policy), policy_name=policy_name, engine=engine, max_len=int(engine.max_len),
                     max_batch_size=int(cfg.max_batch_size), slo_s=float(cfg.slo_s), host=str(cfg.host),
                     port=int(cfg.port), default_priority=str(cfg.default_priority),
-                    default_max_tokens=int(cfg.default_max_tokens), tokenizer=cfg.tokenizer)
+                    default_max_tokens=int(cfg.default_max_tokens), tokenizer=cfg.tokenizer,
+                    switch_interval_us=float(cfg.switch_interval_us))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="real_serve")
@@ -41,11 +42,11 @@ def main(cfg: DictConfig) -> None:
         close_on_signals(live.arrivals)
         outcome = live.run(on_ready=lambda url: print(
             f"serving {spec.policy_name} at {url}/v1/completions (Ctrl-C to stop)", flush=True))
-    except OSError as error:  # the port is taken, say
-        print(f"error: cannot serve on {cfg.host}:{cfg.port}: {error.strerror or error}", file=sys.stderr)
-        sys.exit(2)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:  # the port is taken, say
+        print(f"error: cannot serve on {cfg.host}:{cfg.port}: {error.strerror or error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("aborted: unfinished requests were answered with an error", file=sys.stderr)
