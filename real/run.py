@@ -221,7 +221,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     pd.DataFrame(outcome.steps).to_parquet(out_dir / "steps.parquet", index=False)
     table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
-    summary["run"] = {"policy": spec.policy_name, "rate": spec.workload.rate, "seed": spec.seed,
+    summary["run"] = {"policy": spec.policy_name, "mode": "replay", "rate": spec.workload.rate, "seed": spec.seed,
                       "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults,
                       "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead,
