@@ -1,0 +1,61 @@
+"""`python -m calibrate.splice RUN PROFILE --impl hf`: replace one implementation's tables in a committed profile
+by those of another calibration run (`calibrate.measure --impls hf --full ...`): its stage rows, its passes
+(`hf-*`) and, for HF, the decode diagnosis (`hf_steps.csv`). The other implementation's rows, the events and
+the serving costs stay; `meta.json` names the run the spliced rows came from. Why: HF's stages and HF's whole
+passes must come from one run (the check predicts one from the other), while the engine's stages carry the
+serving events fitted against them, which a new engine calibration would have to refit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+SAME = ("model", "dtype", "gpu")  # meta.json keys two runs must share to be spliced
+
+
+def splice(run: Path, profile: Path, impl: str) -> dict[str, int]:
+    """Rows replaced per table; raises ValueError where the run cannot stand in for the profile's rows."""
+    run_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (run, profile))
+    for key in SAME:
+        if run_meta.get(key) != meta.get(key):
+            raise ValueError(f"{key}: the run has {run_meta.get(key)!r}, the profile {meta.get(key)!r}")
+    counts, tables = {}, {}
+    for table, match in (("stages", lambda s: s == impl), ("passes", lambda s: s.str.startswith(f"{impl}-") | (s == impl))):
+        new, old = (pd.read_csv(d / f"{table}.csv") for d in (run, profile))
+        taken = new[match(new.impl)]
+        if taken.empty:
+            raise ValueError(f"{run / f'{table}.csv'} has no {impl} rows")
+        tables[table] = pd.concat([old[~match(old.impl)], taken], ignore_index=True)
+        counts[table] = len(taken)
+    for table, rows in tables.items():  # written once every table is read: a refusal leaves the profile as it was
+        rows.to_csv(profile / f"{table}.csv", index=False)
+    if impl == "hf" and (run / "hf_steps.csv").exists():
+        (profile / "hf_steps.csv").write_text((run / "hf_steps.csv").read_text())
+        counts["hf_steps"] = len(pd.read_csv(run / "hf_steps.csv"))
+    sources = meta.setdefault("other_sources", {})
+    sources[f"stages.csv impl={impl}, passes.csv {impl}-*" + (", hf_steps.csv" if "hf_steps" in counts else "")] = (
+        f"python -m calibrate.splice: calibrate.measure run of {run_meta.get('date')} at "
+        f"{run_meta.get('git_revision')} (repeats {run_meta.get('repeats')}, sweeps {run_meta.get('sweeps')})")
+    (profile / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return counts
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m calibrate.splice", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="a calibrate.measure output folder")
+    parser.add_argument("profile", type=Path, help="the profile folder to update in place")
+    parser.add_argument("--impl", default="hf", choices=["hf", "engine"])
+    args = parser.parse_args(argv)
+    try:
+        counts = splice(args.run, args.profile, args.impl)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        sys.exit(f"error: {error}")
+    print(", ".join(f"{table}: {n} rows" for table, n in counts.items()), f"-> {args.profile}")
+
+
+if __name__ == "__main__":
+    main()

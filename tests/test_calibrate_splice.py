@@ -1,0 +1,58 @@
+"""calibrate.splice: one implementation's rows of a profile replaced by another run's, the rest kept."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from calibrate.splice import splice
+
+META = {"model": "mixtral-8x7b", "dtype": "bfloat16", "gpu": "NVIDIA H200"}
+
+
+def write(folder, stages, passes, meta, steps=None):
+    folder.mkdir()
+    pd.DataFrame(stages, columns=["impl", "stage", "time_s"]).to_csv(folder / "stages.csv", index=False)
+    pd.DataFrame(passes, columns=["impl", "batch", "time_s"]).to_csv(folder / "passes.csv", index=False)
+    (folder / "meta.json").write_text(json.dumps(meta))
+    if steps is not None:
+        pd.DataFrame(steps, columns=["impl", "step", "time_s"]).to_csv(folder / "hf_steps.csv", index=False)
+
+
+def test_splice_replaces_one_impl_and_keeps_the_rest(tmp_path):
+    profile, run = tmp_path / "profile", tmp_path / "run"
+    write(profile, [("engine", "router", 1.0), ("hf", "router", 2.0), ("hf", "embed", 3.0)],
+          [("engine", 1, 0.1), ("engine-graphs", 1, 0.2), ("hf-grouped_mm", 1, 0.3), ("hf-eager", 1, 0.4)],
+          {**META, "other_sources": {"events.csv server_*": "calibrate serving"}}, [("hf-grouped_mm", 0, 9.0)])
+    write(run, [("hf", "router", 5.0)], [("hf-grouped_mm", 1, 0.5), ("hf-grouped_mm", 8, 0.6)],
+          {**META, "date": "2026-12-06", "git_revision": "abc"}, [("hf-grouped_mm", 0, 7.0)])
+    counts = splice(run, profile, "hf")
+    assert counts == {"stages": 1, "passes": 2, "hf_steps": 1}
+    stages, passes = pd.read_csv(profile / "stages.csv"), pd.read_csv(profile / "passes.csv")
+    assert sorted(map(tuple, stages[["impl", "stage", "time_s"]].values.tolist())) == [
+        ("engine", "router", 1.0), ("hf", "router", 5.0)]
+    assert sorted(passes.impl) == ["engine", "engine-graphs", "hf-grouped_mm", "hf-grouped_mm"]
+    assert set(passes[passes.impl == "hf-grouped_mm"].time_s) == {0.5, 0.6}
+    assert pd.read_csv(profile / "hf_steps.csv").time_s.tolist() == [7.0]
+    sources = json.loads((profile / "meta.json").read_text())["other_sources"]
+    assert "events.csv server_*" in sources and any("2026-12-06" in v and "abc" in v for v in sources.values())
+
+
+@pytest.mark.parametrize("change, message", [({"gpu": "NVIDIA H100"}, "gpu"), ({"dtype": "float32"}, "dtype")])
+def test_splice_refuses_a_run_of_another_setup(tmp_path, change, message):
+    profile, run = tmp_path / "profile", tmp_path / "run"
+    write(profile, [("hf", "router", 2.0)], [("hf-eager", 1, 0.4)], META)
+    write(run, [("hf", "router", 5.0)], [("hf-eager", 1, 0.5)], {**META, **change})
+    with pytest.raises(ValueError, match=message):
+        splice(run, profile, "hf")
+    assert pd.read_csv(profile / "stages.csv").time_s.tolist() == [2.0]  # untouched
+
+
+def test_splice_refuses_a_run_without_the_rows(tmp_path):
+    profile, run = tmp_path / "profile", tmp_path / "run"
+    write(profile, [("hf", "router", 2.0)], [("hf-eager", 1, 0.4)], META)
+    write(run, [("engine", "router", 5.0)], [("engine", 1, 0.5)], META)
+    with pytest.raises(ValueError, match="no hf rows"):
+        splice(run, profile, "hf")
