@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,40 @@ def noise_summary(directory: Path, impl: str, errors: dict[str, pd.DataFrame] | 
             "noise max": points.noise_pct.max(), "points with noise > 5%": int((points.noise_pct > 5).sum()),
             "points": len(points)}
     return pd.DataFrame(rows).T
+
+
+def heldout_resolution(directory: Path, impl: str, clock: str, draws: int = 100, seed: int = 0,
+                       target_pct: float = 10.0) -> dict:
+    """Can this run's repeats tell whether each held-out point is within `target_pct`? Bootstrap: the
+    repeats of every point (grid and held-out) are resampled `draws` times and the held-out errors taken
+    again. A point is over the target at 90% confidence where its 5th percentile exceeds it, within it where
+    its 95th percentile does not; otherwise its repeats cannot tell (the host's noise on the host clock)."""
+    table = load_table(directory)
+    table = table[(table.impl == impl) & ~table.stage.isin(NOT_INTERPOLATED)].reset_index(drop=True)
+
+    def errors(rows: pd.DataFrame) -> pd.Series:
+        fitted = curves(rows, impl, "grid", clock)
+        held = point_times(rows[rows.split == "heldout"], clock)
+        return pd.Series({k: 100 * abs(fitted[k[0]](k[1], k[2]) - t) / t for k, t in held.items()})
+
+    rng = np.random.default_rng(seed)
+    groups = list(table.groupby(["stage", "x1", "x2", "split"]).indices.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # resampled grids extrapolate at their edges like the real one
+        observed = errors(table)
+        draws_table = pd.concat([errors(table.iloc[np.concatenate([rng.choice(g, len(g)) for g in groups])])
+                                 for _ in range(draws)], axis=1)
+    low, high = draws_table.quantile(0.05, axis=1), draws_table.quantile(0.95, axis=1)
+    return {"points": len(observed), "observed over": int((observed > target_pct).sum()),
+            "over (90%)": int((low > target_pct).sum()), "within (90%)": int((high <= target_pct).sum()),
+            "cannot tell": int(((low <= target_pct) & (high > target_pct)).sum())}
+
+
+def resolution_summary(directory: Path, impl: str, draws: int = 100) -> pd.DataFrame:
+    """`heldout_resolution` per clock: how many held-out points the run shows over / within 10%."""
+    clocks = [clock for clock in ("time_s", "host_s", "gpu_s") if clock in load_table(directory)]
+    return pd.DataFrame({clock.removesuffix("_s"): heldout_resolution(directory, impl, clock, draws)
+                         for clock in clocks}).T
 
 
 def host_steadiness(directory: Path) -> pd.DataFrame:
@@ -264,6 +299,8 @@ def report(directory: Path, impls: list[str] | None = None, clock: str = "pipeli
             print(heldout_summary(directory, impl, errors).to_string(float_format=fmt))
             print("held-out error against the points' own noise (%, stages pooled as in `all`):")
             print(noise_summary(directory, impl, errors).to_string(float_format=fmt))
+            print("held-out points over / within 10% at 90% confidence (bootstrap of the repeats, 100 draws):")
+            print(resolution_summary(directory, impl).to_string())
             print("measured vs roofline floor (one layer):")
             print(roofline(directory, model, hardware_spec(directory), impl).to_string(index=False, float_format=fmt))
             layers = layer_checks(directory, model, impl)

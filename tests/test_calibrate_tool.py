@@ -9,6 +9,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -217,6 +218,24 @@ def test_heldout_noise_is_half_the_split_half_difference(tmp_path):
     steadiness = check.host_steadiness(tmp_path)
     assert steadiness.index.tolist() == ["stage grids", "calibration passes", "full passes"]
     assert steadiness["median"].tolist() == [6.0, 8.0, 7.0]
+
+
+@pytest.mark.parametrize("held, spread, verdict", [
+    (1.0, 0.00, "within (90%)"),   # steady repeats, exactly on the line: shown within 10%
+    (1.5, 0.00, "over (90%)"),     # steady repeats, 50% off the line: shown over
+    (1.0, 0.60, "cannot tell"),    # on the line on average, but repeats 0.4-1.6x: 10 of them cannot tell
+])
+def test_heldout_resolution_tells_over_from_within_from_noise(tmp_path, held, spread, verdict):
+    """A router grid at 1 ms (steady) and one held-out point: its repeats decide what the run can show."""
+    rows = [{"impl": "engine", "stage": "router", "x1": x, "x2": 0, "split": "grid", "repeat": r,
+             "time_s": 1e-3, "host_s": 1e-3, "gpu_s": 1e-3} for x in (1, 100) for r in range(10)]
+    times = 1e-3 * held * (1 + spread * np.linspace(-1, 1, 10))
+    rows += [{"impl": "engine", "stage": "router", "x1": 10, "x2": 0, "split": "heldout", "repeat": r,
+              "time_s": t, "host_s": t, "gpu_s": t} for r, t in enumerate(times)]
+    pd.DataFrame(rows).to_csv(tmp_path / "stages.csv", index=False)
+    result = check.heldout_resolution(tmp_path, "engine", "host_s", draws=50)
+    assert result["points"] == 1 and result[verdict] == 1
+    assert result["over (90%)"] + result["within (90%)"] + result["cannot tell"] == 1
 
 
 def test_the_host_probe_is_a_grid_point_of_every_engine_profile(tmp_path):
