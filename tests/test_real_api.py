@@ -149,3 +149,32 @@ def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path)
     table, summary = results(outcome, spec, tmp_path)
     assert len(table) == 10 and set(table.source) == {"real"} and summary["run"]["mode"] == "http"
     assert (table.priority == "LS").sum() == 3
+
+
+def test_loadgen_posts_a_trace_with_the_prompts_a_replay_feeds(tmp_path):
+    """real.loadgen against a live server: every trace request answered with its output length, and the
+    prompt ids it sends are those `real run` feeds for the same seed (so the two runs can be compared)."""
+    from policies import Request
+    from real.loadgen import prompt_ids, replay, summary
+    from real.run import prompt_token_ids
+    from sim.workload import WorkloadConfig, generate_trace
+
+    request = Request(5, 0.0, 12, 3)
+    assert prompt_ids(7, 128, 5, 12) == prompt_token_ids(7, 128)(request)
+    real_run.release_engine()
+    spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=8), max_len=1280, port=0,
+                    max_batch_size=4)
+    live = LiveServer.build(spec)
+    trace = generate_trace(WorkloadConfig(rate=200.0, num_requests=12, output_mode="fixed", fixed_output_tokens=3), 4)
+    tables = []
+
+    def client(url: str) -> None:
+        tables.append(replay(url, trace, seed=4))
+        live.arrivals.close()
+
+    outcome = live.run(on_ready=lambda url: threading.Thread(target=client, args=(url,)).start())
+    table = tables[0]
+    assert len(table) == 12 and (table.status == 200).all() and (table.completion_tokens == 3).all()
+    assert sorted(table.server_request_id) == sorted(r.request_id for r in outcome.requests)
+    assert table.priority.tolist() == trace.priority.tolist()
+    assert "12 of 12 requests answered 200" in summary(table)
