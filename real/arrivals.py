@@ -67,7 +67,9 @@ class LiveArrivals:
     kv_unit_tokens: int = 1  # the requests' KV unit (the real engine: a whole slot, its length)
     poll_s: float = 0.001  # how long `wait` blocks: the loop retires finished passes between waits
     clock: Callable[[], float] = time.perf_counter
-    inbox: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    # not a SimpleQueue: on CPython 3.11 its get(timeout) never returns once a signal handler ran during it
+    # (Ctrl-C, which asks the server to stop, then hung it)
+    inbox: queue.Queue = field(default_factory=queue.Queue)
     tickets: dict[int, Ticket] = field(default_factory=dict)
     held: deque = field(default_factory=deque)  # taken from the inbox by `wait`, not yet `due`
     origin_s: float | None = None

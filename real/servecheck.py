@@ -1,0 +1,98 @@
+"""`python -m real.servecheck --trace T --seed S --out DIR [overrides ...]`: one trace served twice, in-process
+(`real run`) and over HTTP (`real serve` fed by `real.loadgen`), with the same policy and engine overrides, so the
+cost of the HTTP front end shows in the same tables (`python -m real.report DIR --reaction --by mode`). Each run
+is its own process, one after the other (the engine takes the GPU's memory); a server that dies is reported,
+not waited for."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from real.loadgen import replay, summary
+from real.report import markdown, reaction_table
+from sim.workload import read_trace
+from sim.workload.trace import TraceError
+
+
+def run_replay(trace: Path, seed: int, overrides: list[str], out: Path) -> None:
+    command = [sys.executable, "-m", "real", "run", f"trace={trace}", f"seed={seed}", *overrides,
+               f"hydra.run.dir={out}"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"real run failed (exit {done.returncode}): {_last_line(done.stderr or done.stdout)}")
+
+
+def serve_trace(trace: Path, seed: int, overrides: list[str], out: Path, port: int, start_timeout_s: float) -> str:
+    """Start `real serve`, post the trace, stop it (SIGINT: it finishes and writes its tables); the loadgen summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    log = (out / "serve.out").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "real", "serve", f"port={port}", *overrides,
+                               f"hydra.run.dir={out}"], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(server, url, start_timeout_s, out / "serve.out")
+        table = replay(url, read_trace(trace), seed)
+        table.to_csv(out / "loadgen.csv", index=False)
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=600)
+        log.close()
+    if server.returncode != 0:
+        raise RuntimeError(f"real serve exited {server.returncode}: {_last_line((out / 'serve.out').read_text())}")
+    return summary(table)
+
+
+def _wait_until_up(server: subprocess.Popen, url: str, timeout_s: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"real serve exited {server.returncode} before serving: {_last_line(log.read_text())}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1):
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError(f"real serve did not answer within {timeout_s:g} s")
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m real.servecheck", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trace", type=Path, required=True, help="the trace both runs serve")
+    parser.add_argument("--seed", type=int, default=0, help="the prompts' seed (as real run's)")
+    parser.add_argument("--out", type=Path, required=True, help="gets replay/ and http/ run folders")
+    parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds the server may take to build")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both (policy=..., engine.*=...)")
+    args = parser.parse_args(argv)
+    try:
+        read_trace(args.trace)
+        run_replay(args.trace.resolve(), args.seed, args.overrides, args.out / "replay")
+        print(serve_trace(args.trace.resolve(), args.seed, args.overrides, args.out / "http", args.port,
+                          args.start_timeout))
+    except (TraceError, FileNotFoundError, RuntimeError) as error:
+        sys.exit(f"error: {error}")
+    table = reaction_table(args.out, by="mode")
+    table.to_csv(args.out / "reaction.csv", index=False)
+    print(markdown(table[table.run.str.startswith("all")]))
+    for mode in ("replay", "http"):
+        throughput = json.loads((args.out / mode / "summary.json").read_text())["throughput"]
+        print(f"{mode}: tokens/s {throughput['tokens_per_s']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
