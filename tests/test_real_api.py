@@ -207,3 +207,13 @@ print("returned")
     except subprocess.TimeoutExpired:
         pytest.fail("LiveArrivals.wait hung after a signal")
     assert done.returncode == 0 and "returned" in done.stdout, done.stderr
+
+
+def test_servecheck_reports_a_server_that_dies_instead_of_waiting(tmp_path):
+    """real.servecheck: a `real serve` that exits before it answers is an error naming its last line."""
+    from real.servecheck import serve_trace
+
+    trace = tmp_path / "trace.csv"
+    trace.write_text("request_id,arrival_s,prompt_tokens,output_tokens,priority\n0,0.0,4,2,LS\n")
+    with pytest.raises(RuntimeError, match="before serving: error: engine.max_len must be set"):
+        serve_trace(trace, 0, ["engine.max_len=null"], tmp_path / "http", port=0, start_timeout_s=120)
