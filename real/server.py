@@ -1,5 +1,6 @@
-"""Trace replay on the wall clock: the same policy objects and `SchedulerState` as the simulator,
-driving the real engine. Arrivals are admitted at every scheduling point, and an arrival also ends the
+"""Serving on the wall clock: the same policy objects and `SchedulerState` as the simulator, driving the
+real engine, for a trace's requests or for clients' (real.arrivals: `run` replays a trace, `serve` takes
+either; real.api puts an HTTP server in front). Arrivals are admitted at every scheduling point, and an arrival also ends the
 host's wait for the device (real.timeline): an LS request that arrives while a BE batch is inside layer
 k is seen at once, and a batch the policy starts then runs on the urgent stream (real.lanes), ahead of
 the layers the device has queued. The host does not wait for a pass's tokens either (real.pending): the
