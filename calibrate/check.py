@@ -58,19 +58,25 @@ def hardware_spec(directory: Path) -> HardwareSpec:
     return HardwareSpec(**{k: v for k, v in values.items() if k != "profile"})
 
 
+def interpolated(table: pd.DataFrame, impl: str, clock: str) -> pd.DataFrame:
+    """Each held-out point's measured and interpolated time (s) and their |error| (%), from `table`'s rows."""
+    fitted = curves(table, impl, "grid", clock)
+    held = point_times(table[(table.impl == impl) & (table.split == "heldout")], clock)
+    out = pd.DataFrame({"measured": held, "interpolated": [fitted[s](x1, x2) for s, x1, x2 in held.index]},
+                       index=held.index)
+    out["error_pct"] = 100 * (out.interpolated - out.measured).abs() / out.measured
+    return out
+
+
 def heldout_errors(directory: Path, impl: str = "engine", clock: str = "time_s") -> pd.DataFrame:
     table = load_table(directory)
-    fitted = curves(table, impl, "grid", clock)
+    points = interpolated(table, impl, clock)
     rows = table[(table.impl == impl) & (table.split == "heldout")]
-    held = point_times(rows, clock)
     early = rows.repeat < rows.groupby(["stage", "x1", "x2"]).repeat.transform("max") / 2
     halves = point_times(rows[early], clock), point_times(rows[~early], clock)
-    out = pd.DataFrame([{"stage": s, "x1": x1, "x2": x2, "measured_ms": t * 1000,
-                         "interpolated_ms": fitted[s](x1, x2) * 1000,
-                         "noise_pct": 50 * abs(halves[0][s, x1, x2] - halves[1][s, x1, x2]) / t}
-                        for (s, x1, x2), t in held.items()])
-    out["error_pct"] = 100 * (out.interpolated_ms - out.measured_ms).abs() / out.measured_ms
-    return out
+    return pd.DataFrame({"measured_ms": points.measured * 1000, "interpolated_ms": points.interpolated * 1000,
+                         "noise_pct": 50 * (halves[0] - halves[1]).abs() / points.measured,
+                         "error_pct": points.error_pct}).rename_axis(["stage", "x1", "x2"]).reset_index()
 
 
 def heldout_by_clock(directory: Path, impl: str) -> dict[str, pd.DataFrame]:
@@ -106,9 +112,7 @@ def heldout_resolution(directory: Path, impl: str, clock: str, draws: int = 100,
     table = table[(table.impl == impl) & ~table.stage.isin(NOT_INTERPOLATED)].reset_index(drop=True)
 
     def errors(rows: pd.DataFrame) -> pd.Series:
-        fitted = curves(rows, impl, "grid", clock)
-        held = point_times(rows[rows.split == "heldout"], clock)
-        return pd.Series({k: 100 * abs(fitted[k[0]](k[1], k[2]) - t) / t for k, t in held.items()})
+        return interpolated(rows, impl, clock).error_pct
 
     rng = np.random.default_rng(seed)
     groups = list(table.groupby(["stage", "x1", "x2", "split"]).indices.values())

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 from policies import Priority
 from real.arrivals import ArrivalError, LiveArrivals, Ticket
@@ -39,26 +38,21 @@ class Codec:
 
     @classmethod
     def for_vocab(cls, vocab_size: int, tokenizer: str | None = None) -> Codec:
-        """`tokenizer`: a SentencePiece model file (None: mistral-common's, if installed). A named file
-        that is missing or not the model's vocabulary is an error; the default is tried quietly."""
+        """`tokenizer`: a SentencePiece model file, which must exist and match the model's vocabulary. None:
+        Mixtral's from mistral-common where it is installed and matches; token ids only otherwise."""
+        from sim.workload.tokenizer import load_tokenizer
+
         try:
-            import sentencepiece
-
-            from sim.workload.tokenizer import tokenizer_file
-
-            path = tokenizer or tokenizer_file()
-            if tokenizer and not Path(tokenizer).is_file():
-                raise FileNotFoundError(f"tokenizer {tokenizer} not found")
-            processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+            processor = load_tokenizer(tokenizer)
         except (FileNotFoundError, ImportError):
             if tokenizer:
                 raise
             return cls(vocab_size)
-        if processor.get_piece_size() != vocab_size:
-            if tokenizer:
-                raise ValueError(f"tokenizer {tokenizer} has {processor.get_piece_size()} tokens, the model {vocab_size}")
-            return cls(vocab_size)
-        return cls(vocab_size, processor)
+        if processor.get_piece_size() == vocab_size:
+            return cls(vocab_size, processor)
+        if tokenizer:
+            raise ValueError(f"tokenizer {tokenizer} has {processor.get_piece_size()} tokens, the model {vocab_size}")
+        return cls(vocab_size)
 
     def encode(self, prompt: object) -> list[int]:
         if isinstance(prompt, str):

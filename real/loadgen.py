@@ -14,16 +14,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from real.prompts import prompt_ids
 from sim.workload import WorkloadConfig, generate_trace, read_trace
 from sim.workload.trace import TraceError
-
-
-def prompt_ids(seed: int, vocab_size: int, request_id: int, length: int) -> list[int]:
-    """As real.run.prompt_token_ids (kept free of torch: a client needs none)."""
-    return np.random.default_rng([seed, request_id]).integers(3, vocab_size, size=length).tolist()
 
 
 def model_info(url: str) -> dict:

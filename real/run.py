@@ -6,7 +6,6 @@ import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -18,6 +17,7 @@ from real.kv import KVPool
 from real.lanes import PriorityLane, urgent_streams
 from real.lanes import warm_up as warm_up_lanes
 from real.model import build_model, preset_config
+from real.prompts import prompt_ids
 from real.server import ReplayServer
 from real.timeline import DeviceTimeline, every
 from sim.results import requests_table, summarize
@@ -180,10 +180,9 @@ def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state:
 
 
 def prompt_token_ids(seed: int, vocab_size: int):
-    """Random prompt tokens of each request's length, fixed by (seed, request id)."""
+    """Each request's prompt ids (real.prompts), as the serving loop asks for them."""
     def ids(request: Request) -> list[int]:
-        rng = np.random.default_rng([seed, request.request_id])
-        return rng.integers(3, vocab_size, size=request.num_prompt_tokens).tolist()
+        return prompt_ids(seed, vocab_size, request.request_id, request.num_prompt_tokens)
     return ids
 
 

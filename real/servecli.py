@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-
-os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as real.cli: before torch
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from real.cli import CONF_DIR
+from real.cli import CONF_DIR  # first: it sets the CUDA allocator's settings before torch loads
 from real.live import LiveServer, LiveSpec, close_on_signals, results
 from real.run import EngineSettings
 from sim.results import format_summary

@@ -21,11 +21,14 @@ def tokenizer_file() -> Path:
     return matches[0]
 
 
-def load_tokenizer():
-    """A `sentencepiece.SentencePieceProcessor` for Mixtral."""
+def load_tokenizer(path: str | Path | None = None):
+    """A `sentencepiece.SentencePieceProcessor`: Mixtral's (`tokenizer_file()`), or the model file at `path`."""
     import sentencepiece
 
-    return sentencepiece.SentencePieceProcessor(model_file=str(tokenizer_file()))
+    path = Path(path) if path is not None else tokenizer_file()
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer {path} not found")
+    return sentencepiece.SentencePieceProcessor(model_file=str(path))
 
 
 def count_tokens(tokenizer, prompt: str, reply: str) -> tuple[int, int]:
