@@ -5,21 +5,25 @@ The engine keeps the main thread (CUDA work and the policy run there, as in a tr
 server answers on threads of its own and hands requests over through `real.arrivals.LiveArrivals`. A
 request's arrival is the moment the server admits it, so an LS request posted while a BE batch runs
 preempts it exactly as a trace's arrival does. Generation is greedy and runs for `max_tokens` tokens (the
-engine has no stop tokens: the traces fix every request's length, and so does the client here)."""
+engine has no stop tokens: the traces fix every request's length, and so does the client here). With
+`"stream": true` the answer is OpenAI's server-sent events, a chunk per pass as its tokens reach the host, so a
+client sees its own time to first token."""
 
 from __future__ import annotations
 
 import json
+import queue
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from policies import Priority
+from policies import Priority, Request
 from real.arrivals import ArrivalError, LiveArrivals, Ticket
 
 COMPLETIONS, MODELS, HEALTH = "/v1/completions", "/v1/models", "/health"
-UNSUPPORTED = {"stream": False, "n": 1, "best_of": 1, "echo": False, "suffix": None, "logprobs": None}
+UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "suffix": None, "logprobs": None}
 MAX_BODY_BYTES = 8 << 20
 
 
@@ -71,6 +75,28 @@ class Codec:
         return self.processor.decode(ids) if self.processor is not None else ""
 
 
+@dataclass
+class TextStream:
+    """A streamed completion's text, piece by piece: each piece is what the decoded text gained. A token
+    that ends inside a character's bytes decodes to U+FFFD; its piece waits for the rest of the bytes."""
+
+    codec: Codec
+    ids: list[int] = field(default_factory=list)
+    sent: int = 0  # characters handed out
+
+    def add(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        text = self.codec.decode(self.ids)
+        return "" if text.endswith("\ufffd") else self._rest(text)
+
+    def flush(self) -> str:
+        return self._rest(self.codec.decode(self.ids))
+
+    def _rest(self, text: str) -> str:
+        piece, self.sent = text[self.sent:], max(self.sent, len(text))
+        return piece
+
+
 @dataclass(frozen=True)
 class Completion:
     """A parsed `/v1/completions` body."""
@@ -78,6 +104,8 @@ class Completion:
     prompt_ids: list[int]
     max_tokens: int
     priority: Priority
+    stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
 
 
 def parse_completion(body: object, codec: Codec, max_len: int, default_priority: Priority,
@@ -101,24 +129,54 @@ def parse_completion(body: object, codec: Codec, max_len: int, default_priority:
         priority = Priority.parse(body.get("priority", default_priority.name))
     except (ValueError, KeyError, TypeError):
         raise BadRequest(f"`priority` must be \"LS\" or \"BE\", got {body.get('priority')!r}") from None
-    return Completion(prompt_ids, max_tokens, priority)
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise BadRequest(f"`stream` must be true or false, got {stream!r}")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise BadRequest(f"`stream_options` must be an object like {{\"include_usage\": true}}, got {options!r}")
+    if options and not stream:
+        raise BadRequest("`stream_options` needs `\"stream\": true`")
+    return Completion(prompt_ids, max_tokens, priority, stream, options.get("include_usage", False))
 
 
 def completion_body(ticket: Ticket, model: str, codec: Codec, wall_s: float) -> dict:
     """The OpenAI completion object, with the token ids and qllm's timing beside it."""
     request, output = ticket.request, ticket.output_ids or []
-    return {
-        "id": f"cmpl-{request.request_id}",
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": codec.decode(output), "token_ids": output, "logprobs": None,
-                     "finish_reason": "length"}],
-        "usage": {"prompt_tokens": request.num_prompt_tokens, "completion_tokens": len(output),
-                  "total_tokens": request.num_prompt_tokens + len(output)},
-        "qllm": {"request_id": request.request_id, "priority": request.priority.name,
-                 "arrival_s": request.arrival_s, "latency_s": wall_s},
-    }
+    return {**_head(request, model),
+            "choices": [{"index": 0, "text": codec.decode(output), "token_ids": output, "logprobs": None,
+                         "finish_reason": "length"}],
+            "usage": _usage(request, len(output)), "qllm": _timing(request, wall_s)}
+
+
+def _head(request: Request, model: str) -> dict:
+    return {"id": f"cmpl-{request.request_id}", "object": "text_completion", "created": int(time.time()),
+            "model": model}
+
+
+def _usage(request: Request, completion_tokens: int) -> dict:
+    return {"prompt_tokens": request.num_prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": request.num_prompt_tokens + completion_tokens}
+
+
+def _timing(request: Request, wall_s: float) -> dict:
+    return {"request_id": request.request_id, "priority": request.priority.name, "arrival_s": request.arrival_s,
+            "latency_s": wall_s}
+
+
+class Refused(Exception):
+    """A request answered with an error instead of a completion: (status, JSON body)."""
+
+    def __init__(self, status: int, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.status, self.body = status, error_body(message, kind)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    completion: Completion
+    ticket: Ticket
+    started: float  # perf_counter at admission
 
 
 @dataclass
@@ -133,21 +191,56 @@ class Api:
     default_max_tokens: int = 16
     timeout_s: float = 600.0  # a client waits at most this long for its tokens
 
-    def complete(self, body: object) -> tuple[int, dict]:
-        """(status, JSON body) for a completion request."""
+    def admit(self, body: object) -> Admitted:
+        """Validate and submit a completion request; `Refused` if it cannot be."""
         try:
             parsed = parse_completion(body, self.codec, self.max_len, self.default_priority, self.default_max_tokens)
             started = time.perf_counter()
-            ticket = self.arrivals.submit(parsed.prompt_ids, parsed.max_tokens, parsed.priority)
+            ticket = self.arrivals.submit(parsed.prompt_ids, parsed.max_tokens, parsed.priority, parsed.stream)
         except BadRequest as error:
-            return HTTPStatus.BAD_REQUEST, error_body(str(error), "invalid_request_error")
+            raise Refused(HTTPStatus.BAD_REQUEST, str(error), "invalid_request_error") from None
         except ArrivalError as error:
-            return HTTPStatus.SERVICE_UNAVAILABLE, error_body(str(error), "server_error")
+            raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, str(error), "server_error") from None
+        return Admitted(parsed, ticket, started)
+
+    def complete(self, body: object) -> tuple[int, dict]:
+        """(status, JSON body) for a completion request, once all its tokens are on the host."""
+        try:
+            admitted = self.admit(body)
+        except Refused as refused:
+            return refused.status, refused.body
+        ticket = admitted.ticket
         if not ticket.done.wait(self.timeout_s):
             return HTTPStatus.GATEWAY_TIMEOUT, error_body(f"no answer within {self.timeout_s:g} s", "server_error")
         if ticket.error is not None:
             return HTTPStatus.INTERNAL_SERVER_ERROR, error_body(ticket.error, "server_error")
-        return HTTPStatus.OK, completion_body(ticket, self.model, self.codec, time.perf_counter() - started)
+        return HTTPStatus.OK, completion_body(ticket, self.model, self.codec, time.perf_counter() - admitted.started)
+
+    def chunks(self, admitted: Admitted) -> Iterator[dict]:
+        """A streamed completion's chunks: one per pass whose tokens reached the host, then one with
+        `finish_reason` (and qllm's timing), then the usage if asked; an error object if it failed."""
+        ticket, request, text = admitted.ticket, admitted.ticket.request, TextStream(self.codec)
+        deadline = admitted.started + self.timeout_s
+        while True:
+            try:
+                ids = ticket.stream.get(timeout=max(deadline - time.perf_counter(), 0.0))
+            except queue.Empty:
+                yield error_body(f"no answer within {self.timeout_s:g} s", "server_error")
+                return
+            if ids is None:
+                break
+            yield {**_head(request, self.model),
+                   "choices": [{"index": 0, "text": text.add(ids), "token_ids": ids, "logprobs": None,
+                                "finish_reason": None}]}
+        if ticket.error is not None:
+            yield error_body(ticket.error, "server_error")
+            return
+        yield {**_head(request, self.model),
+               "choices": [{"index": 0, "text": text.flush(), "token_ids": [], "logprobs": None,
+                            "finish_reason": "length"}],
+               "qllm": _timing(request, time.perf_counter() - admitted.started)}
+        if admitted.completion.include_usage:
+            yield {**_head(request, self.model), "choices": [], "usage": _usage(request, len(text.ids))}
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "qllm",
@@ -185,7 +278,15 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
                 self._reply(HTTPStatus.BAD_REQUEST, error_body(f"the body is not JSON: {error}", "invalid_request_error"))
                 return
-            self._reply(*api.complete(body))
+            if not (isinstance(body, dict) and body.get("stream") is True):
+                self._reply(*api.complete(body))
+                return
+            try:
+                admitted = api.admit(body)
+            except Refused as refused:
+                self._reply(refused.status, refused.body)
+                return
+            self._stream(api.chunks(admitted))
 
         def _reply(self, status: int, body: dict) -> None:
             data = json.dumps(body).encode()
@@ -194,6 +295,25 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _stream(self, chunks: Iterator[dict]) -> None:
+            """Server-sent events in HTTP/1.1 chunks, ended by `data: [DONE]`. A client that leaves does not
+            stop its request (the engine cannot drop a sequence mid-batch): it runs to its end unread."""
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                for chunk in chunks:
+                    self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
+                self._chunk(b"data: [DONE]\n\n")
+                self.wfile.write(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
+
+        def _chunk(self, data: bytes) -> None:
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
         def log_message(self, format: str, *args) -> None:  # noqa: A002 - quiet: the summary reports requests
             pass

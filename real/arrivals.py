@@ -50,13 +50,21 @@ class TraceArrivals:
 
 @dataclass
 class Ticket:
-    """One live request's way back to its client: set once its last token is on the host."""
+    """One live request's way back to its client: `done` is set once its last token is on the host; a
+    streamed one also gets its tokens on `stream` as they reach the host, then None (finished or failed)."""
 
     request: Request
     prompt_ids: list[int]
     done: threading.Event = field(default_factory=threading.Event)
     output_ids: list[int] | None = None
     error: str | None = None
+    stream: queue.Queue | None = None
+
+    def end(self, output_ids: list[int] | None = None, error: str | None = None) -> None:
+        self.output_ids, self.error = output_ids, error
+        self.done.set()
+        if self.stream is not None:
+            self.stream.put(None)
 
 
 @dataclass
@@ -81,14 +89,16 @@ class LiveArrivals:
         """The serving loop's clock starts: arrivals are stamped relative to `origin_s`."""
         self.origin_s = origin_s
 
-    def submit(self, prompt_ids: list[int], num_output_tokens: int, priority: Priority) -> Ticket:
-        """Admit a request (any thread); wait on the ticket's `done`."""
+    def submit(self, prompt_ids: list[int], num_output_tokens: int, priority: Priority,
+               stream: bool = False) -> Ticket:
+        """Admit a request (any thread); wait on the ticket's `done`, or read its `stream` (`stream=True`)."""
         with self._lock:
             if self._closing.is_set() or self.origin_s is None:
                 raise ArrivalError("the server is not accepting requests")
             request = Request(next(self._ids), self.clock() - self.origin_s, len(prompt_ids), num_output_tokens,
                               priority, kv_unit_tokens=self.kv_unit_tokens)
-            ticket = self.tickets[request.request_id] = Ticket(request, list(prompt_ids))
+            ticket = Ticket(request, list(prompt_ids), stream=queue.Queue() if stream else None)
+            self.tickets[request.request_id] = ticket
             self.inbox.put(ticket)
         return ticket
 
@@ -117,12 +127,17 @@ class LiveArrivals:
     def prompt_ids(self, request: Request) -> list[int]:
         return self.tickets[request.request_id].prompt_ids
 
+    def tokens(self, request_id: int, token_ids: list[int]) -> None:
+        """The serving loop hands over a request's new tokens (in order): a streamed ticket gets them."""
+        ticket = self.tickets.get(request_id)
+        if ticket is not None and ticket.stream is not None:
+            ticket.stream.put(list(token_ids))
+
     def finished(self, request: Request, output_ids: list[int]) -> None:
         """The serving loop hands back a finished request's tokens; its client wakes."""
         with self._lock:
             ticket = self.tickets.pop(request.request_id)
-        ticket.output_ids = list(output_ids)
-        ticket.done.set()
+        ticket.end(list(output_ids))
 
     def close(self) -> None:
         """Admit no more: the loop ends once every admitted request has finished."""
@@ -134,8 +149,7 @@ class LiveArrivals:
         with self._lock:
             self._closing.set()
             for ticket in self.tickets.values():
-                ticket.error = reason
-                ticket.done.set()
+                ticket.end(error=reason)
             self.tickets.clear()
 
     @property

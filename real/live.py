@@ -84,7 +84,7 @@ class LiveServer:
         state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * spec.max_len,
                                max_batch_size=spec.max_batch_size)
         server = make_server(engine, spec.policy, spec.engine, state, arrivals.prompt_ids)
-        server.on_finish = arrivals.finished
+        server.on_finish, server.on_tokens = arrivals.finished, arrivals.tokens
         return cls(spec, arrivals, server, api, http)
 
     def run(self, on_ready=lambda url: None) -> ServeOutcome:

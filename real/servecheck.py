@@ -2,7 +2,8 @@
 (`real run`) and over HTTP (`real serve` fed by `real.loadgen`), with the same policy and engine overrides, so the
 cost of the HTTP front end shows in the same tables (`python -m real.report DIR --reaction --by mode`). Each run
 is its own process, one after the other (the engine takes the GPU's memory); a server that dies is reported,
-not waited for."""
+not waited for. The HTTP run's requests are streamed, so its table also has the clients' own TTFT beside the
+servers' (`ttft.csv`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import pandas as pd
 
 from real.loadgen import replay, summary
 from real.report import markdown, reaction_table
@@ -39,7 +42,7 @@ def serve_trace(trace: Path, seed: int, overrides: list[str], out: Path, port: i
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(server, url, start_timeout_s, out / "serve.out")
-        table = replay(url, read_trace(trace), seed)
+        table = replay(url, read_trace(trace), seed, stream=True)
         table.to_csv(out / "loadgen.csv", index=False)
     finally:
         if server.poll() is None:
@@ -49,6 +52,21 @@ def serve_trace(trace: Path, seed: int, overrides: list[str], out: Path, port: i
     if server.returncode != 0:
         raise RuntimeError(f"real serve exited {server.returncode}: {_last_line((out / 'serve.out').read_text())}")
     return summary(table)
+
+
+def ttft_table(out: Path) -> pd.DataFrame:
+    """TTFT p50 / p99 (ms) per priority: each run's server-side (arrival to first token on the host's clock;
+    over HTTP, arrival is the admission) and, over HTTP, the client's (its send to its first streamed token)."""
+    columns = {"replay, server": pd.read_parquet(out / "replay" / "requests.parquet")[["priority", "ttft_s"]],
+               "http, server": pd.read_parquet(out / "http" / "requests.parquet")[["priority", "ttft_s"]]}
+    client = pd.read_csv(out / "http" / "loadgen.csv")
+    columns["http, client"] = client[client.status == 200][["priority", "ttft_s"]]
+    rows = []
+    for name, table in columns.items():
+        for priority, group in [("all", table), *table.groupby("priority")]:
+            rows.append({"ttft": name, "priority": priority, "n": len(group),
+                         "p50 ms": 1e3 * group.ttft_s.median(), "p99 ms": 1e3 * group.ttft_s.quantile(0.99)})
+    return pd.DataFrame(rows)
 
 
 def _wait_until_up(server: subprocess.Popen, url: str, timeout_s: float, log: Path) -> None:
@@ -89,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     table = reaction_table(args.out, by="mode")
     table.to_csv(args.out / "reaction.csv", index=False)
     print(markdown(table[table.run.str.startswith("all")]))
+    ttft = ttft_table(args.out)
+    ttft.to_csv(args.out / "ttft.csv", index=False)
+    print(markdown(ttft))
     for mode in ("replay", "http"):
         throughput = json.loads((args.out / mode / "summary.json").read_text())["throughput"]
         print(f"{mode}: tokens/s {throughput['tokens_per_s']:.1f}")

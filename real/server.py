@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from itertools import takewhile
 
 from policies import Granularity, Policy, Position, Request, SchedulerState, Stage, Transition
 from real.arrivals import LiveArrivals, TraceArrivals
 from real.batch import BatchState, merge
 from real.engine import Engine
 from real.lanes import PriorityLane
-from real.pending import PendingTokens
+from real.pending import PLACEHOLDER, PendingTokens
 from real.sequence import Sequence
 from real.timeline import DeviceTimeline
 
@@ -80,6 +81,8 @@ class ReplayServer:
     retiring: list[tuple[PendingTokens, list[Request]]] = field(default_factory=list)  # passes' tokens, finished
     prompts: dict[int, list[int]] = field(default_factory=dict)  # request_id -> prompt token ids
     on_finish: Callable[[Request, list[int]], None] | None = None  # a finished request's tokens, once on the host
+    on_tokens: Callable[[int, list[int]], None] | None = None  # a request's new tokens, in order, once on the host
+    streamed: dict[int, int] = field(default_factory=dict)  # request_id -> tokens handed to `on_tokens`
 
     def run(self, requests: list[Request]) -> ServeOutcome:
         """Replay a trace: each request arrives at its `arrival_s` on the wall clock."""
@@ -192,13 +195,29 @@ class ReplayServer:
             if not tokens.poll():
                 keep.append((tokens, finished))
                 continue
+            if self.on_tokens is not None:
+                for seq in tokens.seqs:
+                    self._stream(seq)
             for request in finished:
                 seq = self.seqs.pop(request.request_id)
                 self.outputs[request.request_id] = seq.token_ids[request.num_prompt_tokens:]
                 self.engine.release(seq)
+                self.streamed.pop(request.request_id, None)
                 if self.on_finish is not None:
                     self.on_finish(request, self.outputs[request.request_id])
         self.retiring = keep
+
+    def _stream(self, seq: Sequence) -> None:
+        """Hand `on_tokens` the sequence's tokens that reached the host since it last did, in order: the
+        passes of one sequence may be polled out of order (the later one's tokens first), so only those
+        before its first placeholder go."""
+        if seq.seq_id not in self.prompts:
+            return  # a stand-in of the engine's, not a request
+        start = len(self.prompts[seq.seq_id]) + self.streamed.get(seq.seq_id, 0)
+        new = list(takewhile(lambda token: token != PLACEHOLDER, seq.token_ids[start:]))
+        if new:
+            self.streamed[seq.seq_id] = self.streamed.get(seq.seq_id, 0) + len(new)
+            self.on_tokens(seq.seq_id, new)
 
     def _head_wait(self, batch_id: int, interrupt: Callable[[], bool]) -> bool:
         """With `head_stops` (layer-level policies), wait for the pass's last layer before its LM head, and

@@ -30,6 +30,13 @@ def parse(body, max_len: int = 64):
 def test_valid_completions_parse(body, prompt, max_tokens, priority):
     parsed = parse(body)
     assert (parsed.prompt_ids, parsed.max_tokens, parsed.priority) == (prompt, max_tokens, priority)
+    assert not parsed.stream
+
+
+def test_a_streamed_completion_parses_with_its_options():
+    parsed = parse({"prompt": [1], "stream": True, "stream_options": {"include_usage": True}})
+    assert parsed.stream and parsed.include_usage
+    assert not parse({"prompt": [1], "stream": True}).include_usage
 
 
 @pytest.mark.parametrize("body, message", [
@@ -46,7 +53,9 @@ def test_valid_completions_parse(body, prompt, max_tokens, priority):
     ({"prompt": [1], "max_tokens": True}, "max_tokens"),
     ({"prompt": [1] * 60, "max_tokens": 5}, "KV slot length 64"),
     ({"prompt": [1], "priority": "urgent"}, "`priority`"),
-    ({"prompt": [1], "stream": True}, "`stream` is not supported"),
+    ({"prompt": [1], "stream": "yes"}, "`stream` must be true or false"),
+    ({"prompt": [1], "stream_options": {"include_usage": True}}, "needs `\"stream\": true`"),
+    ({"prompt": [1], "stream": True, "stream_options": {"include_usage": 1}}, "`stream_options`"),
     ({"prompt": [1], "n": 2}, "`n` is not supported"),
 ])
 def test_bad_completions_are_refused_with_a_message(body, message):
@@ -74,6 +83,35 @@ def test_live_arrivals_admit_in_order_and_refuse_once_closed():
     assert a.done.is_set() and a.output_ids == [7, 8] and a.error is None
     arrivals.fail_all("stopped")
     assert b.done.is_set() and b.error == "stopped" and b.output_ids is None
+
+
+def test_a_streamed_ticket_gets_its_tokens_in_order_then_the_end_or_the_failure():
+    arrivals = LiveArrivals(clock=iter(range(100)).__next__)
+    arrivals.start(0.0)
+    a = arrivals.submit([1], 3, Priority.LS, stream=True)
+    b = arrivals.submit([2], 2, Priority.BE, stream=True)
+    c = arrivals.submit([3], 2, Priority.BE)
+    arrivals.tokens(a.request.request_id, [5])
+    arrivals.tokens(a.request.request_id, [6, 7])
+    arrivals.tokens(c.request.request_id, [9])  # not streamed: nothing kept
+    arrivals.finished(a.request, [5, 6, 7])
+    assert [a.stream.get_nowait() for _ in range(3)] == [[5], [6, 7], None] and a.output_ids == [5, 6, 7]
+    arrivals.tokens(b.request.request_id, [4])
+    arrivals.fail_all("stopped")
+    assert [b.stream.get_nowait() for _ in range(2)] == [[4], None] and b.error == "stopped"
+    assert c.stream is None and c.error == "stopped"
+
+
+def test_a_failed_stream_ends_with_an_error_chunk():
+    arrivals = LiveArrivals()
+    api = Api(arrivals, CODEC, "tiny", max_len=64)
+    arrivals.start(0.0)
+    admitted = api.admit({"prompt": [1, 2], "max_tokens": 3, "stream": True})
+    arrivals.tokens(admitted.ticket.request.request_id, [11])
+    arrivals.fail_all("the server stopped")
+    chunks = list(api.chunks(admitted))
+    assert chunks[0]["choices"][0]["token_ids"] == [11] and chunks[0]["choices"][0]["finish_reason"] is None
+    assert chunks[1] == {"error": {"message": "the server stopped", "type": "server_error"}} and len(chunks) == 2
 
 
 def test_a_closed_server_answers_503_and_a_bad_body_400():
@@ -217,3 +255,61 @@ def test_servecheck_reports_a_server_that_dies_instead_of_waiting(tmp_path):
     trace.write_text("request_id,arrival_s,prompt_tokens,output_tokens,priority\n0,0.0,4,2,LS\n")
     with pytest.raises(RuntimeError, match="before serving: error: engine.max_len must be set"):
         serve_trace(trace, 0, ["engine.max_len=null"], tmp_path / "http", port=0, start_timeout_s=120)
+
+
+def test_streamed_text_pieces_join_to_the_whole_text():
+    """Pieces of a streamed completion, one token at a time, join to the text of all its tokens; a token that
+    ends inside a character's bytes (byte fallback) yields nothing until the character is whole."""
+    from real.api import TextStream
+    from sim.workload.tokenizer import load_tokenizer
+
+    codec = Codec(32000, load_tokenizer())
+    ids = codec.processor.encode("Préemption: 先到先得 🙂 ok 𝒳 ꙮ", add_bos=False)
+    stream = TextStream(codec)
+    pieces = [stream.add([token]) for token in ids] + [stream.flush()]
+    assert "".join(pieces) == codec.decode(ids) and "\ufffd" not in "".join(pieces)
+    assert "" in pieces[:-1]  # 𝒳 and ꙮ: byte-fallback tokens
+
+
+def test_http_streaming_sends_each_pass_tokens_as_they_reach_the_host(tmp_path):
+    """Streamed requests (OpenAI's server-sent events), LS ones preempting BE ones, over the tiny model: the
+    chunks' token ids join to HF's greedy output, the last chunk says `length`, a usage chunk follows when
+    asked, and the client's first token comes before its last chunk; non-streamed requests are served beside."""
+    from real.loadgen import post_stream
+
+    real_run.release_engine()
+    spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=6), max_len=48, port=0,
+                    max_batch_size=4)
+    live = LiveServer.build(spec)
+    bodies = [{"prompt": [7 + (3 * i + j) % 110 for j in range(5 + (5 * i) % 13)], "max_tokens": 4 + i % 5,
+               "priority": "LS" if i % 3 == 2 else "BE", "stream_options": {"include_usage": i % 2 == 0}}
+              for i in range(8)]
+    answers: dict[int, tuple] = {}
+
+    def clients(url: str) -> None:
+        def one(i: int) -> None:
+            answers[i] = post_stream(url, bodies[i], timeout_s=120) if i != 7 else \
+                post(f"{url}/v1/completions", {k: v for k, v in bodies[i].items() if k != "stream_options"})
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        live.arrivals.close()
+
+    outcome = live.run(on_ready=lambda url: threading.Thread(target=clients, args=(url,)).start())
+    assert sorted(answers) == list(range(8)) and len(outcome.requests) == 8
+    model = live.server.engine.model
+    for i, answer in answers.items():
+        assert answer[0] == 200
+        tokens = answer[1]["token_ids"] if i != 7 else answer[1]["choices"][0]["token_ids"]
+        with torch.inference_mode():
+            ref = model.generate(torch.tensor([bodies[i]["prompt"]]), max_new_tokens=bodies[i]["max_tokens"],
+                                 min_new_tokens=bodies[i]["max_tokens"], do_sample=False)
+        assert tokens == ref[0, len(bodies[i]["prompt"]):].tolist()
+        if i != 7:
+            status, body, first = answer
+            assert body["finish_reason"] == "length" and first is not None
+            assert body["usage"]["completion_tokens"] == bodies[i]["max_tokens"]
+            assert ("prompt_tokens" in body["usage"]) == (i % 2 == 0)  # the usage chunk only when asked
+    assert live.server.streamed == {} and live.server.engine.pool.num_free == 6
