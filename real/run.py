@@ -54,6 +54,8 @@ class EngineSettings:
     pass_overlap: bool = field(default=False, compare=False)
     # while the host waits for the device, it rehearses a pass start this often (0: never; Engine.rehearse)
     rehearse_us: float = field(default=250.0, compare=False)
+    # an arrival during a consult (a batch's start) is decided on before the next layer is issued
+    start_checks: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -66,7 +68,8 @@ class EngineSettings:
             raise ValueError(f"engine.rehearse_us must be a number >= 0, got {self.rehearse_us!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
-        for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap"):
+        for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
+                     "start_checks"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -176,7 +179,7 @@ def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state:
                         enabled=lane_for(policy, settings))
     return ReplayServer(engine, policy, state, prompt_ids, timeline=timeline, lane=lane,
                         stage_stops=settings.stage_stops, head_stops=settings.head_stops,
-                        defer_tokens=settings.defer_tokens)
+                        defer_tokens=settings.defer_tokens, start_checks=settings.start_checks)
 
 
 def prompt_token_ids(seed: int, vocab_size: int):
@@ -228,6 +231,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
+                      "start_checks": spec.engine.start_checks,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}

@@ -212,3 +212,54 @@ def test_head_and_stage_stops_lose_nothing_under_overload(model, policy):
         assert r.num_generated_tokens == r.num_output_tokens == len(server.outputs[r.request_id])
     assert server.engine.pool.num_free == 6 and not server.batches
     assert server.outputs == replay(model, policy, overload(num_be=12, num_ls=6)).outputs
+
+
+class ArrivesDuringTheStart:
+    """Arrivals in two waves: the first due at once, the second from the first question after that, as if it
+    arrived while the host was starting the first wave's batch."""
+
+    def __init__(self, *waves: list[Request]) -> None:
+        self.waves = list(waves)
+        self.delivered = 0
+
+    def due(self, now) -> list[Request]:
+        if not self.waves:
+            return []
+        self.delivered += 1
+        return self.waves.pop(0)
+
+    def is_due(self, now) -> bool:
+        return bool(self.waves) and self.delivered > 0
+
+    def wait(self, now_s: float) -> None:
+        pass
+
+    @property
+    def closed(self) -> bool:
+        return not self.waves
+
+
+@pytest.mark.parametrize("start_checks", [False, True])
+def test_start_checks_decide_on_an_arrival_before_the_started_batch_runs_a_layer(model, start_checks):
+    """An LS request that arrives while the host starts a BE batch: with `start_checks` the policy sees it
+    before the BE batch's first layer is issued; without, that layer goes first. Either way every request
+    gets its tokens, HF's."""
+    be = Request(0, 0.0, 9, 3, Priority.BE, kv_unit_tokens=MAX_LEN)
+    ls = Request(1, 0.0, 5, 2, Priority.LS, kv_unit_tokens=MAX_LEN)
+    engine = Engine(model, KVPool.allocate_for(model.config, 4, MAX_LEN, "cpu", torch.float32))
+    server = ReplayServer(engine, QLLM(max_batch_size=4), SchedulerState(kv_capacity_tokens=4 * MAX_LEN,
+                                                                         max_batch_size=4),
+                          prompt_token_ids(0, model.config.vocab_size), clock=StepClock(), start_checks=start_checks)
+    outcome = server.serve(ArrivesDuringTheStart([be], [ls]))
+    first = [s for s in server.steps if s.kind == "advance"][0]
+    # with the check, the LS prompt's 5 tokens are in the first layer issued (the BE batch, paused at layer 0,
+    # joins the LS batch there); without, the BE batch's 9 run a layer alone first
+    assert (first.num_tokens, first.num_seqs) == ((14, 2) if start_checks else (9, 1))
+    assert ls.first_scheduled_s <= be.first_token_s and sorted(r.request_id for r in outcome.requests) == [0, 1]
+    prompts = prompt_token_ids(0, model.config.vocab_size)
+    for r in (be, ls):
+        with torch.inference_mode():
+            ref = model.generate(torch.tensor([prompts(r)]), max_new_tokens=r.num_output_tokens,
+                                 min_new_tokens=r.num_output_tokens, do_sample=False)
+        assert server.outputs[r.request_id] == ref[0, r.num_prompt_tokens:].tolist()
+    assert engine.pool.num_free == 4
