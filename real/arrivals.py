@@ -12,8 +12,21 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from policies import Priority, Request
+
+
+class Arrivals(Protocol):
+    """What the serving loop asks of its arrivals (`TraceArrivals`, `LiveArrivals`, real.frontend's
+    `PipeArrivals`); `now` is the loop's clock, in seconds since `start`'s origin."""
+
+    def start(self, origin_s: float) -> None: ...
+    def due(self, now: Callable[[], float]) -> list[Request]: ...
+    def is_due(self, now: Callable[[], float]) -> bool: ...
+    def wait(self, now_s: float) -> None: ...
+    @property
+    def closed(self) -> bool: ...
 
 
 class ArrivalError(RuntimeError):
@@ -29,6 +42,9 @@ class TraceArrivals:
 
     def __post_init__(self) -> None:
         self.pending = deque(sorted(self.requests, key=lambda r: (r.arrival_s, r.request_id)))
+
+    def start(self, origin_s: float) -> None:
+        """The arrival times are the trace's, on the loop's clock already."""
 
     def due(self, now: Callable[[], float]) -> list[Request]:
         out = []

@@ -1,6 +1,7 @@
 """`python -m real serve`: the real engine behind an HTTP endpoint (real.api), scheduled by the same policy
-objects as a trace replay. On shutdown (Ctrl-C, SIGTERM) it stops admitting, finishes what it admitted, and
-writes the served requests as the simulator's tables (`requests.parquet`, `summary.json`, `source=real`)."""
+objects as a trace replay. The HTTP server runs in a process of its own (real.frontend; `frontend=thread`: on
+threads of the engine's process). On shutdown (Ctrl-C, SIGTERM) it stops admitting, finishes what it admitted,
+and writes the served requests as the simulator's tables (`requests.parquet`, `summary.json`, `source=real`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pandas as pd
 from policies import Policy, Priority, SchedulerState
 from real.api import Api, Codec, bind_http
 from real.arrivals import LiveArrivals
+from real.frontend import FrontendProcess, PipeArrivals
 from real.model import preset_config
 from real.run import EngineSettings, build_engine, make_server
 from real.server import ReplayServer, ServeOutcome
@@ -37,8 +39,11 @@ class LiveSpec:
     default_max_tokens: int = 16
     tokenizer: str | None = None  # SentencePiece model file for text prompts (None: mistral-common's)
     switch_interval_us: float = 200.0  # the GIL's switch interval while serving (Python's default: 5000)
+    frontend: str = "process"  # where the HTTP server runs: "process" (its own) or "thread" (the engine's process)
 
     def __post_init__(self) -> None:
+        if self.frontend not in ("process", "thread"):
+            raise ValueError(f"frontend must be process or thread, got {self.frontend!r}")
         if self.max_len < 2:
             raise ValueError(f"engine.max_len must be >= 2 for serving, got {self.max_len}")
         if not 0 <= self.port <= 65535:
@@ -55,46 +60,56 @@ class LiveSpec:
 
 @dataclass
 class LiveServer:
-    """A built engine, its serving loop and the HTTP server feeding it."""
+    """A built engine, its serving loop and the HTTP front end feeding it: a child process (`frontend`) or,
+    with `frontend=thread`, an HTTP server on threads of this process (`http`)."""
 
     spec: LiveSpec
-    arrivals: LiveArrivals
+    arrivals: LiveArrivals | PipeArrivals
     server: ReplayServer
-    api: Api
-    http: ThreadingHTTPServer
-
-    @property
-    def url(self) -> str:
-        host, port = self.http.server_address[:2]
-        return f"http://{host}:{port}"
+    url: str
+    frontend: FrontendProcess | None = None
+    http: ThreadingHTTPServer | None = None
 
     @classmethod
     def build(cls, spec: LiveSpec) -> LiveServer:
         """The tokenizer and the port first: a bad path or a taken port fails before a minute of weights."""
-        codec = Codec.for_vocab(preset_config(spec.engine.model).vocab_size, spec.tokenizer)
-        arrivals = LiveArrivals(kv_unit_tokens=spec.max_len)  # one KV slot per request, as in a replay
-        api = Api(arrivals, codec, spec.engine.model, spec.max_len, Priority.parse(spec.default_priority),
-                  spec.default_max_tokens)
-        http = bind_http(api, spec.host, spec.port)
+        vocab_size = preset_config(spec.engine.model).vocab_size
+        frontend = http = None
+        if spec.frontend == "process":
+            frontend = FrontendProcess.launch(spec.host, spec.port, spec.engine.model, vocab_size, spec.max_len,
+                                              spec.default_priority, spec.default_max_tokens, spec.tokenizer)
+            arrivals, url = frontend.arrivals, frontend.url
+        else:
+            codec = Codec.for_vocab(vocab_size, spec.tokenizer)
+            arrivals = LiveArrivals(kv_unit_tokens=spec.max_len)  # one KV slot per request, as in a replay
+            api = Api(arrivals, codec, spec.engine.model, spec.max_len, Priority.parse(spec.default_priority),
+                      spec.default_max_tokens)
+            http = bind_http(api, spec.host, spec.port)
+            host, port = http.server_address[:2]
+            url = f"http://{host}:{port}"
         try:
             engine = build_engine(spec.engine, spec.max_len, spec.max_batch_size)
         except BaseException:
-            http.server_close()
+            if frontend is not None:
+                frontend.stop()
+            if http is not None:
+                http.server_close()
             raise
         state = SchedulerState(kv_capacity_tokens=engine.pool.num_free * spec.max_len,
                                max_batch_size=spec.max_batch_size)
         server = make_server(engine, spec.policy, spec.engine, state, arrivals.prompt_ids)
         server.on_finish, server.on_tokens = arrivals.finished, arrivals.tokens
-        return cls(spec, arrivals, server, api, http)
+        return cls(spec, arrivals, server, url, frontend, http)
 
     def run(self, on_ready=lambda url: None) -> ServeOutcome:
         """Serve until `arrivals.close()` (a signal handler, or a test) and every admitted request is done.
         The collector stays on (a server may run for days) but skips the weights' and engine's objects."""
-        threading.Thread(target=self.http.serve_forever, name="qllm-http", daemon=True).start()
+        if self.http is not None:
+            threading.Thread(target=self.http.serve_forever, name="qllm-http", daemon=True).start()
         gc.collect()
         gc.freeze()
-        # the engine's thread spins while it waits for the GPU, holding the GIL: a handler thread that has read
-        # a request would wait up to the switch interval (5 ms by default) to hand it over
+        # the engine's thread spins while it waits for the GPU, holding the GIL: a handler thread (frontend=thread)
+        # that has read a request would wait up to the switch interval (5 ms by default) to hand it over
         interval = sys.getswitchinterval()
         sys.setswitchinterval(self.spec.switch_interval_us * 1e-6)
         try:
@@ -106,11 +121,14 @@ class LiveServer:
         finally:
             sys.setswitchinterval(interval)
             gc.unfreeze()
-            self.http.shutdown()
-            self.http.server_close()
+            if self.frontend is not None:
+                self.frontend.stop()
+            if self.http is not None:
+                self.http.shutdown()
+                self.http.server_close()
 
 
-def close_on_signals(arrivals: LiveArrivals) -> None:
+def close_on_signals(arrivals: LiveArrivals | PipeArrivals) -> None:
     """Ctrl-C or SIGTERM: admit no more and finish what was admitted; a second one stops at once."""
     def handler(signum, frame) -> None:
         if arrivals.closing:
@@ -129,7 +147,8 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path) -> tuple[pd.Da
     rate = (len(arrivals) - 1) / span if span > 0 else 0.0
     table = requests_table(outcome.requests, "real", spec.policy_name, rate, 0)
     summary = summarize(table, spec.slo_s, outcome.busy_s) if len(table) else {"classes": {}, "slo_s": spec.slo_s}
-    summary["run"] = {"policy": spec.policy_name, "mode": "http", "rate": rate, "seed": 0, "engine": spec.engine.model,
+    mode = "http" if spec.frontend == "process" else f"http-{spec.frontend}"
+    summary["run"] = {"policy": spec.policy_name, "mode": mode, "frontend": spec.frontend, "rate": rate, "seed": 0, "engine": spec.engine.model,
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
                       "num_consults": outcome.num_consults}
     return table, summary

@@ -2,8 +2,8 @@
 (`real run`) and over HTTP (`real serve` fed by `real.loadgen`), with the same policy and engine overrides, so the
 cost of the HTTP front end shows in the same tables (`python -m real.report DIR --reaction --by mode`). Each run
 is its own process, one after the other (the engine takes the GPU's memory); a server that dies is reported,
-not waited for. The HTTP run's requests are streamed, so its table also has the clients' own TTFT beside the
-servers' (`ttft.csv`)."""
+not waited for. The HTTP runs' requests are streamed, so the tables also have the clients' own TTFT beside the
+servers' (`ttft.csv`). `--frontends process thread`: one HTTP run per front end (real.frontend)."""
 
 from __future__ import annotations
 
@@ -33,12 +33,13 @@ def run_replay(trace: Path, seed: int, overrides: list[str], out: Path) -> None:
         raise RuntimeError(f"real run failed (exit {done.returncode}): {_last_line(done.stderr or done.stdout)}")
 
 
-def serve_trace(trace: Path, seed: int, overrides: list[str], out: Path, port: int, start_timeout_s: float) -> str:
+def serve_trace(trace: Path, seed: int, overrides: list[str], out: Path, port: int, start_timeout_s: float,
+                frontend: str = "process") -> str:
     """Start `real serve`, post the trace, stop it (SIGINT: it finishes and writes its tables); the loadgen summary."""
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "serve.out").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "real", "serve", f"port={port}", *overrides,
-                               f"hydra.run.dir={out}"], stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([sys.executable, "-m", "real", "serve", f"port={port}", f"frontend={frontend}",
+                               *overrides, f"hydra.run.dir={out}"], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(server, url, start_timeout_s, out / "serve.out")
@@ -57,10 +58,11 @@ def serve_trace(trace: Path, seed: int, overrides: list[str], out: Path, port: i
 def ttft_table(out: Path) -> pd.DataFrame:
     """TTFT p50 / p99 (ms) per priority: each run's server-side (arrival to first token on the host's clock;
     over HTTP, arrival is the admission) and, over HTTP, the client's (its send to its first streamed token)."""
-    columns = {"replay, server": pd.read_parquet(out / "replay" / "requests.parquet")[["priority", "ttft_s"]],
-               "http, server": pd.read_parquet(out / "http" / "requests.parquet")[["priority", "ttft_s"]]}
-    client = pd.read_csv(out / "http" / "loadgen.csv")
-    columns["http, client"] = client[client.status == 200][["priority", "ttft_s"]]
+    columns = {"replay, server": pd.read_parquet(out / "replay" / "requests.parquet")[["priority", "ttft_s"]]}
+    for run in sorted(out.glob("http*")):
+        columns[f"{run.name}, server"] = pd.read_parquet(run / "requests.parquet")[["priority", "ttft_s"]]
+        client = pd.read_csv(run / "loadgen.csv")
+        columns[f"{run.name}, client"] = client[client.status == 200][["priority", "ttft_s"]]
     rows = []
     for name, table in columns.items():
         for priority, group in [("all", table), *table.groupby("priority")]:
@@ -94,14 +96,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the prompts' seed (as real run's)")
     parser.add_argument("--out", type=Path, required=True, help="gets replay/ and http/ run folders")
     parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--frontends", nargs="+", choices=["process", "thread"], default=["process"],
+                        help="one HTTP run per front end (real serve frontend=...), after the replay")
     parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds the server may take to build")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both (policy=..., engine.*=...)")
     args = parser.parse_args(argv)
     try:
         read_trace(args.trace)
         run_replay(args.trace.resolve(), args.seed, args.overrides, args.out / "replay")
-        print(serve_trace(args.trace.resolve(), args.seed, args.overrides, args.out / "http", args.port,
-                          args.start_timeout))
+        for frontend in args.frontends:
+            print(f"{http_dir(frontend)}:")
+            print(serve_trace(args.trace.resolve(), args.seed, args.overrides, args.out / http_dir(frontend),
+                              args.port, args.start_timeout, frontend))
     except (TraceError, FileNotFoundError, RuntimeError) as error:
         sys.exit(f"error: {error}")
     table = reaction_table(args.out, by="mode")
@@ -110,9 +116,14 @@ def main(argv: list[str] | None = None) -> None:
     ttft = ttft_table(args.out)
     ttft.to_csv(args.out / "ttft.csv", index=False)
     print(markdown(ttft))
-    for mode in ("replay", "http"):
-        throughput = json.loads((args.out / mode / "summary.json").read_text())["throughput"]
-        print(f"{mode}: tokens/s {throughput['tokens_per_s']:.1f}")
+    for run in ["replay", *map(http_dir, args.frontends)]:
+        throughput = json.loads((args.out / run / "summary.json").read_text())["throughput"]
+        print(f"{run}: tokens/s {throughput['tokens_per_s']:.1f}")
+
+
+def http_dir(frontend: str) -> str:
+    """The run folder (and summary `mode`, real.live.results) of an HTTP run with this front end."""
+    return "http" if frontend == "process" else f"http-{frontend}"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def build_spec(cfg: DictConfig, policy_name: str) -> LiveSpec:
                     max_batch_size=int(cfg.max_batch_size), slo_s=float(cfg.slo_s), host=str(cfg.host),
                     port=int(cfg.port), default_priority=str(cfg.default_priority),
                     default_max_tokens=int(cfg.default_max_tokens), tokenizer=cfg.tokenizer,
-                    switch_interval_us=float(cfg.switch_interval_us))
+                    switch_interval_us=float(cfg.switch_interval_us), frontend=str(cfg.frontend))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="real_serve")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from itertools import takewhile
 
 from policies import Granularity, Policy, Position, Request, SchedulerState, Stage, Transition
-from real.arrivals import LiveArrivals, TraceArrivals
+from real.arrivals import Arrivals, TraceArrivals
 from real.batch import BatchState, merge
 from real.engine import Engine
 from real.lanes import PriorityLane
@@ -90,13 +90,12 @@ class ReplayServer:
         self.prompts = {r.request_id: self.prompt_ids(r) for r in requests}  # the trace's input, not timed work
         return replace(self.serve(TraceArrivals(requests)), requests=requests)
 
-    def serve(self, arrivals: TraceArrivals | LiveArrivals) -> ServeOutcome:
+    def serve(self, arrivals: Arrivals) -> ServeOutcome:
         """Serve what `arrivals` brings until it can bring no more and every admitted request has finished."""
         if self.timeline is None:
             self.timeline = DeviceTimeline(self.engine.device, self.clock)
         start = self.timeline.start()
-        if isinstance(arrivals, LiveArrivals):
-            arrivals.start(start)
+        arrivals.start(start)
         now = lambda: self.clock() - start  # noqa: E731
         admitted, unfinished, changed, rechecked = [], 0, True, False
         while unfinished or not arrivals.closed:

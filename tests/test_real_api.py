@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -141,12 +142,13 @@ def post(url: str, body) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path):
+@pytest.mark.parametrize("frontend", ["process", "thread"])
+def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path, frontend):
     """Ten requests (more than the six KV slots; BE first, then LS ones that preempt them) posted at once
     over HTTP: each answered once, with exactly `max_tokens` tokens, equal to HF's greedy generation."""
     real_run.release_engine()
     spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=6), max_len=48, port=0,
-                    max_batch_size=4)
+                    max_batch_size=4, frontend=frontend)
     live = LiveServer.build(spec)
     bodies = [{"prompt": [3 + (5 * i + j) % 120 for j in range(4 + (7 * i) % 17)], "max_tokens": 3 + i % 4,
                "priority": "LS" if i >= 7 else "BE"} for i in range(10)]
@@ -185,7 +187,8 @@ def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path)
         assert r.num_generated_tokens == r.num_output_tokens and r.arrival_s <= r.first_token_s <= r.finish_s
     assert live.server.engine.pool.num_free == 6  # every slot given back
     table, summary = results(outcome, spec, tmp_path)
-    assert len(table) == 10 and set(table.source) == {"real"} and summary["run"]["mode"] == "http"
+    assert len(table) == 10 and set(table.source) == {"real"}
+    assert summary["run"]["frontend"] == frontend and summary["run"]["mode"] == {"process": "http"}.get(frontend, "http-thread")
     assert (table.priority == "LS").sum() == 3
 
 
@@ -271,7 +274,8 @@ def test_streamed_text_pieces_join_to_the_whole_text():
     assert "" in pieces[:-1]  # 𝒳 and ꙮ: byte-fallback tokens
 
 
-def test_http_streaming_sends_each_pass_tokens_as_they_reach_the_host(tmp_path):
+@pytest.mark.parametrize("frontend", ["process", "thread"])
+def test_http_streaming_sends_each_pass_tokens_as_they_reach_the_host(tmp_path, frontend):
     """Streamed requests (OpenAI's server-sent events), LS ones preempting BE ones, over the tiny model: the
     chunks' token ids join to HF's greedy output, the last chunk says `length`, a usage chunk follows when
     asked, and the client's first token comes before its last chunk; non-streamed requests are served beside."""
@@ -279,7 +283,7 @@ def test_http_streaming_sends_each_pass_tokens_as_they_reach_the_host(tmp_path):
 
     real_run.release_engine()
     spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=6), max_len=48, port=0,
-                    max_batch_size=4)
+                    max_batch_size=4, frontend=frontend)
     live = LiveServer.build(spec)
     bodies = [{"prompt": [7 + (3 * i + j) % 110 for j in range(5 + (5 * i) % 13)], "max_tokens": 4 + i % 5,
                "priority": "LS" if i % 3 == 2 else "BE", "stream_options": {"include_usage": i % 2 == 0}}
@@ -313,3 +317,46 @@ def test_http_streaming_sends_each_pass_tokens_as_they_reach_the_host(tmp_path):
             assert body["usage"]["completion_tokens"] == bodies[i]["max_tokens"]
             assert ("prompt_tokens" in body["usage"]) == (i % 2 == 0)  # the usage chunk only when asked
     assert live.server.streamed == {} and live.server.engine.pool.num_free == 6
+
+
+def test_the_front_end_process_reports_a_taken_port_and_a_bad_tokenizer_before_any_weights(tmp_path):
+    import socket
+
+    from real.frontend import FrontendProcess
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    with pytest.raises(OSError, match="in use"):
+        FrontendProcess.launch("127.0.0.1", taken.getsockname()[1], "tiny-mixtral", 128, 48, "BE", 4, None)
+    taken.close()
+    with pytest.raises(ValueError, match="not found"):
+        FrontendProcess.launch("127.0.0.1", 0, "tiny-mixtral", 128, 48, "BE", 4, str(tmp_path / "no.model"))
+
+
+def test_the_front_end_process_answers_once_started_and_exits_with_the_engine():
+    """A client that connects before the serving loop starts waits for it (health included); once the
+    engine's end of the pipe closes (its process gone), the child answers its waiting clients with an error
+    and exits."""
+    from real.frontend import FrontendProcess
+
+    frontend = FrontendProcess.launch("127.0.0.1", 0, "tiny-mixtral", 128, 48, "BE", 4, None)
+    try:
+        with pytest.raises(TimeoutError):
+            urllib.request.urlopen(f"{frontend.url}/health", timeout=0.5)
+        frontend.arrivals.start(time.perf_counter())
+        with urllib.request.urlopen(f"{frontend.url}/health", timeout=10) as response:
+            assert response.status == 200
+        answer = {}
+        client = threading.Thread(target=lambda: answer.update(r=post(f"{frontend.url}/v1/completions",
+                                                                         {"prompt": [1, 2], "max_tokens": 3})))
+        client.start()
+        while not frontend.arrivals.due(lambda: 0.0):  # the submission reaches the engine's side
+            pass
+        frontend.arrivals.conn.close()  # as if the engine's process died
+        client.join(timeout=30)
+        assert answer["r"][0] == 500 and "gone" in answer["r"][1]["error"]["message"]
+        assert frontend.process.wait(timeout=30) == 0
+    finally:
+        if frontend.process.poll() is None:
+            frontend.process.kill()

@@ -222,6 +222,9 @@ class ArrivesDuringTheStart:
         self.waves = list(waves)
         self.delivered = 0
 
+    def start(self, origin_s: float) -> None:
+        pass
+
     def due(self, now) -> list[Request]:
         if not self.waves:
             return []

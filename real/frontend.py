@@ -1,0 +1,281 @@
+"""The HTTP front end in a process of its own (`real serve frontend=process`, the default).
+
+Why: in one process the handler threads share the GIL with the engine's thread. On the H200 (session 15,
+`real.servecheck`, 300 streamed requests at 18 req/s) that moved an LS request's reaction from 0.73 to 1.77 ms
+at p50 and from 1.59 to 7.81 ms at p99 (arrivals that found BE work), against the same trace replayed in-process:
+every pass wakes a handler thread per streamed request, and each takes the GIL from the thread that issues the
+GPU's work. Here the handlers parse, encode and write in the child; the engine's process only moves messages.
+
+The two processes share a socket pair (`multiprocessing.connection.Connection`, pickled tuples):
+- child -> engine: `("submit", request_id, arrival_s, prompt_ids, max_tokens, priority, stream)`; `("closed",)`
+  once it admits no more, after every submission it sent (so none is lost in the pipe).
+- engine -> child: `("start", origin)` (the serving loop's clock: `time.perf_counter` is the same monotonic
+  clock in both processes, so an arrival is stamped at its admission in the child); `("out", [...])`, a batch of
+  `("tokens", request_id, ids)` and `("finished", request_id, ids)`; `("close",)`; `("fail", reason)`; `("stop",)`.
+The child learns that the engine's process is gone when the pipe closes, and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+from policies import Priority, Request
+from real.api import Api, Codec, bind_http
+from real.arrivals import ArrivalError, Ticket
+
+
+@dataclass
+class PipeArrivals:
+    """The serving loop's side: the arrivals a `FrontendProcess` admits, with the interface of
+    `real.arrivals.LiveArrivals` (due, is_due, wait, closed; tokens and finished go back to the clients).
+    Everything runs on the engine's thread except `close`, which a signal handler may call: it only sets a flag
+    (a send from a handler could interleave with one the thread is in the middle of)."""
+
+    conn: Connection
+    kv_unit_tokens: int = 1
+    poll_s: float = 0.001
+    held: deque = field(default_factory=deque)
+    prompts: dict[int, list[int]] = field(default_factory=dict)
+    streamed: set[int] = field(default_factory=set)
+    outbox: list = field(default_factory=list)
+    unfinished: set[int] = field(default_factory=set)
+    closing: bool = False  # asked to close (a signal)
+    close_sent: bool = False
+    child_closed: bool = False  # the child acknowledged: nothing more can come
+
+    def start(self, origin_s: float) -> None:
+        self.conn.send(("start", origin_s))
+
+    def due(self, now) -> list[Request]:
+        self.flush()
+        self._pump(0.0)
+        out = list(self.held)
+        self.held.clear()
+        return out
+
+    def is_due(self, now) -> bool:
+        return bool(self.held) or self.conn.poll()
+
+    def wait(self, now_s: float) -> None:
+        self.flush()
+        if not self.held:
+            self._pump(self.poll_s)
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        return self.prompts[request.request_id]
+
+    def tokens(self, request_id: int, token_ids: list[int]) -> None:
+        if request_id in self.streamed:
+            self.outbox.append(("tokens", request_id, list(token_ids)))
+
+    def finished(self, request: Request, output_ids: list[int]) -> None:
+        self.outbox.append(("finished", request.request_id, list(output_ids)))
+        self.prompts.pop(request.request_id, None)
+        self.streamed.discard(request.request_id)
+        self.unfinished.discard(request.request_id)
+
+    def flush(self) -> None:
+        """Send what the clients are owed (one message), and the close once it is asked for."""
+        if self.outbox:
+            self.conn.send(("out", self.outbox))
+            self.outbox = []
+        if self.closing and not self.close_sent:
+            self.conn.send(("close",))
+            self.close_sent = True
+
+    def close(self) -> None:
+        self.closing = True
+
+    def fail_all(self, reason: str) -> None:
+        self.closing = True
+        try:
+            self.flush()
+            self.conn.send(("fail", reason))
+        except OSError:
+            pass  # the child is gone already
+        self.unfinished.clear()
+
+    @property
+    def closed(self) -> bool:
+        return self.child_closed and not self.held
+
+    def _pump(self, timeout_s: float) -> None:
+        if self.closing and not self.close_sent:
+            self.flush()
+        while self.conn.poll(timeout_s):
+            timeout_s = 0.0
+            message = self.conn.recv()
+            if message[0] == "submit":
+                _, request_id, arrival_s, prompt_ids, max_tokens, priority, stream = message
+                self.prompts[request_id] = prompt_ids
+                if stream:
+                    self.streamed.add(request_id)
+                self.unfinished.add(request_id)
+                self.held.append(Request(request_id, arrival_s, len(prompt_ids), max_tokens, Priority(priority),
+                                         kv_unit_tokens=self.kv_unit_tokens))
+            elif message[0] == "closed":
+                self.child_closed = True
+            else:
+                raise ValueError(f"unknown message from the front end: {message[0]!r}")
+
+
+@dataclass
+class RemoteArrivals:
+    """The child's side: what `real.api.Api` submits to, as it would to `LiveArrivals`; a reader thread
+    hands the engine's answers to the tickets."""
+
+    conn: Connection
+    clock: object = time.perf_counter
+    on_start: object = lambda: None  # called once the serving loop has started (the HTTP server starts answering)
+    tickets: dict[int, Ticket] = field(default_factory=dict)
+    origin_s: float | None = None
+    closing: bool = False
+    stopped: threading.Event = field(default_factory=threading.Event)
+    _ids: itertools.count = field(default_factory=itertools.count)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def submit(self, prompt_ids: list[int], num_output_tokens: int, priority: Priority,
+               stream: bool = False) -> Ticket:
+        with self._lock:
+            if self.closing or self.origin_s is None:
+                raise ArrivalError("the server is not accepting requests")
+            request = Request(next(self._ids), self.clock() - self.origin_s, len(prompt_ids), num_output_tokens,
+                              priority)
+            ticket = self.tickets[request.request_id] = Ticket(request, list(prompt_ids),
+                                                               stream=queue.Queue() if stream else None)
+            self.conn.send(("submit", request.request_id, request.arrival_s, list(prompt_ids), num_output_tokens,
+                            priority.value, stream))
+        return ticket
+
+    def read(self) -> None:
+        """Until `stop` or the engine's process is gone: the engine's messages to the tickets."""
+        try:
+            while True:
+                message = self.conn.recv()
+                kind = message[0]
+                if kind == "start":
+                    self.origin_s = message[1]
+                    self.on_start()
+                elif kind == "out":
+                    for what, request_id, ids in message[1]:
+                        if what == "tokens":
+                            ticket = self.tickets.get(request_id)
+                            if ticket is not None and ticket.stream is not None:
+                                ticket.stream.put(ids)
+                        else:
+                            with self._lock:
+                                ticket = self.tickets.pop(request_id)
+                            ticket.end(ids)
+                elif kind == "close":
+                    with self._lock:
+                        self.closing = True
+                        self.conn.send(("closed",))
+                elif kind == "fail":
+                    self._fail(message[1])
+                elif kind == "stop":
+                    break
+        except (EOFError, OSError):
+            self._fail("the engine's process is gone")
+        finally:
+            self.stopped.set()
+
+    def _fail(self, reason: str) -> None:
+        with self._lock:
+            self.closing = True
+            for ticket in self.tickets.values():
+                ticket.end(error=reason)
+            self.tickets.clear()
+
+
+@dataclass
+class FrontendProcess:
+    """The child process serving HTTP, and the engine side's end of its pipe."""
+
+    process: subprocess.Popen
+    arrivals: PipeArrivals
+    url: str
+
+    @classmethod
+    def launch(cls, host: str, port: int, model: str, vocab_size: int, max_len: int, default_priority: str,
+               default_max_tokens: int, tokenizer: str | None, timeout_s: float = 60.0) -> FrontendProcess:
+        """Start the child and wait until it has bound its port and loaded the tokenizer; its error as an
+        OSError (the port) or ValueError (anything else) if it could not."""
+        ours, theirs = socket.socketpair()
+        command = [sys.executable, "-m", "real.frontend", "--fd", str(theirs.fileno()), "--host", host,
+                   "--port", str(port), "--model", model, "--vocab-size", str(vocab_size), "--max-len", str(max_len),
+                   "--default-priority", default_priority, "--default-max-tokens", str(default_max_tokens)]
+        if tokenizer:
+            command += ["--tokenizer", str(tokenizer)]
+        process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), start_new_session=True)
+        theirs.close()
+        conn = Connection(ours.detach())
+        if not conn.poll(timeout_s):
+            process.kill()
+            raise ValueError(f"the HTTP front end did not start within {timeout_s:g} s")
+        try:
+            kind, detail = conn.recv()
+        except EOFError:
+            raise ValueError(f"the HTTP front end exited {process.wait()} before it started") from None
+        if kind != "bound":
+            process.wait()
+            raise (OSError(detail) if kind == "oserror" else ValueError(detail))
+        return cls(process, PipeArrivals(conn, kv_unit_tokens=max_len), detail)
+
+    def stop(self) -> None:
+        """After the serving loop: the last answers out, then the child stops."""
+        try:
+            self.arrivals.flush()
+            self.arrivals.conn.send(("stop",))
+        except OSError:
+            pass
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.arrivals.conn.close()
+
+
+def child_main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m real.frontend")
+    for name, kind in (("--fd", int), ("--host", str), ("--port", int), ("--model", str), ("--vocab-size", int),
+                       ("--max-len", int), ("--default-priority", str), ("--default-max-tokens", int),
+                       ("--tokenizer", str)):
+        parser.add_argument(name, type=kind, required=name != "--tokenizer")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine's process decides when to stop
+    conn = Connection(args.fd)
+    try:
+        codec = Codec.for_vocab(args.vocab_size, args.tokenizer)
+    except (ValueError, ImportError, FileNotFoundError) as error:
+        conn.send(("error", str(error)))
+        return
+    arrivals = RemoteArrivals(conn)
+    api = Api(arrivals, codec, args.model, args.max_len, Priority.parse(args.default_priority),
+              args.default_max_tokens)
+    try:
+        http = bind_http(api, args.host, args.port)
+    except OSError as error:
+        conn.send(("oserror", error.strerror or str(error)))
+        return
+    host, port = http.server_address[:2]
+    conn.send(("bound", f"http://{host}:{port}"))
+    # clients that connect before the engine is built wait in the listen queue, as with frontend=thread
+    arrivals.on_start = threading.Thread(target=http.serve_forever, name="qllm-http", daemon=True).start
+    arrivals.read()
+    http.shutdown()
+    http.server_close()
+
+
+if __name__ == "__main__":
+    child_main()
