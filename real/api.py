@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import queue
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,6 +192,27 @@ class Api:
     default_priority: Priority = Priority.BE
     default_max_tokens: int = 16
     timeout_s: float = 600.0  # a client waits at most this long for its tokens
+    answering: int = 0  # completion requests being answered (admitted, or read and not yet written back)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextmanager
+    def answer(self) -> Iterator[None]:
+        """Around a completion request's whole handling, so that a server stopping can `drain` first."""
+        with self._lock:
+            self.answering += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.answering -= 1
+
+    def drain(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every completion request being handled has been written back (the handler threads are
+        daemons: a process that exits first would cut the last answers off); False if some still are."""
+        deadline = time.monotonic() + timeout_s
+        while self.answering and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.answering
 
     def admit(self, body: object) -> Admitted:
         """Validate and submit a completion request; `Refused` if it cannot be."""
@@ -265,6 +288,10 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
                 self._reply(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path}", "invalid_request_error"))
 
         def do_POST(self) -> None:  # noqa: N802
+            with api.answer():
+                self._post()
+
+        def _post(self) -> None:
             if self.path != COMPLETIONS:
                 self._reply(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path} (POST {COMPLETIONS})",
                                                              "invalid_request_error"))

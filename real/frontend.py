@@ -187,6 +187,8 @@ class RemoteArrivals:
                     break
         except (EOFError, OSError):
             self._fail("the engine's process is gone")
+        except Exception as error:  # a message cut short (the engine aborted mid-send), say
+            self._fail(f"the engine's messages could not be read: {error!r}")
         finally:
             self.stopped.set()
 
@@ -273,6 +275,7 @@ def child_main(argv: list[str] | None = None) -> None:
     # clients that connect before the engine is built wait in the listen queue, as with frontend=thread
     arrivals.on_start = threading.Thread(target=http.serve_forever, name="qllm-http", daemon=True).start
     arrivals.read()
+    api.drain()
     http.shutdown()
     http.server_close()
 

@@ -69,12 +69,13 @@ class LiveServer:
     url: str
     frontend: FrontendProcess | None = None
     http: ThreadingHTTPServer | None = None
+    api: Api | None = None  # with `http`
 
     @classmethod
     def build(cls, spec: LiveSpec) -> LiveServer:
         """The tokenizer and the port first: a bad path or a taken port fails before a minute of weights."""
         vocab_size = preset_config(spec.engine.model).vocab_size
-        frontend = http = None
+        frontend = http = api = None
         if spec.frontend == "process":
             frontend = FrontendProcess.launch(spec.host, spec.port, spec.engine.model, vocab_size, spec.max_len,
                                               spec.default_priority, spec.default_max_tokens, spec.tokenizer)
@@ -99,7 +100,7 @@ class LiveServer:
                                max_batch_size=spec.max_batch_size)
         server = make_server(engine, spec.policy, spec.engine, state, arrivals.prompt_ids)
         server.on_finish, server.on_tokens = arrivals.finished, arrivals.tokens
-        return cls(spec, arrivals, server, url, frontend, http)
+        return cls(spec, arrivals, server, url, frontend, http, api)
 
     def run(self, on_ready=lambda url: None) -> ServeOutcome:
         """Serve until `arrivals.close()` (a signal handler, or a test) and every admitted request is done.
@@ -124,6 +125,7 @@ class LiveServer:
             if self.frontend is not None:
                 self.frontend.stop()
             if self.http is not None:
+                self.api.drain()
                 self.http.shutdown()
                 self.http.server_close()
 

@@ -115,6 +115,13 @@ def test_a_failed_stream_ends_with_an_error_chunk():
     assert chunks[1] == {"error": {"message": "the server stopped", "type": "server_error"}} and len(chunks) == 2
 
 
+def test_a_stopping_server_drains_the_answers_being_written():
+    api = Api(LiveArrivals(), CODEC, "tiny", max_len=64)
+    with api.answer():
+        assert api.answering == 1 and not api.drain(timeout_s=0.05)
+    assert api.answering == 0 and api.drain(timeout_s=0.0)
+
+
 def test_a_closed_server_answers_503_and_a_bad_body_400():
     arrivals = LiveArrivals()
     api = Api(arrivals, CODEC, "tiny", max_len=64)
