@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
@@ -136,8 +137,8 @@ class RemoteArrivals:
     hands the engine's answers to the tickets."""
 
     conn: Connection
-    clock: object = time.perf_counter
-    on_start: object = lambda: None  # called once the serving loop has started (the HTTP server starts answering)
+    clock: Callable[[], float] = time.perf_counter
+    on_start: Callable[[], None] = lambda: None  # once the serving loop has started: the HTTP server starts answering
     tickets: dict[int, Ticket] = field(default_factory=dict)
     origin_s: float | None = None
     closing: bool = False
