@@ -50,13 +50,13 @@ class PipeArrivals:
     prompts: dict[int, list[int]] = field(default_factory=dict)
     streamed: set[int] = field(default_factory=set)
     outbox: list = field(default_factory=list)
-    unfinished: set[int] = field(default_factory=set)
     closing: bool = False  # asked to close (a signal)
     close_sent: bool = False
-    child_closed: bool = False  # the child acknowledged: nothing more can come
+    child_closed: bool = False  # the child acknowledged (or died): nothing more can come
+    child_gone: bool = False  # the pipe broke: the admitted requests still finish, unanswered
 
     def start(self, origin_s: float) -> None:
-        self.conn.send(("start", origin_s))
+        self._send(("start", origin_s))
 
     def due(self, now) -> list[Request]:
         self.flush()
@@ -66,7 +66,7 @@ class PipeArrivals:
         return out
 
     def is_due(self, now) -> bool:
-        return bool(self.held) or self.conn.poll()
+        return bool(self.held) or (not self.child_gone and self.conn.poll())
 
     def wait(self, now_s: float) -> None:
         self.flush()
@@ -84,15 +84,17 @@ class PipeArrivals:
         self.outbox.append(("finished", request.request_id, list(output_ids)))
         self.prompts.pop(request.request_id, None)
         self.streamed.discard(request.request_id)
-        self.unfinished.discard(request.request_id)
 
     def flush(self) -> None:
         """Send what the clients are owed (one message), and the close once it is asked for."""
+        if self.child_gone:
+            self.outbox = []
+            return
         if self.outbox:
-            self.conn.send(("out", self.outbox))
+            self._send(("out", self.outbox))
             self.outbox = []
         if self.closing and not self.close_sent:
-            self.conn.send(("close",))
+            self._send(("close",))
             self.close_sent = True
 
     def close(self) -> None:
@@ -100,18 +102,36 @@ class PipeArrivals:
 
     def fail_all(self, reason: str) -> None:
         self.closing = True
-        try:
-            self.flush()
-            self.conn.send(("fail", reason))
-        except OSError:
-            pass  # the child is gone already
-        self.unfinished.clear()
+        self.flush()
+        if not self.child_gone:
+            self._send(("fail", reason))
 
     @property
     def closed(self) -> bool:
         return self.child_closed and not self.held
 
+    def _send(self, message: tuple) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:
+            self._gone()
+
     def _pump(self, timeout_s: float) -> None:
+        try:
+            self._receive(timeout_s)
+        except (EOFError, OSError):
+            self._gone()
+
+    def _gone(self) -> None:
+        if not self.child_gone:
+            print("error: the HTTP front end's process is gone: finishing the admitted requests",
+                  file=sys.stderr, flush=True)
+        self.child_gone = self.child_closed = self.closing = self.close_sent = True
+        self.outbox = []
+
+    def _receive(self, timeout_s: float) -> None:
+        if self.child_gone:
+            return
         if self.closing and not self.close_sent:
             self.flush()
         while self.conn.poll(timeout_s):
@@ -122,7 +142,6 @@ class PipeArrivals:
                 self.prompts[request_id] = prompt_ids
                 if stream:
                     self.streamed.add(request_id)
-                self.unfinished.add(request_id)
                 self.held.append(Request(request_id, arrival_s, len(prompt_ids), max_tokens, Priority(priority),
                                          kv_unit_tokens=self.kv_unit_tokens))
             elif message[0] == "closed":
@@ -155,8 +174,12 @@ class RemoteArrivals:
                               priority)
             ticket = self.tickets[request.request_id] = Ticket(request, list(prompt_ids),
                                                                stream=queue.Queue() if stream else None)
-            self.conn.send(("submit", request.request_id, request.arrival_s, list(prompt_ids), num_output_tokens,
-                            priority.value, stream))
+            try:
+                self.conn.send(("submit", request.request_id, request.arrival_s, list(prompt_ids),
+                                num_output_tokens, priority.value, stream))
+            except OSError:
+                del self.tickets[request.request_id]
+                raise ArrivalError("the engine's process is gone") from None
         return ticket
 
     def read(self) -> None:
@@ -237,11 +260,9 @@ class FrontendProcess:
 
     def stop(self) -> None:
         """After the serving loop: the last answers out, then the child stops."""
-        try:
-            self.arrivals.flush()
-            self.arrivals.conn.send(("stop",))
-        except OSError:
-            pass
+        self.arrivals.flush()
+        if not self.arrivals.child_gone:
+            self.arrivals._send(("stop",))
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -367,3 +367,32 @@ def test_the_front_end_process_answers_once_started_and_exits_with_the_engine():
     finally:
         if frontend.process.poll() is None:
             frontend.process.kill()
+
+
+def test_the_engine_finishes_its_admitted_requests_when_the_front_end_process_dies():
+    """The child killed while requests run: the serving loop notices the broken pipe, admits nothing more,
+    finishes what it admitted (its clients are gone with the child) and returns its outcome."""
+    real_run.release_engine()
+    spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=6), max_len=48, port=0,
+                    max_batch_size=4)
+    live = LiveServer.build(spec)
+
+    def one(url: str, i: int) -> None:
+        try:
+            post(f"{url}/v1/completions", {"prompt": [3, 4, 5 + i], "max_tokens": 12})
+        except OSError:
+            pass  # the front end died under this client: its connection is reset
+
+    def client(url: str) -> None:
+        threads = [threading.Thread(target=one, args=(url, i), daemon=True) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        while not live.arrivals.prompts:  # some request has reached the engine
+            time.sleep(0.001)
+        live.frontend.process.kill()
+
+    outcome = live.run(on_ready=lambda url: threading.Thread(target=client, args=(url,), daemon=True).start())
+    assert live.arrivals.child_gone and outcome.requests
+    for r in outcome.requests:
+        assert r.num_generated_tokens == r.num_output_tokens == 12
+    assert live.server.engine.pool.num_free == 6
