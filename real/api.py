@@ -1,5 +1,6 @@
-"""An OpenAI-compatible HTTP front end for the real engine: `POST /v1/completions` with one extra field,
-`priority` ("LS" latency-sensitive or "BE" best-effort), which is what the policies schedule by.
+"""An OpenAI-compatible HTTP front end for the real engine: `POST /v1/completions` and `/v1/chat/completions`
+(real.chat) with one extra field, `priority` ("LS" latency-sensitive or "BE" best-effort), which is what the
+policies schedule by.
 
 The engine keeps the main thread (CUDA work and the policy run there, as in a trace replay); the HTTP
 server answers on threads of its own and hands requests over through `real.arrivals.LiveArrivals`. A
@@ -23,8 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from policies import Priority, Request
 from real.arrivals import ArrivalError, LiveArrivals, Ticket
+from real.chat import ChatError, chat_prompt_ids
 
-COMPLETIONS, MODELS, HEALTH = "/v1/completions", "/v1/models", "/health"
+COMPLETIONS, CHAT, MODELS, HEALTH = "/v1/completions", "/v1/chat/completions", "/v1/models", "/health"
 UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "suffix": None, "logprobs": None}
 MAX_BODY_BYTES = 8 << 20
 
@@ -73,6 +75,15 @@ class Codec:
             return list(prompt)
         raise BadRequest("`prompt` must be a non-empty string or a non-empty list of token ids")
 
+    def encode_chat(self, messages: object) -> list[int]:
+        if self.processor is None:
+            raise BadRequest(f"this model's {self.vocab_size}-token vocabulary has no tokenizer here, which chat "
+                             f"needs: use {COMPLETIONS} with token ids")
+        try:
+            return chat_prompt_ids(messages, self.processor)
+        except ChatError as error:
+            raise BadRequest(str(error)) from None
+
     def decode(self, ids: list[int]) -> str:
         return self.processor.decode(ids) if self.processor is not None else ""
 
@@ -101,27 +112,30 @@ class TextStream:
 
 @dataclass(frozen=True)
 class Completion:
-    """A parsed `/v1/completions` body."""
+    """A parsed `/v1/completions` (or `/v1/chat/completions`, `chat`) body."""
 
     prompt_ids: list[int]
     max_tokens: int
     priority: Priority
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage: a last chunk with the usage
+    chat: bool = False
 
 
 def parse_completion(body: object, codec: Codec, max_len: int, default_priority: Priority,
-                     default_max_tokens: int) -> Completion:
-    """Validate a request body; every refusal names the field and what it accepts."""
+                     default_max_tokens: int, chat: bool = False) -> Completion:
+    """Validate a request body (a chat one with `chat`); every refusal names the field and what it accepts."""
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
-    if "prompt" not in body:
-        raise BadRequest("`prompt` is required")
+    field_name = "messages" if chat else "prompt"
+    if field_name not in body:
+        raise BadRequest(f"`{field_name}` is required")
     for key, default in UNSUPPORTED.items():
         if body.get(key, default) not in (default, None):
             raise BadRequest(f"`{key}` is not supported (only {json.dumps(default)})")
-    prompt_ids = codec.encode(body["prompt"])
-    max_tokens = body.get("max_tokens", default_max_tokens)
+    prompt_ids = codec.encode_chat(body["messages"]) if chat else codec.encode(body["prompt"])
+    max_tokens = body.get("max_completion_tokens" if chat and "max_completion_tokens" in body else "max_tokens",
+                          default_max_tokens)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise BadRequest(f"`max_tokens` must be an integer >= 1, got {max_tokens!r}")
     if len(prompt_ids) + max_tokens > max_len:
@@ -139,21 +153,31 @@ def parse_completion(body: object, codec: Codec, max_len: int, default_priority:
         raise BadRequest(f"`stream_options` must be an object like {{\"include_usage\": true}}, got {options!r}")
     if options and not stream:
         raise BadRequest("`stream_options` needs `\"stream\": true`")
-    return Completion(prompt_ids, max_tokens, priority, stream, options.get("include_usage", False))
+    return Completion(prompt_ids, max_tokens, priority, stream, options.get("include_usage", False), chat)
 
 
-def completion_body(ticket: Ticket, model: str, codec: Codec, wall_s: float) -> dict:
-    """The OpenAI completion object, with the token ids and qllm's timing beside it."""
+def completion_body(ticket: Ticket, model: str, codec: Codec, wall_s: float, chat: bool = False) -> dict:
+    """The OpenAI completion (or chat completion) object, with the token ids and qllm's timing beside it."""
     request, output = ticket.request, ticket.output_ids or []
-    return {**_head(request, model),
-            "choices": [{"index": 0, "text": codec.decode(output), "token_ids": output, "logprobs": None,
-                         "finish_reason": "length"}],
+    return {**_head(request, model, chat),
+            "choices": [_choice(chat, False, codec.decode(output), output, "length")],
             "usage": _usage(request, len(output)), "qllm": _timing(request, wall_s)}
 
 
-def _head(request: Request, model: str) -> dict:
-    return {"id": f"cmpl-{request.request_id}", "object": "text_completion", "created": int(time.time()),
-            "model": model}
+def _head(request: Request, model: str, chat: bool, chunk: bool = False) -> dict:
+    kind = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
+    return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{request.request_id}", "object": kind,
+            "created": int(time.time()), "model": model}
+
+
+def _choice(chat: bool, chunk: bool, text: str, ids: list[int], finish: str | None, first: bool = False) -> dict:
+    """One choice: `text` (completions), or the assistant's `message` (chat) or `delta` (chat chunks, the
+    first naming the role)."""
+    if not chat:
+        return {"index": 0, "text": text, "token_ids": ids, "logprobs": None, "finish_reason": finish}
+    content = {"role": "assistant", "content": text} if first or not chunk else {"content": text}
+    return {"index": 0, "delta" if chunk else "message": content, "token_ids": ids, "logprobs": None,
+            "finish_reason": finish}
 
 
 def _usage(request: Request, completion_tokens: int) -> dict:
@@ -214,10 +238,11 @@ class Api:
             time.sleep(0.01)
         return not self.answering
 
-    def admit(self, body: object) -> Admitted:
+    def admit(self, body: object, chat: bool = False) -> Admitted:
         """Validate and submit a completion request; `Refused` if it cannot be."""
         try:
-            parsed = parse_completion(body, self.codec, self.max_len, self.default_priority, self.default_max_tokens)
+            parsed = parse_completion(body, self.codec, self.max_len, self.default_priority, self.default_max_tokens,
+                                      chat)
             started = time.perf_counter()
             ticket = self.arrivals.submit(parsed.prompt_ids, parsed.max_tokens, parsed.priority, parsed.stream)
         except BadRequest as error:
@@ -226,10 +251,10 @@ class Api:
             raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, str(error), "server_error") from None
         return Admitted(parsed, ticket, started)
 
-    def complete(self, body: object) -> tuple[int, dict]:
+    def complete(self, body: object, chat: bool = False) -> tuple[int, dict]:
         """(status, JSON body) for a completion request, once all its tokens are on the host."""
         try:
-            admitted = self.admit(body)
+            admitted = self.admit(body, chat)
         except Refused as refused:
             return refused.status, refused.body
         ticket = admitted.ticket
@@ -237,12 +262,14 @@ class Api:
             return HTTPStatus.GATEWAY_TIMEOUT, error_body(f"no answer within {self.timeout_s:g} s", "server_error")
         if ticket.error is not None:
             return HTTPStatus.INTERNAL_SERVER_ERROR, error_body(ticket.error, "server_error")
-        return HTTPStatus.OK, completion_body(ticket, self.model, self.codec, time.perf_counter() - admitted.started)
+        return HTTPStatus.OK, completion_body(ticket, self.model, self.codec, time.perf_counter() - admitted.started,
+                                              chat)
 
     def chunks(self, admitted: Admitted) -> Iterator[dict]:
         """A streamed completion's chunks: one per pass whose tokens reached the host, then one with
         `finish_reason` (and qllm's timing), then the usage if asked; an error object if it failed."""
         ticket, request, text = admitted.ticket, admitted.ticket.request, TextStream(self.codec)
+        chat, first = admitted.completion.chat, True
         deadline = admitted.started + self.timeout_s
         while True:
             try:
@@ -252,18 +279,18 @@ class Api:
                 return
             if ids is None:
                 break
-            yield {**_head(request, self.model),
-                   "choices": [{"index": 0, "text": text.add(ids), "token_ids": ids, "logprobs": None,
-                                "finish_reason": None}]}
+            yield {**_head(request, self.model, chat, chunk=True),
+                   "choices": [_choice(chat, True, text.add(ids), ids, None, first)]}
+            first = False
         if ticket.error is not None:
             yield error_body(ticket.error, "server_error")
             return
-        yield {**_head(request, self.model),
-               "choices": [{"index": 0, "text": text.flush(), "token_ids": [], "logprobs": None,
-                            "finish_reason": "length"}],
+        yield {**_head(request, self.model, chat, chunk=True),
+               "choices": [_choice(chat, True, text.flush(), [], "length", first)],
                "qllm": _timing(request, time.perf_counter() - admitted.started)}
         if admitted.completion.include_usage:
-            yield {**_head(request, self.model), "choices": [], "usage": _usage(request, len(text.ids))}
+            yield {**_head(request, self.model, chat, chunk=True), "choices": [],
+                   "usage": _usage(request, len(text.ids))}
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "qllm",
@@ -292,10 +319,11 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
                 self._post()
 
         def _post(self) -> None:
-            if self.path != COMPLETIONS:
-                self._reply(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path} (POST {COMPLETIONS})",
+            if self.path not in (COMPLETIONS, CHAT):
+                self._reply(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path} (POST {COMPLETIONS} or {CHAT})",
                                                              "invalid_request_error"))
                 return
+            chat = self.path == CHAT
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_BODY_BYTES:
                 self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, error_body("body too large", "invalid_request_error"))
@@ -306,10 +334,10 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
                 self._reply(HTTPStatus.BAD_REQUEST, error_body(f"the body is not JSON: {error}", "invalid_request_error"))
                 return
             if not (isinstance(body, dict) and body.get("stream") is True):
-                self._reply(*api.complete(body))
+                self._reply(*api.complete(body, chat))
                 return
             try:
-                admitted = api.admit(body)
+                admitted = api.admit(body, chat)
             except Refused as refused:
                 self._reply(refused.status, refused.body)
                 return

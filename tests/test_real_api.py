@@ -122,6 +122,88 @@ def test_a_stopping_server_drains_the_answers_being_written():
     assert api.answering == 0 and api.drain(timeout_s=0.0)
 
 
+CHATS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+     {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Preempt?"}],
+    [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c  d\n"}],
+]
+
+
+@pytest.mark.parametrize("messages", CHATS)
+def test_chat_prompts_are_mistral_commons_v1_instruct_encoding(messages):
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    from real.chat import chat_prompt_ids
+    from sim.workload.tokenizer import load_tokenizer
+
+    reference = MistralTokenizer.v1().encode_chat_completion(ChatCompletionRequest(messages=messages)).tokens
+    assert chat_prompt_ids(messages, load_tokenizer()) == reference
+
+
+@pytest.mark.parametrize("messages, message", [
+    ("hi", "non-empty list"),
+    ([], "non-empty list"),
+    ([{"role": "tool", "content": "x"}], "`role`"),
+    ([{"role": "user", "content": ["x"]}], "content` must be a string"),
+    ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}], "only one `system`"),
+    ([{"role": "system", "content": "s"}, {"role": "system", "content": "t"}, {"role": "user", "content": "a"}],
+     "only one `system`"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "alternate"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "ending with user"),
+    ([{"role": "system", "content": "s"}], "ending with user"),
+])
+def test_bad_chats_are_refused_with_a_message(messages, message):
+    from sim.workload.tokenizer import load_tokenizer
+
+    codec = Codec(32000, load_tokenizer())
+    with pytest.raises(BadRequest, match=message):
+        parse_completion({"messages": messages}, codec, 256, Priority.BE, 4, chat=True)
+    with pytest.raises(BadRequest, match="no tokenizer here, which chat needs"):
+        parse_completion({"messages": CHATS[0]}, CODEC, 64, Priority.BE, 4, chat=True)
+    with pytest.raises(BadRequest, match="`messages` is required"):
+        parse_completion({"prompt": [1]}, codec, 64, Priority.BE, 4, chat=True)
+
+
+def test_a_chat_completion_is_answered_as_openais_chat_objects():
+    """A chat request (max_completion_tokens, LS): its prompt is the instruct encoding; streamed, the first
+    chunk's delta names the assistant and the deltas join to the text; unstreamed, one assistant message."""
+    from sim.workload.tokenizer import load_tokenizer
+
+    arrivals = LiveArrivals()
+    arrivals.start(0.0)
+    api = Api(arrivals, Codec(32000, load_tokenizer()), "mixtral", max_len=256, timeout_s=10)
+    body = {"messages": CHATS[1], "max_completion_tokens": 3, "priority": "LS", "stream": True}
+    admitted = api.admit(body, chat=True)
+    request = admitted.ticket.request
+    assert request.num_output_tokens == 3 and request.priority == Priority.LS
+    assert admitted.ticket.prompt_ids[:4] == [1, 733, 16289, 28793]  # <s> [INST]
+    output = api.codec.processor.encode("Yes, at once.")[:3]
+    arrivals.tokens(request.request_id, output[:1])
+    arrivals.tokens(request.request_id, output[1:])
+    arrivals.finished(request, output)
+    chunks = list(api.chunks(admitted))
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"} and chunks[0]["id"].startswith("chatcmpl-")
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant" and "role" not in chunks[1]["choices"][0]["delta"]
+    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == api.codec.decode(output)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    answers = {}
+    client = threading.Thread(target=lambda: answers.update(r=api.complete({**body, "stream": False}, chat=True)))
+    client.start()
+    arrivals.due(lambda: 0.0)  # the first request, answered above
+    deadline = time.monotonic() + 10
+    while not arrivals.is_due(lambda: 0.0) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    [second] = arrivals.due(lambda: 0.0)
+    arrivals.finished(second, output)
+    client.join(timeout=10)
+    status, answer = answers["r"]
+    assert status == 200 and answer["object"] == "chat.completion"
+    assert answer["choices"][0]["message"] == {"role": "assistant", "content": api.codec.decode(output)}
+    assert answer["usage"]["completion_tokens"] == 3
+
+
 def test_a_closed_server_answers_503_and_a_bad_body_400():
     arrivals = LiveArrivals()
     api = Api(arrivals, CODEC, "tiny", max_len=64)
