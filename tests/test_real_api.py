@@ -478,3 +478,35 @@ def test_the_engine_finishes_its_admitted_requests_when_the_front_end_process_di
     for r in outcome.requests:
         assert r.num_generated_tokens == r.num_output_tokens == 12
     assert live.server.engine.pool.num_free == 6
+
+
+def test_chat_over_http_through_the_front_end_process():
+    """The chat route end to end through the child process, the engine's side played by hand: the request
+    that reaches the engine carries the instruct prompt, and the client gets the assistant's message."""
+    from real.chat import chat_prompt_ids
+    from real.frontend import FrontendProcess
+    from sim.workload.tokenizer import load_tokenizer
+
+    processor = load_tokenizer()
+    frontend = FrontendProcess.launch("127.0.0.1", 0, "mixtral-8x7b", 32000, 256, "BE", 4, None)
+    try:
+        frontend.arrivals.start(time.perf_counter())
+        answer = {}
+        body = {"messages": CHATS[1], "max_tokens": 2, "priority": "LS"}
+        client = threading.Thread(target=lambda: answer.update(r=post(f"{frontend.url}/v1/chat/completions", body)))
+        client.start()
+        deadline = time.monotonic() + 30
+        requests = []
+        while not requests and time.monotonic() < deadline:
+            requests = frontend.arrivals.due(lambda: 0.0)
+        [request] = requests
+        assert frontend.arrivals.prompt_ids(request) == chat_prompt_ids(CHATS[1], processor)
+        assert request.priority == Priority.LS and request.num_output_tokens == 2
+        frontend.arrivals.finished(request, processor.encode("Yes")[:2])
+        frontend.arrivals.flush()
+        client.join(timeout=30)
+        status, reply = answer["r"]
+        assert status == 200 and reply["choices"][0]["message"]["role"] == "assistant"
+        assert reply["choices"][0]["message"]["content"] == processor.decode(processor.encode("Yes")[:2])
+    finally:
+        frontend.stop()
