@@ -177,6 +177,7 @@ def test_a_chat_completion_is_answered_as_openais_chat_objects():
     body = {"messages": CHATS[1], "max_completion_tokens": 3, "priority": "LS", "stream": True}
     admitted = api.admit(body, chat=True)
     request = admitted.ticket.request
+    assert arrivals.due(lambda: 0.0) == [request]  # taken, as the serving loop would, before the next comes
     assert request.num_output_tokens == 3 and request.priority == Priority.LS
     assert admitted.ticket.prompt_ids[:4] == [1, 733, 16289, 28793]  # <s> [INST]
     output = api.codec.processor.encode("Yes, at once.")[:3]
@@ -191,7 +192,6 @@ def test_a_chat_completion_is_answered_as_openais_chat_objects():
     answers = {}
     client = threading.Thread(target=lambda: answers.update(r=api.complete({**body, "stream": False}, chat=True)))
     client.start()
-    arrivals.due(lambda: 0.0)  # the first request, answered above
     deadline = time.monotonic() + 10
     while not arrivals.is_due(lambda: 0.0) and time.monotonic() < deadline:
         time.sleep(0.001)
@@ -440,8 +440,9 @@ def test_the_front_end_process_answers_once_started_and_exits_with_the_engine():
         client = threading.Thread(target=lambda: answer.update(r=post(f"{frontend.url}/v1/completions",
                                                                          {"prompt": [1, 2], "max_tokens": 3})))
         client.start()
-        while not frontend.arrivals.due(lambda: 0.0):  # the submission reaches the engine's side
-            pass
+        deadline = time.monotonic() + 30
+        while not frontend.arrivals.due(lambda: 0.0) and time.monotonic() < deadline:
+            time.sleep(0.001)  # until the submission reaches the engine's side
         frontend.arrivals.conn.close()  # as if the engine's process died
         client.join(timeout=30)
         assert answer["r"][0] == 500 and "gone" in answer["r"][1]["error"]["message"]
@@ -469,7 +470,8 @@ def test_the_engine_finishes_its_admitted_requests_when_the_front_end_process_di
         threads = [threading.Thread(target=one, args=(url, i), daemon=True) for i in range(4)]
         for thread in threads:
             thread.start()
-        while not live.arrivals.prompts:  # some request has reached the engine
+        deadline = time.monotonic() + 30
+        while not live.arrivals.prompts and time.monotonic() < deadline:  # some request has reached the engine
             time.sleep(0.001)
         live.frontend.process.kill()
 
