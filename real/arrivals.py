@@ -115,8 +115,12 @@ class LiveArrivals:
                               priority, kv_unit_tokens=self.kv_unit_tokens)
             ticket = Ticket(request, list(prompt_ids), stream=queue.Queue() if stream else None)
             self.tickets[request.request_id] = ticket
-            self.inbox.put(ticket)
+            self._hand_over(ticket)
         return ticket
+
+    def _hand_over(self, ticket: Ticket) -> None:
+        """To the serving loop (under the lock, so in admission order): here, its inbox."""
+        self.inbox.put(ticket)
 
     def due(self, now: Callable[[], float]) -> list[Request]:
         while True:

@@ -18,14 +18,11 @@ The child learns that the engine's process is gone when the pipe closes, and exi
 from __future__ import annotations
 
 import argparse
-import itertools
-import queue
 import signal
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +30,7 @@ from multiprocessing.connection import Connection
 
 from policies import Priority, Request
 from real.api import Api, Codec, bind_http
-from real.arrivals import ArrivalError, Ticket
+from real.arrivals import ArrivalError, LiveArrivals, Ticket
 
 
 @dataclass
@@ -106,6 +103,12 @@ class PipeArrivals:
         if not self.child_gone:
             self._send(("fail", reason))
 
+    def stop(self) -> None:
+        """After the serving loop: the last answers, then the child may go."""
+        self.flush()
+        if not self.child_gone:
+            self._send(("stop",))
+
     @property
     def closed(self) -> bool:
         return self.child_closed and not self.held
@@ -151,36 +154,21 @@ class PipeArrivals:
 
 
 @dataclass
-class RemoteArrivals:
-    """The child's side: what `real.api.Api` submits to, as it would to `LiveArrivals`; a reader thread
-    hands the engine's answers to the tickets."""
+class RemoteArrivals(LiveArrivals):
+    """The child's side: `LiveArrivals` (tickets, stamps, streams, closing) whose submissions go down the
+    pipe instead of to an inbox; `read`, on a thread of its own, hands the engine's answers to the tickets."""
 
-    conn: Connection
-    clock: Callable[[], float] = time.perf_counter
+    conn: Connection | None = None
     on_start: Callable[[], None] = lambda: None  # once the serving loop has started: the HTTP server starts answering
-    tickets: dict[int, Ticket] = field(default_factory=dict)
-    origin_s: float | None = None
-    closing: bool = False
-    stopped: threading.Event = field(default_factory=threading.Event)
-    _ids: itertools.count = field(default_factory=itertools.count)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def submit(self, prompt_ids: list[int], num_output_tokens: int, priority: Priority,
-               stream: bool = False) -> Ticket:
-        with self._lock:
-            if self.closing or self.origin_s is None:
-                raise ArrivalError("the server is not accepting requests")
-            request = Request(next(self._ids), self.clock() - self.origin_s, len(prompt_ids), num_output_tokens,
-                              priority)
-            ticket = self.tickets[request.request_id] = Ticket(request, list(prompt_ids),
-                                                               stream=queue.Queue() if stream else None)
-            try:
-                self.conn.send(("submit", request.request_id, request.arrival_s, list(prompt_ids),
-                                num_output_tokens, priority.value, stream))
-            except OSError:
-                del self.tickets[request.request_id]
-                raise ArrivalError("the engine's process is gone") from None
-        return ticket
+    def _hand_over(self, ticket: Ticket) -> None:
+        request = ticket.request
+        try:
+            self.conn.send(("submit", request.request_id, request.arrival_s, ticket.prompt_ids,
+                            request.num_output_tokens, request.priority.value, ticket.stream is not None))
+        except OSError:
+            del self.tickets[request.request_id]
+            raise ArrivalError("the engine's process is gone") from None
 
     def read(self) -> None:
         """Until `stop` or the engine's process is gone: the engine's messages to the tickets."""
@@ -189,39 +177,26 @@ class RemoteArrivals:
                 message = self.conn.recv()
                 kind = message[0]
                 if kind == "start":
-                    self.origin_s = message[1]
+                    self.start(message[1])
                     self.on_start()
                 elif kind == "out":
                     for what, request_id, ids in message[1]:
                         if what == "tokens":
-                            ticket = self.tickets.get(request_id)
-                            if ticket is not None and ticket.stream is not None:
-                                ticket.stream.put(ids)
-                        else:
-                            with self._lock:
-                                ticket = self.tickets.pop(request_id)
-                            ticket.end(ids)
+                            self.tokens(request_id, ids)
+                        elif request_id in self.tickets:  # not if it was failed meanwhile
+                            self.finished(self.tickets[request_id].request, ids)
                 elif kind == "close":
-                    with self._lock:
-                        self.closing = True
+                    with self._lock:  # after every submission sent before it
+                        self._closing.set()
                         self.conn.send(("closed",))
                 elif kind == "fail":
-                    self._fail(message[1])
+                    self.fail_all(message[1])
                 elif kind == "stop":
                     break
         except (EOFError, OSError):
-            self._fail("the engine's process is gone")
+            self.fail_all("the engine's process is gone")
         except Exception as error:  # a message cut short (the engine aborted mid-send), say
-            self._fail(f"the engine's messages could not be read: {error!r}")
-        finally:
-            self.stopped.set()
-
-    def _fail(self, reason: str) -> None:
-        with self._lock:
-            self.closing = True
-            for ticket in self.tickets.values():
-                ticket.end(error=reason)
-            self.tickets.clear()
+            self.fail_all(f"the engine's messages could not be read: {error!r}")
 
 
 @dataclass
@@ -260,9 +235,7 @@ class FrontendProcess:
 
     def stop(self) -> None:
         """After the serving loop: the last answers out, then the child stops."""
-        self.arrivals.flush()
-        if not self.arrivals.child_gone:
-            self.arrivals._send(("stop",))
+        self.arrivals.stop()
         try:
             self.process.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -284,7 +257,7 @@ def child_main(argv: list[str] | None = None) -> None:
     except (ValueError, ImportError, FileNotFoundError) as error:
         conn.send(("error", str(error)))
         return
-    arrivals = RemoteArrivals(conn)
+    arrivals = RemoteArrivals(conn=conn)
     api = Api(arrivals, codec, args.model, args.max_len, Priority.parse(args.default_priority),
               args.default_max_tokens)
     try:
