@@ -7,8 +7,8 @@ every pass wakes a handler thread per streamed request, and each takes the GIL f
 GPU's work. Here the handlers parse, encode and write in the child; the engine's process only moves messages.
 
 The two processes share a socket pair (`multiprocessing.connection.Connection`, pickled tuples):
-- child -> engine: `("submit", request_id, arrival_s, prompt_ids, max_tokens, priority, stream)`; `("closed",)`
-  once it admits no more, after every submission it sent (so none is lost in the pipe).
+- child -> engine: `("submit", request_id, arrival_s, prompt_ids, max_tokens, priority, stream, sent_s)`;
+  `("closed",)` once it admits no more, after every submission it sent (so none is lost in the pipe).
 - engine -> child: `("start", origin)` (the serving loop's clock: `time.perf_counter` is the same monotonic
   clock in both processes, so an arrival is stamped at its admission in the child); `("out", [...])`, a batch of
   `("tokens", request_id, ids)` and `("finished", request_id, ids)`; `("close",)`; `("fail", reason)`; `("stop",)`.
@@ -23,14 +23,27 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from multiprocessing.connection import Connection
 
 from policies import Priority, Request
 from real.api import Api, Codec, bind_http
 from real.arrivals import ArrivalError, LiveArrivals, Ticket
+
+
+@dataclass(frozen=True, slots=True)
+class Transit:
+    """A submission's times on the serving loop's clock (s): stamped at admission in the child (`arrival_s`),
+    handed to the pipe (`sent_s`), first seen readable by the engine's polls (`seen_s`), read (`received_s`).
+    `real.report --reaction` splits an LS request's notice into these legs."""
+
+    arrival_s: float
+    sent_s: float
+    seen_s: float
+    received_s: float
 
 
 @dataclass
@@ -43,6 +56,10 @@ class PipeArrivals:
     conn: Connection
     kv_unit_tokens: int = 1
     poll_s: float = 0.001
+    clock: Callable[[], float] = time.perf_counter
+    origin_s: float = 0.0
+    transit: dict[int, Transit] = field(default_factory=dict)  # request_id -> its way from the child
+    seen_s: float | None = None  # when `is_due` first found the pipe readable since the last `due`
     held: deque = field(default_factory=deque)
     prompts: dict[int, list[int]] = field(default_factory=dict)
     streamed: set[int] = field(default_factory=set)
@@ -53,17 +70,25 @@ class PipeArrivals:
     child_gone: bool = False  # the pipe broke: the admitted requests still finish, unanswered
 
     def start(self, origin_s: float) -> None:
+        self.origin_s = origin_s
         self._send(("start", origin_s))
 
     def due(self, now) -> list[Request]:
         self.flush()
         self._pump(0.0)
+        self.seen_s = None
         out = list(self.held)
         self.held.clear()
         return out
 
     def is_due(self, now) -> bool:
-        return bool(self.held) or (not self.child_gone and self.conn.poll())
+        if self.held:
+            return True
+        if self.child_gone or not self.conn.poll():
+            return False
+        if self.seen_s is None:
+            self.seen_s = self.clock() - self.origin_s
+        return True
 
     def wait(self, now_s: float) -> None:
         self.flush()
@@ -113,6 +138,13 @@ class PipeArrivals:
     def closed(self) -> bool:
         return self.child_closed and not self.held
 
+    def transit_table(self):
+        """Each request's way from its admission in the child to the serving loop (`frontend.parquet`)."""
+        import pandas as pd  # not in the child's imports
+
+        return pd.DataFrame([{"request_id": request_id, **asdict(t)} for request_id, t in self.transit.items()],
+                            columns=["request_id", *(f.name for f in fields(Transit))])
+
     def _send(self, message: tuple) -> None:
         try:
             self.conn.send(message)
@@ -141,7 +173,11 @@ class PipeArrivals:
             timeout_s = 0.0
             message = self.conn.recv()
             if message[0] == "submit":
-                _, request_id, arrival_s, prompt_ids, max_tokens, priority, stream = message
+                _, request_id, arrival_s, prompt_ids, max_tokens, priority, stream, sent_s = message
+                received_s = self.clock() - self.origin_s
+                # one that came after the poll that found the pipe readable (read in the same pump): seen as sent
+                seen_s = received_s if self.seen_s is None else max(self.seen_s, sent_s)
+                self.transit[request_id] = Transit(arrival_s, sent_s, seen_s, received_s)
                 self.prompts[request_id] = prompt_ids
                 if stream:
                     self.streamed.add(request_id)
@@ -165,7 +201,8 @@ class RemoteArrivals(LiveArrivals):
         request = ticket.request
         try:
             self.conn.send(("submit", request.request_id, request.arrival_s, ticket.prompt_ids,
-                            request.num_output_tokens, request.priority.value, ticket.stream is not None))
+                            request.num_output_tokens, request.priority.value, ticket.stream is not None,
+                            self.clock() - self.origin_s))
         except OSError:
             del self.tickets[request.request_id]
             raise ArrivalError("the engine's process is gone") from None

@@ -55,11 +55,14 @@ def runs_table(root: Path, slo_s: float = 3.0) -> pd.DataFrame:
 
 
 PARTS = ("reaction", "notice", "host", "device", "in-flight layers")
+# the notice of a request served through real.frontend's process, split (frontend.parquet): admission in the child to
+# the pipe, the pipe to the engine's first poll that found it, that poll to the consult
+NOTICE_LEGS = ("child", "pipe", "loop")
 FOUND = ("BE", "LS", "idle")
 HOST_IN = ("LM head", "other")  # where the host was when the request arrived (`reaction_parts`)
 
 
-def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
+def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per LS request, where its reaction went (ms): `notice`, from its arrival to the consult that started its
     batch; `host`, from that consult to the issue of the batch's first advance; `device`, the rest, to its first
     stage done on the GPU; the stream `level` it ran at (real.lanes); and `in-flight layers`, the reaction over
@@ -71,7 +74,8 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
     host's latest step at the arrival was a pass's LM head still running on the device (its token sync holds
     the host deaf to arrivals until then), else `other`. The step log names batches, not requests: the
     batch's first advance is the first layer-0 advance issued after the arrival that begins no earlier than
-    the request's `scheduled_s`."""
+    the request's `scheduled_s`. With `transit` (real.frontend's `frontend.parquet`), the notice is also split into
+    `NOTICE_LEGS` (ms; NaN without it)."""
     starts = steps[(steps.kind == "advance") & (steps.from_layer == 0)]
     advances = steps[(steps.kind == "advance") & (steps.to_layer > steps.from_layer)]
     per_layer_ms = 1e3 * (advances.end_s - advances.begin_s) / (advances.to_layer - advances.from_layer)
@@ -83,6 +87,7 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
         if not first.empty:
             firsts[q] = first.iloc[0]
     ls_batches = {step.batch_id for step in firsts.values()} if "batch_id" in steps else set()
+    legs = None if transit is None else transit.set_index("request_id")
     rows = []
     for q, step in firsts.items():
         found = on_device[(on_device.begin_s <= q.arrival_s) & (on_device.end_s > q.arrival_s)]
@@ -91,12 +96,16 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
         layer = max(running.max() if len(running) else 0.0, median_ms)
         latest = steps[steps.issued_s <= q.arrival_s].tail(1)
         at_head = not latest.empty and latest.kind.iloc[0] == "finish" and latest.end_s.iloc[0] > q.arrival_s
-        rows.append({"request_id": q.request_id, "reaction": 1e3 * reaction, "notice": 1e3 * notice,
+        way = legs.loc[q.request_id] if legs is not None and q.request_id in legs.index else None
+        split = dict.fromkeys(NOTICE_LEGS, float("nan")) if way is None else {
+            "child": 1e3 * (way.sent_s - q.arrival_s), "pipe": 1e3 * (way.seen_s - way.sent_s),
+            "loop": 1e3 * (step.decided_s - way.seen_s)}
+        rows.append({"request_id": q.request_id, "reaction": 1e3 * reaction, "notice": 1e3 * notice, **split,
                      "host": 1e3 * host, "device": 1e3 * (reaction - notice - host),
                      "in-flight layers": 1e3 * reaction / layer, "level": int(step.level),
                      "found": "idle" if found.empty else "LS" if set(found.get("batch_id", ())) & ls_batches else "BE",
                      "host in": HOST_IN[0] if at_head else HOST_IN[1]})
-    return pd.DataFrame(rows, columns=["request_id", *PARTS, "level", "found", "host in"])
+    return pd.DataFrame(rows, columns=["request_id", *PARTS, *NOTICE_LEGS, "level", "found", "host in"])
 
 
 def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
@@ -110,7 +119,8 @@ def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
         if not {"decided_s", "level"} <= set(steps.columns):
             continue
         info = json.loads((run / "summary.json").read_text())["run"]
-        found = reaction_parts(pd.read_parquet(run / "requests.parquet"), steps)
+        transit = pd.read_parquet(run / "frontend.parquet") if (run / "frontend.parquet").exists() else None
+        found = reaction_parts(pd.read_parquet(run / "requests.parquet"), steps, transit)
         label = info["policy"] if by is None else f"{info['policy']} {by}={info.get(by)}"
         parts.append(found.assign(policy=label, run=f"rate {info['rate']:g} seed {info['seed']}"))
     if not parts:
@@ -126,6 +136,10 @@ def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
             unit = "" if part.endswith("layers") else " ms"
             row[f"{part} p50{unit}"] = group[part].median()
             row[f"{part} p99{unit}"] = group[part].quantile(0.99)
+        if table[list(NOTICE_LEGS)].notna().any().any():  # some run came through the front end's process
+            for leg in NOTICE_LEGS:
+                row[f"notice: {leg} p50 ms"] = group[leg].median()
+                row[f"notice: {leg} p99 ms"] = group[leg].quantile(0.99)
         row["within one in-flight layer"] = float((group["in-flight layers"] <= 1).mean())
         rows.append(row)
     return pd.DataFrame(rows)

@@ -50,6 +50,8 @@ def main(cfg: DictConfig) -> None:
         sys.exit(130)
     table, summary = results(outcome, spec, out_dir)
     table.to_parquet(out_dir / "requests.parquet", index=False)
+    if live.frontend is not None:
+        live.frontend.arrivals.transit_table().to_parquet(out_dir / "frontend.parquet", index=False)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"\n{spec.policy_name}: {len(table)} requests served over HTTP ({spec.engine.model}, "
           f"{spec.engine.device})  ->  {out_dir}")

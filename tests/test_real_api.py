@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 
+import pandas as pd
 import pytest
 
 from policies import Priority
@@ -279,6 +280,13 @@ def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path,
     assert len(table) == 10 and set(table.source) == {"real"}
     assert summary["run"]["frontend"] == frontend and summary["run"]["mode"] == {"process": "http"}.get(frontend, "http-thread")
     assert (table.priority == "LS").sum() == 3
+    if frontend == "process":  # each submission's way through the pipe, on the loop's clock, in order
+        transit = live.frontend.arrivals.transit_table().set_index("request_id").sort_index()
+        assert list(transit.index) == list(range(10))
+        arrived = {r.request_id: r.arrival_s for r in outcome.requests}
+        assert (transit.arrival_s == pd.Series(arrived)).all()
+        assert (transit.arrival_s <= transit.sent_s).all() and (transit.sent_s <= transit.seen_s).all()
+        assert (transit.seen_s <= transit.received_s).all()
 
 
 def test_loadgen_posts_a_trace_with_the_prompts_a_replay_feeds(tmp_path):

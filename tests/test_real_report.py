@@ -98,6 +98,17 @@ def test_reaction_split_into_notice_host_and_device(tmp_path):
     assert pd.read_csv(tmp_path / "reaction.csv").set_index("run").loc["all", "LS"] == 2
     by = reaction_table(tmp_path, by="rehearse_us")  # a setting the run did not log: pooled as None
     assert set(by.policy) == {"qllm_catchup rehearse_us=None"} and len(by) == len(table)
+    assert "notice: pipe p50 ms" not in table  # no run came through the front end's process
+    # served through real.frontend: request 1 reached the pipe 0.5 ms after its admission, the engine's poll found
+    # it 2 ms later (the host was issuing), and the consult began 0.5 ms after that
+    pd.DataFrame({"request_id": [1, 2], "arrival_s": [2.000, 0.5], "sent_s": [2.0005, 0.5], "seen_s": [2.0025, 0.5],
+                  "received_s": [2.0026, 0.5]}).to_parquet(folder / "frontend.parquet")
+    legs = reaction_parts(pd.read_parquet(folder / "requests.parquet"), steps,
+                          pd.read_parquet(folder / "frontend.parquet")).set_index("request_id")
+    assert legs.loc[1, ["child", "pipe", "loop"]].tolist() == pytest.approx([0.5, 2.0, 0.5])
+    assert legs.loc[0, ["child", "pipe", "loop"]].isna().all()  # not in the front end's table
+    served = reaction_table(tmp_path).set_index("run")
+    assert served.loc["all, found BE", "notice: pipe p50 ms"] == pytest.approx(2.0)
 
 
 def test_an_arrival_during_an_lm_head_is_pooled_apart(tmp_path):
