@@ -18,6 +18,7 @@ The child learns that the engine's process is gone when the pipe closes, and exi
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import subprocess
@@ -246,15 +247,18 @@ class FrontendProcess:
 
     @classmethod
     def launch(cls, host: str, port: int, model: str, vocab_size: int, max_len: int, default_priority: str,
-               default_max_tokens: int, tokenizer: str | None, timeout_s: float = 60.0) -> FrontendProcess:
+               default_max_tokens: int, tokenizer: str | None, timeout_s: float = 60.0,
+               cpus: set[int] | None = None) -> FrontendProcess:
         """Start the child and wait until it has bound its port and loaded the tokenizer; its error as an
-        OSError (the port) or ValueError (anything else) if it could not."""
+        OSError (the port) or ValueError (anything else) if it could not. `cpus`: the child's (real.hostcpu)."""
         ours, theirs = socket.socketpair()
         command = [sys.executable, "-m", "real.frontend", "--fd", str(theirs.fileno()), "--host", host,
                    "--port", str(port), "--model", model, "--vocab-size", str(vocab_size), "--max-len", str(max_len),
                    "--default-priority", default_priority, "--default-max-tokens", str(default_max_tokens)]
         if tokenizer:
             command += ["--tokenizer", str(tokenizer)]
+        if cpus:
+            command += ["--cpus", ",".join(map(str, sorted(cpus)))]
         process = subprocess.Popen(command, pass_fds=(theirs.fileno(),), start_new_session=True)
         theirs.close()
         conn = Connection(ours.detach())
@@ -284,9 +288,11 @@ def child_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m real.frontend")
     for name, kind in (("--fd", int), ("--host", str), ("--port", int), ("--model", str), ("--vocab-size", int),
                        ("--max-len", int), ("--default-priority", str), ("--default-max-tokens", int),
-                       ("--tokenizer", str)):
-        parser.add_argument(name, type=kind, required=name != "--tokenizer")
+                       ("--tokenizer", str), ("--cpus", str)):
+        parser.add_argument(name, type=kind, required=name not in ("--tokenizer", "--cpus"))
     args = parser.parse_args(argv)
+    if args.cpus:  # before any thread starts: they inherit it
+        os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the engine's process decides when to stop
     conn = Connection(args.fd)
     try:

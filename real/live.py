@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from policies import Policy, Priority, SchedulerState
+from real import hostcpu
 from real.api import Api, Codec, bind_http
 from real.arrivals import LiveArrivals
 from real.frontend import FrontendProcess, PipeArrivals
@@ -76,9 +77,11 @@ class LiveServer:
         """The tokenizer and the port first: a bad path or a taken port fails before a minute of weights."""
         vocab_size = preset_config(spec.engine.model).vocab_size
         frontend = http = api = None
+        others = None if spec.engine.host_cpu is None else hostcpu.choose(spec.engine.host_cpu)[1]
         if spec.frontend == "process":
             frontend = FrontendProcess.launch(spec.host, spec.port, spec.engine.model, vocab_size, spec.max_len,
-                                              spec.default_priority, spec.default_max_tokens, spec.tokenizer)
+                                              spec.default_priority, spec.default_max_tokens, spec.tokenizer,
+                                              cpus=others)
             arrivals, url = frontend.arrivals, frontend.url
         else:
             codec = Codec.for_vocab(vocab_size, spec.tokenizer)
@@ -104,9 +107,17 @@ class LiveServer:
 
     def run(self, on_ready=lambda url: None) -> ServeOutcome:
         """Serve until `arrivals.close()` (a signal handler, or a test) and every admitted request is done.
-        The collector stays on (a server may run for days) but skips the weights' and engine's objects."""
+        The collector stays on (a server may run for days) but skips the weights' and engine's objects.
+        With `engine.host_cpu` the loop's thread has that CPU to itself (real.hostcpu)."""
+        cpus, pin = hostcpu.allowed(), self.spec.engine.host_cpu
+        host_cpu, others = (None, cpus) if pin is None else hostcpu.choose(pin, cpus)
         if self.http is not None:
-            threading.Thread(target=self.http.serve_forever, name="qllm-http", daemon=True).start()
+            def serve_http() -> None:
+                hostcpu.pin_thread(others)  # its handler threads inherit it
+                self.http.serve_forever()
+            threading.Thread(target=serve_http, name="qllm-http", daemon=True).start()
+        if host_cpu is not None:
+            hostcpu.pin_thread({host_cpu})
         gc.collect()
         gc.freeze()
         # the engine's thread spins while it waits for the GPU, holding the GIL: a handler thread (frontend=thread)
@@ -120,6 +131,7 @@ class LiveServer:
             self.arrivals.fail_all(f"the server stopped: {error!r}")
             raise
         finally:
+            hostcpu.pin_thread(cpus)
             sys.setswitchinterval(interval)
             gc.unfreeze()
             if self.frontend is not None:
@@ -152,5 +164,5 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path) -> tuple[pd.Da
     mode = "http" if spec.frontend == "process" else f"http-{spec.frontend}"
     summary["run"] = {"policy": spec.policy_name, "mode": mode, "frontend": spec.frontend, "rate": rate, "seed": 0, "engine": spec.engine.model,
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
-                      "num_consults": outcome.num_consults}
+                      "num_consults": outcome.num_consults, "host_cpu": spec.engine.host_cpu}
     return table, summary

@@ -11,6 +11,7 @@ import torch
 
 from calibrate.hostspeed import probe_s
 from policies import Granularity, Policy, Request, SchedulerState
+from real import hostcpu
 from real.engine import Engine
 from real.gcwatch import GCWatch
 from real.kv import KVPool
@@ -56,6 +57,8 @@ class EngineSettings:
     rehearse_us: float = field(default=250.0, compare=False)
     # an arrival during a consult (a batch's start) is decided on before the next layer is issued
     start_checks: bool = field(default=False, compare=False)
+    # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
+    host_cpu: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -66,6 +69,9 @@ class EngineSettings:
             raise ValueError(f"engine.pool_prewarm_gib must be >= 0, got {self.pool_prewarm_gib}")
         if isinstance(self.rehearse_us, bool) or not isinstance(self.rehearse_us, int | float) or self.rehearse_us < 0:
             raise ValueError(f"engine.rehearse_us must be a number >= 0, got {self.rehearse_us!r}")
+        if self.host_cpu is not None and (isinstance(self.host_cpu, bool) or not isinstance(self.host_cpu, int)
+                                          or self.host_cpu < -1):
+            raise ValueError(f"engine.host_cpu must be a CPU number, -1 (the last) or null, got {self.host_cpu!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
@@ -210,11 +216,18 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     allocator_before = allocator_counts(engine.device)
     gc.collect()
     gc.freeze()  # the weights' and engine's objects stay out of the collector's scans
-    gc.disable()  # and no collection during the replay: round 5 (H200) had 17 gen-1 collections per run of
-    try:  # up to 2.4 ms each, as long as two layers; a CPU replay of 60 requests leaves no cyclic garbage
+    # and no collection during the replay: round 5 (H200) had 17 gen-1 collections per run of up to 2.4 ms each,
+    # as long as two layers; a CPU replay of 60 requests leaves no cyclic garbage
+    gc.disable()
+    cpus = hostcpu.allowed()
+    host_cpu = None if spec.engine.host_cpu is None else hostcpu.choose(spec.engine.host_cpu, cpus)[0]
+    try:
+        if host_cpu is not None:
+            hostcpu.pin_thread({host_cpu})
         with GCWatch() as collections:
             outcome = server.run(requests)
     finally:
+        hostcpu.pin_thread(cpus)
         gc.enable()
         gc.unfreeze()
     num_slots = engine.pool.num_slots
@@ -231,7 +244,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
-                      "start_checks": spec.engine.start_checks,
+                      "start_checks": spec.engine.start_checks, "host_cpu": host_cpu,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}

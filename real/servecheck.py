@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from real import hostcpu
 from real.loadgen import replay, summary
 from real.report import markdown, reaction_table
 from sim.workload import read_trace
@@ -43,7 +44,7 @@ def serve_trace(trace: Path, seed: int, overrides: list[str], out: Path, port: i
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_up(server, url, start_timeout_s, out / "serve.out")
-        table = replay(url, read_trace(trace), seed, stream=True)
+        table = _clients(url, trace, seed, overrides)
         table.to_csv(out / "loadgen.csv", index=False)
     finally:
         if server.poll() is None:
@@ -53,6 +54,19 @@ def serve_trace(trace: Path, seed: int, overrides: list[str], out: Path, port: i
     if server.returncode != 0:
         raise RuntimeError(f"real serve exited {server.returncode}: {_last_line((out / 'serve.out').read_text())}")
     return summary(table)
+
+
+def _clients(url: str, trace: Path, seed: int, overrides: list[str]) -> pd.DataFrame:
+    """The trace's streamed clients (threads of this process); with `engine.host_cpu` among the overrides, off the
+    CPUs of the serving loop's core, as the server's front end (real.hostcpu)."""
+    pins = [o.split("=", 1)[1] for o in overrides if o.startswith("engine.host_cpu=")]
+    cpus = hostcpu.allowed()
+    if pins and pins[-1] not in ("null", "None"):
+        hostcpu.pin_thread(hostcpu.choose(int(pins[-1]), cpus)[1])  # the client threads started next inherit it
+    try:
+        return replay(url, read_trace(trace), seed, stream=True)
+    finally:
+        hostcpu.pin_thread(cpus)
 
 
 def ttft_table(out: Path) -> pd.DataFrame:

@@ -4,6 +4,7 @@ served over HTTP on the CPU: every request answered once, with exactly its token
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -232,13 +233,17 @@ def post(url: str, body) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
-@pytest.mark.parametrize("frontend", ["process", "thread"])
-def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path, frontend):
+@pytest.mark.parametrize("frontend, host_cpu", [("process", None), ("thread", None), ("process", -1), ("thread", -1)])
+def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path, frontend, host_cpu):
     """Ten requests (more than the six KV slots; BE first, then LS ones that preempt them) posted at once
-    over HTTP: each answered once, with exactly `max_tokens` tokens, equal to HF's greedy generation."""
+    over HTTP: each answered once, with exactly `max_tokens` tokens, equal to HF's greedy generation. Also with
+    the serving loop on a CPU of its own (`engine.host_cpu`), where the machine has two."""
+    if host_cpu is not None and len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
     real_run.release_engine()
-    spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=6), max_len=48, port=0,
-                    max_batch_size=4, frontend=frontend)
+    cpus = os.sched_getaffinity(0)
+    spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=6, host_cpu=host_cpu),
+                    max_len=48, port=0, max_batch_size=4, frontend=frontend)
     live = LiveServer.build(spec)
     bodies = [{"prompt": [3 + (5 * i + j) % 120 for j in range(4 + (7 * i) % 17)], "max_tokens": 3 + i % 4,
                "priority": "LS" if i >= 7 else "BE"} for i in range(10)]
@@ -279,6 +284,7 @@ def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path,
     table, summary = results(outcome, spec, tmp_path)
     assert len(table) == 10 and set(table.source) == {"real"}
     assert summary["run"]["frontend"] == frontend and summary["run"]["mode"] == {"process": "http"}.get(frontend, "http-thread")
+    assert summary["run"]["host_cpu"] == host_cpu and os.sched_getaffinity(0) == cpus  # the loop's CPU given back
     assert (table.priority == "LS").sum() == 3
     if frontend == "process":  # each submission's way through the pipe, on the loop's clock, in order
         transit = live.frontend.arrivals.transit_table().set_index("request_id").sort_index()
