@@ -25,6 +25,7 @@ class Arrivals(Protocol):
     def due(self, now: Callable[[], float]) -> list[Request]: ...
     def is_due(self, now: Callable[[], float]) -> bool: ...
     def wait(self, now_s: float) -> None: ...
+    def idle(self) -> None: ...  # called while the host waits for the device (work that may wait for that)
     @property
     def closed(self) -> bool: ...
 
@@ -58,6 +59,9 @@ class TraceArrivals:
     def wait(self, now_s: float) -> None:
         """Sleep until the next arrival (the caller has nothing to run)."""
         time.sleep(max(self.pending[0].arrival_s - now_s, 0.0))
+
+    def idle(self) -> None:
+        """Nothing to do while the host waits."""
 
     @property
     def closed(self) -> bool:
@@ -146,6 +150,9 @@ class LiveArrivals:
 
     def prompt_ids(self, request: Request) -> list[int]:
         return self.tickets[request.request_id].prompt_ids
+
+    def idle(self) -> None:
+        """Nothing to do while the host waits: tokens reach the tickets as they come (`tokens`)."""
 
     def tokens(self, request_id: int, token_ids: list[int]) -> None:
         """The serving loop hands over a request's new tokens (in order): a streamed ticket gets them."""

@@ -97,6 +97,18 @@ class ReplayServer:
         start = self.timeline.start()
         arrivals.start(start)
         now = lambda: self.clock() - start  # noqa: E731
+        own_idle = self.timeline.idle  # the arrivals' idle work too (real.frontend: the clients' tokens go out)
+        self.timeline.idle = arrivals.idle if own_idle is None else _both(arrivals.idle, own_idle)
+        try:
+            admitted = self._loop(arrivals, now)
+        finally:
+            self.timeline.idle = own_idle
+        self._retire(wait=True)
+        wall_s = now()
+        return ServeOutcome(admitted, self.busy_s, wall_s, self.num_consults, self._resolve(admitted))
+
+    def _loop(self, arrivals: Arrivals, now: Callable[[], float]) -> list[Request]:
+        """Until `arrivals` can bring no more and every admitted request's last pass is issued; the admitted."""
         admitted, unfinished, changed, rechecked = [], 0, True, False
         while unfinished or not arrivals.closed:
             for request in arrivals.due(now):
@@ -125,9 +137,7 @@ class ReplayServer:
                 continue
             unfinished -= self._advance(now, lambda: arrivals.is_due(now))
             rechecked = False
-        self._retire(wait=True)
-        wall_s = now()
-        return ServeOutcome(admitted, self.busy_s, wall_s, self.num_consults, self._resolve(admitted))
+        return admitted
 
     def _resolve(self, requests: list[Request]) -> list[dict]:
         """Device times of the marks: each request's `first_scheduled_s` becomes the moment its first
@@ -297,6 +307,13 @@ class ReplayServer:
     def _can_merge(self) -> bool:
         running = self.state.running
         return running is not None and any(running.position.can_absorb(b.position) for b in self.state.paused)
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def both() -> None:
+        first()
+        second()
+    return both
 
 
 def _shape(batch: BatchState) -> tuple[int, int]:

@@ -526,3 +526,38 @@ def test_chat_over_http_through_the_front_end_process():
         assert reply["choices"][0]["message"]["content"] == processor.decode(processor.encode("Yes")[:2])
     finally:
         frontend.stop()
+
+
+def test_the_pipe_defers_the_clients_tokens_while_arrivals_wait_for_a_decision():
+    """PipeArrivals: a `due` that hands over a submission sends nothing (the loop decides first); the tokens
+    owed go out at the next `due` with none, or when the host waits (`idle`). `is_due` sees a submission
+    (and stamps when) before it is read."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    from real.frontend import PipeArrivals
+    ours, theirs = socket.socketpair()
+    child = Connection(theirs.detach())
+    clock = iter(float(t) for t in range(100))
+    pipe = PipeArrivals(Connection(ours.detach()), clock=lambda: next(clock))
+    pipe.start(0.0)
+    assert child.recv() == ("start", 0.0)
+    assert not pipe.is_due(None)
+    pipe.tokens(0, [5])  # not streamed: nothing owed
+    assert pipe.outbox == []
+    pipe.streamed.add(0)
+    pipe.tokens(0, [5, 6])
+    child.send(("submit", 1, 0.5, [1, 2, 3], 4, Priority.LS.value, False, 0.75))
+    assert pipe.is_due(None) and pipe.is_due(None)  # seen once, stamped once
+    [request] = pipe.due(None)
+    assert request.request_id == 1 and request.num_prompt_tokens == 3 and pipe.prompt_ids(request) == [1, 2, 3]
+    assert not child.poll(0.05)  # the tokens wait: an arrival was handed over
+    way = pipe.transit[1]
+    assert (way.arrival_s, way.sent_s) == (0.5, 0.75) and way.sent_s <= way.seen_s <= way.received_s
+    assert pipe.due(None) == []
+    assert child.recv() == ("out", [("tokens", 0, [5, 6])])  # sent with nothing to decide on
+    pipe.finished(request, [7, 8])
+    pipe.idle()
+    assert child.recv() == ("out", [("finished", 1, [7, 8])])
+    pipe.idle()
+    assert not child.poll(0.05)  # nothing owed: nothing sent

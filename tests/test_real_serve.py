@@ -237,6 +237,9 @@ class ArrivesDuringTheStart:
     def wait(self, now_s: float) -> None:
         pass
 
+    def idle(self) -> None:
+        pass
+
     @property
     def closed(self) -> bool:
         return not self.waves
