@@ -164,5 +164,6 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path) -> tuple[pd.Da
     mode = "http" if spec.frontend == "process" else f"http-{spec.frontend}"
     summary["run"] = {"policy": spec.policy_name, "mode": mode, "frontend": spec.frontend, "rate": rate, "seed": 0, "engine": spec.engine.model,
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
-                      "num_consults": outcome.num_consults, "host_cpu": spec.engine.host_cpu}
+                      "num_consults": outcome.num_consults,
+                      "host_cpu": None if spec.engine.host_cpu is None else hostcpu.choose(spec.engine.host_cpu)[0]}
     return table, summary

@@ -284,7 +284,8 @@ def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path,
     table, summary = results(outcome, spec, tmp_path)
     assert len(table) == 10 and set(table.source) == {"real"}
     assert summary["run"]["frontend"] == frontend and summary["run"]["mode"] == {"process": "http"}.get(frontend, "http-thread")
-    assert summary["run"]["host_cpu"] == host_cpu and os.sched_getaffinity(0) == cpus  # the loop's CPU given back
+    assert summary["run"]["host_cpu"] == (None if host_cpu is None else max(cpus))  # the CPU it ran on
+    assert os.sched_getaffinity(0) == cpus  # given back
     assert (table.priority == "LS").sum() == 3
     if frontend == "process":  # each submission's way through the pipe, on the loop's clock, in order
         transit = live.frontend.arrivals.transit_table().set_index("request_id").sort_index()
