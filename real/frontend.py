@@ -183,7 +183,7 @@ class PipeArrivals:
             return
         if self.closing and not self.close_sent:
             self.flush()
-        while self.conn.poll(timeout_s):
+        while self.poller.poll(timeout_s * 1e3):  # ms; a hang-up counts too (the read raises EOFError)
             timeout_s = 0.0
             message = self.conn.recv()
             if message[0] == "submit":
