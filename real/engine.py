@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 
 from policies import Granularity, Position, Stage
@@ -105,10 +106,14 @@ class Engine:
         low, high = self.dense_tokens or self.default_dense_tokens
         return stages.experts_dense if low <= num_tokens <= high and not one_expert else stages.experts_grouped
 
-    def add_sequence(self, seq_id: int, prompt_ids: list[int]) -> Sequence:
+    def add_sequence(self, seq_id: int, prompt_ids: list[int], prompt: np.ndarray | None = None) -> Sequence:
+        """A sequence in a free KV slot. `prompt`: the same ids as an int64 array, where the caller made one
+        earlier (the server, at a request's admission), so that a pass start need not."""
         if len(prompt_ids) > self.pool.max_len:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the KV slot length {self.pool.max_len}")
-        return Sequence(seq_id, list(prompt_ids), slot=self.pool.acquire())
+        if prompt is not None and len(prompt) != len(prompt_ids):
+            raise ValueError(f"prompt array of {len(prompt)} ids for a prompt of {len(prompt_ids)}")
+        return Sequence(seq_id, list(prompt_ids), slot=self.pool.acquire(), prompt=prompt)
 
     def release(self, seq: Sequence) -> None:
         self.pool.release(seq.slot)
@@ -133,8 +138,9 @@ class Engine:
         caches: on the H200's host a start right after replayed graphs and a 2 ms wait took 1.3-2.4x as long
         as one right after another, 1.1-1.8x with rehearsals (`python -m real.launchprobe --cold`)."""
         if not self.stand_ins:
-            self.stand_ins = ([Sequence(-1, [1] * 64, slot=0)],
-                              [Sequence(-2 - i, [1] * n, slot=0) for i, n in enumerate((64, 48, 32, 16))])
+            self.stand_ins = ([Sequence(-1, [1] * 64, slot=0, prompt=np.ones(64, np.int64))],
+                              [Sequence(-2 - i, [1] * n, slot=0, prompt=np.ones(n, np.int64))
+                               for i, n in enumerate((64, 48, 32, 16))])
         seqs, *rest = self.stand_ins
         self.stand_ins = (*rest, seqs)
         ids, _ = pending_ids(seqs)

@@ -83,7 +83,12 @@ def input_ids(seqs: list[Sequence]) -> tuple[np.ndarray, list[PendingTokens]]:
     pendings: dict[PendingTokens, int] = {}  # -> offset of its rows
     size = 0
     chunks = []
+    arrays = False
     for seq in seqs:
+        if seq.num_cached == 0 and seq.prompt is not None and len(seq.prompt) == len(seq.token_ids):
+            chunks.append(seq.prompt)  # a prompt, made ready before this pass (real.sequence)
+            arrays = True
+            continue
         new = seq.token_ids[seq.num_cached:]
         if seq.pending is not None and not seq.pending[0].resolved:
             pending, row = seq.pending
@@ -92,6 +97,8 @@ def input_ids(seqs: list[Sequence]) -> tuple[np.ndarray, list[PendingTokens]]:
                 size += len(pending.seqs)
             new = [*new[:-1], -(1 + pendings[pending] + row)]  # a placeholder is always the last token
         chunks.append(new)
+    if arrays:
+        return np.concatenate([c if isinstance(c, np.ndarray) else np.array(c, dtype=np.int64) for c in chunks]), list(pendings)
     return np.fromiter(chain.from_iterable(chunks), dtype=np.int64), list(pendings)
 
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from real.pending import PendingTokens
 
 
@@ -16,6 +18,9 @@ class Sequence:
     slot: int = -1
     num_cached: int = 0  # tokens whose KV is in every layer (updated when a pass completes)
     pending: tuple[PendingTokens, int] | None = None  # the last token is still on the device: (where, row)
+    # the prompt's ids as int64, made before the pass that feeds them (real.pending.input_ids packs these
+    # instead of walking the list: 0.28 of 0.56 ms of a 32-prompt start on a CPU)
+    prompt: np.ndarray | None = None
 
     @property
     def num_new(self) -> int:

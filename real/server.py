@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from itertools import takewhile
 
+import numpy as np
+
 from policies import Granularity, Policy, Position, Request, SchedulerState, Stage, Transition
 from real.arrivals import Arrivals, TraceArrivals
 from real.batch import BatchState, merge
@@ -81,6 +83,7 @@ class ReplayServer:
     token_marks: dict[int, list[int]] = field(default_factory=dict)  # request_id -> marks of its first, last token
     retiring: list[tuple[PendingTokens, list[Request]]] = field(default_factory=list)  # passes' tokens, finished
     prompts: dict[int, list[int]] = field(default_factory=dict)  # request_id -> prompt token ids
+    prompt_arrays: dict[int, np.ndarray] = field(default_factory=dict)  # the same as int64, until its sequence exists
     on_finish: Callable[[Request, list[int]], None] | None = None  # a finished request's tokens, once on the host
     on_tokens: Callable[[int, list[int]], None] | None = None  # a request's new tokens, in order, once on the host
     streamed: dict[int, int] = field(default_factory=dict)  # request_id -> tokens handed to `on_tokens`
@@ -88,6 +91,7 @@ class ReplayServer:
     def run(self, requests: list[Request]) -> ServeOutcome:
         """Replay a trace: each request arrives at its `arrival_s` on the wall clock."""
         self.prompts = {r.request_id: self.prompt_ids(r) for r in requests}  # the trace's input, not timed work
+        self.prompt_arrays = {rid: np.asarray(ids, dtype=np.int64) for rid, ids in self.prompts.items()}
         return replace(self.serve(TraceArrivals(requests)), requests=requests)
 
     def serve(self, arrivals: Arrivals) -> ServeOutcome:
@@ -113,7 +117,9 @@ class ReplayServer:
         while unfinished or not arrivals.closed:
             for request in arrivals.due(now):
                 if request.request_id not in self.prompts:
-                    self.prompts[request.request_id] = self.prompt_ids(request)
+                    self.prompts[request.request_id] = ids = self.prompt_ids(request)
+                    # as an array now, not when its batch starts (an LS start fills up with these prompts)
+                    self.prompt_arrays[request.request_id] = np.asarray(ids, dtype=np.int64)
                 self.state.arrive(request)
                 admitted.append(request)
                 unfinished += 1
@@ -301,7 +307,8 @@ class ReplayServer:
         if request.request_id not in self.seqs:
             if not self.engine.pool.can_allocate():
                 self._retire(wait=True)  # the policy counted the slots of requests whose last pass is in flight
-            self.seqs[request.request_id] = self.engine.add_sequence(request.request_id, self.prompts[request.request_id])
+            self.seqs[request.request_id] = self.engine.add_sequence(request.request_id, self.prompts[request.request_id],
+                                                                     self.prompt_arrays.pop(request.request_id, None))
         return self.seqs[request.request_id]
 
     def _can_merge(self) -> bool:

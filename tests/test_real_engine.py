@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -72,12 +73,22 @@ def test_greedy_tokens_equal_generate(model, kind, granularity):
     assert seq.token_ids == ref[0].tolist()
 
 
-def test_batch_of_different_prompt_lengths(model, kind):
+@pytest.mark.parametrize("as_arrays", [False, True])
+def test_batch_of_different_prompt_lengths(model, kind, as_arrays):
+    """Also with the prompts handed over as int64 arrays too (as the server does): the same logits."""
     engine = new_engine(model, kind)
-    seqs = [engine.add_sequence(i, p) for i, p in enumerate(prompts(4, 1))]
+    seqs = [engine.add_sequence(i, p, np.array(p, dtype=np.int64) if as_arrays else None)
+            for i, p in enumerate(prompts(4, 1))]
     for _ in range(3):  # one prefill pass, then decode passes, all four together
         logits, _ = engine.run_pass(seqs)
         check_against_hf(model, seqs, logits)
+
+
+def test_a_prompt_array_must_match_its_ids(model):
+    engine = new_engine(model)
+    with pytest.raises(ValueError, match="prompt array of 2 ids for a prompt of 3"):
+        engine.add_sequence(0, [1, 2, 3], np.array([1, 2]))
+    assert engine.pool.num_free == engine.pool.num_slots  # no slot taken
 
 
 def random_position(rng: random.Random, engine: Engine) -> Position:
@@ -193,6 +204,7 @@ def test_a_rehearsal_changes_nothing(model):
 
 def test_stagecheck_compares_every_layout_field(capsys):
     import random
+
     from real import stagecheck
     from real.layout import build_layout
     from real.pending import input_ids

@@ -46,6 +46,21 @@ def test_input_ids_number_placeholders_by_their_row_in_the_pendings_concatenatio
     assert c.token_ids == [12, 22, 9] and c.pending is None
 
 
+def test_prompts_made_ready_as_arrays_pack_as_their_lists_do():
+    """A prompt given as an int64 array (the server makes it at admission) is packed from the array; after its
+    prefill pass, or beside decodes and placeholders, the ids are those the lists give."""
+    import numpy as np
+    ready = [Sequence(i, [3 + i, 4 + i, 5 + i], prompt=np.array([3 + i, 4 + i, 5 + i])) for i in range(2)]
+    plain = Sequence(9, [40, 41])
+    decode = Sequence(5, [60, 61, 62], num_cached=2)
+    ids, pendings = input_ids([ready[0], decode, ready[1], plain])
+    assert ids.dtype == np.int64 and ids.tolist() == [3, 4, 5, 62, 4, 5, 6, 40, 41] and pendings == []
+    waiting = issued([7, 8], ready)  # their prefill pass ran: each now feeds one token, not its array
+    assert input_ids(ready)[0].tolist() == [-1, -2] and input_ids(ready)[1] == [waiting]
+    waiting.poll()
+    assert input_ids(ready + [decode])[0].tolist() == [7, 8, 62]
+
+
 def test_a_later_pass_keeps_the_earlier_placeholder_filled_in_place():
     seq = Sequence(0, [5, 6])
     first = issued([7], [seq])
