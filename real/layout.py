@@ -157,9 +157,14 @@ class PinnedStaging:
 
 
 def _group(new: np.ndarray, cached: np.ndarray, slots: np.ndarray, offsets: np.ndarray) -> tuple:
-    """Host arrays of an AttentionGroup (rows, positions, slots, valid_flat, valid_rows) and num_keys."""
-    q = np.arange(new.max())
-    q_clamped = np.minimum(q[None, :], new[:, None] - 1)  # padding repeats the last real query
+    """Host arrays of an AttentionGroup (rows, positions, slots, valid_flat, valid_rows) and num_keys. The real
+    queries' indices come from the lengths (O(N)), not from a [B, Q] mask: a 32-prompt LS start with its BE fill
+    pads to B x Q of about 30k entries, and each pass over them sits between the LS arrival and its first kernel."""
+    width = int(new.max())
+    q_clamped = np.minimum(np.arange(width)[None, :], new[:, None] - 1)  # padding repeats the last real query
     rows = offsets[:, None] + q_clamped  # [B, Q]
-    valid = q[None, :] < new[:, None]
-    return rows, cached[:, None] + q_clamped, slots, np.flatnonzero(valid), rows[valid], int((cached + new).max())
+    starts = np.cumsum(new) - new  # each sequence's first real query among the group's N
+    real = np.arange(int(new.sum()))
+    valid_flat = np.repeat(np.arange(len(new)) * width - starts, new) + real  # b * Q + q
+    valid_rows = np.repeat(offsets - starts, new) + real  # offset_b + q: its packed row
+    return rows, cached[:, None] + q_clamped, slots, valid_flat, valid_rows, int((cached + new).max())

@@ -213,3 +213,21 @@ def test_stagecheck_compares_every_layout_field(capsys):
     seqs = stagecheck.random_batch(random.Random(1))
     layout = build_layout(seqs, "cpu", input_ids(seqs)[0])
     assert len(stagecheck.tensors(layout)) == 4 + 5 * len(layout.groups)  # every tensor of the layout
+
+
+def test_a_groups_real_queries_are_indexed_as_the_padded_mask_gives():
+    """real.layout._group finds the real queries from the lengths; the [B, Q] mask it replaced gives the same
+    indices, for groups of sequences whose packed rows have gaps (a group of some of a batch's sequences)."""
+    from real.layout import _group
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        b = int(rng.integers(1, 12))
+        new, cached, slots = rng.integers(1, 40, b), rng.integers(0, 50, b), rng.integers(0, 64, b)
+        offsets = np.cumsum(rng.integers(0, 3, b) + new) - new
+        rows, positions, _, valid_flat, valid_rows, num_keys = _group(new, cached, slots, offsets)
+        q = np.arange(new.max())
+        valid = q[None, :] < new[:, None]
+        padded = offsets[:, None] + np.minimum(q[None, :], new[:, None] - 1)
+        assert (rows == padded).all() and (positions == padded - offsets[:, None] + cached[:, None]).all()
+        assert (valid_flat == np.flatnonzero(valid)).all() and (valid_rows == padded[valid]).all()
+        assert num_keys == (cached + new).max()
