@@ -231,3 +231,10 @@ def test_a_groups_real_queries_are_indexed_as_the_padded_mask_gives():
         assert (rows == padded).all() and (positions == padded - offsets[:, None] + cached[:, None]).all()
         assert (valid_flat == np.flatnonzero(valid)).all() and (valid_rows == padded[valid]).all()
         assert num_keys == (cached + new).max()
+
+
+def test_startbench_prints_its_table(capsys):
+    from real.startbench import main
+    main(["--counts", "1", "3", "--repeats", "3"])
+    out = capsys.readouterr().out
+    assert "| prompts |" in out and out.count("\n| 1 |") == 1 and out.count("\n| 3 |") == 1

@@ -1,0 +1,88 @@
+"""Host time of a pass start by its number of prompts: `python -m real.startbench [--model M] [--device D]`.
+
+An LS request's reaction includes the host's `Engine.start` of its batch, which Algorithm 1 fills up with waiting
+BE prefills: this prints the median time of the start's host pieces (packing the ids, the layout's host arrays,
+the whole layout with its copy, the start with its embedding) for 1 to 32 prompts of 50-900 tokens, in a hot loop.
+A diagnostic of the code's cost per prompt; the serving host runs these cold and 2-3x slower (BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from real.engine import Engine
+from real.kv import KVPool
+from real.layout import _packed, _single, build_layout
+from real.model import build_model, preset_config
+from real.pending import input_ids
+from real.run import DTYPES
+from real.sequence import Sequence
+from sim.results import markdown
+
+
+def median_us(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return float(np.median(times) * 1e6)
+
+
+def prompts(engine: Engine, count: int, rng: np.random.Generator) -> list[Sequence]:
+    """`count` new prompts with their ids as arrays too (as the server hands them over), in slots 0..count-1."""
+    vocab = engine.model.config.vocab_size
+    out = []
+    for slot, length in enumerate(rng.integers(50, 900, count)):
+        ids = rng.integers(1, vocab, int(length))
+        out.append(Sequence(slot, ids.tolist(), slot=slot, prompt=ids))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m real.startbench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-mixtral")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--repeats", type=int, default=300)
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda but no CUDA device is available")
+    if min(args.counts) < 1:
+        raise SystemExit("error: --counts must be >= 1")
+    device = torch.device(args.device)
+    config = preset_config(args.model)
+    model = build_model(config, args.device, DTYPES[args.dtype])
+    pool = KVPool.allocate_for(config, max(args.counts), 1024, device, DTYPES[args.dtype])
+    engine = Engine(model, pool)
+    rng = np.random.default_rng(0)
+    rows = []
+    with torch.inference_mode():
+        for count in args.counts:
+            seqs = prompts(engine, count, rng)
+            lists = [Sequence(s.seq_id, s.token_ids, slot=s.slot) for s in seqs]  # the same, without arrays
+            ids, _ = input_ids(seqs)
+            arrays = (lambda: _single(seqs[0])) if count == 1 else (lambda: _packed(seqs))
+            rows.append({"prompts": count, "tokens": len(ids),
+                         "ids from lists us": median_us(lambda: input_ids(lists), args.repeats, device),
+                         "ids from arrays us": median_us(lambda: input_ids(seqs), args.repeats, device),
+                         "host arrays us": median_us(arrays, args.repeats, device),
+                         "layout us": median_us(lambda: build_layout(seqs, device, ids, staging=engine.staging),
+                                                args.repeats, device),
+                         "start us": median_us(lambda: engine.start(seqs), args.repeats, device)})
+    print(f"Engine.start's host pieces ({args.model}, {args.device}), medians of {args.repeats} hot calls")
+    print(markdown(pd.DataFrame(rows)))
+
+
+if __name__ == "__main__":
+    main()
