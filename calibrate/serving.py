@@ -40,7 +40,7 @@ from sim.model import ModelSpec
 from sim.pipeline import ran_ahead
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import layer_s
-from sim.profile.measured import MeasuredProfile
+from sim.profile.measured import MeasuredProfile, events_file
 
 EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer", "padding_charge", "decode_padding_charge",
           "pass_layer", "pass_layer_busy", "pass_host", "pass_queue")
@@ -273,10 +273,11 @@ def decode_parts(run_dirs: list[Path], directory: Path) -> list[pd.DataFrame]:
 
 
 def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
-    """Replace the profile's server_* rows with `rows`; the calibration's own events are kept."""
-    path = profile / "events.csv"
-    if not path.exists():
-        raise SystemExit(f"error: {path} does not exist (not a calibration profile?)")
+    """Replace the profile's server_* rows with `rows`; the calibration's own events are kept (in events.csv,
+    or events.csv.gz where the profile keeps them compressed)."""
+    path = events_file(profile)
+    if path is None:
+        raise SystemExit(f"error: {profile / 'events.csv'} does not exist (not a calibration profile?)")
     kept = pd.read_csv(path)
     kept = kept[~kept.event.isin(EVENTS)]
     table = pd.concat([kept, rows], ignore_index=True)
@@ -346,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dirs = sorted({p.parent for r in args.runs for p in r.rglob("steps.parquet")})
     if not run_dirs:
         raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, args.runs))}")
-    if not (args.profile / "events.csv").exists():
+    if events_file(args.profile) is None:
         raise SystemExit(f"error: {args.profile / 'events.csv'} does not exist (not a calibration profile?)")
     if args.check:
         print(f"{len(run_dirs)} runs, profile {args.profile}: stepped prefill layers (medians by tokens)")
@@ -369,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = rows[~rows.event.isin(("padding_charge", "decode_padding_charge", "pass_queue"))]
     ms = rows.assign(time_ms=rows.time_s * 1e3).groupby("event").time_ms
     summary = ms.agg(n="size", mean="mean", p50="median", p90=lambda t: t.quantile(0.9))
-    print(f"{len(run_dirs)} runs -> {args.profile / 'events.csv'} (ms):")
+    print(f"{len(run_dirs)} runs -> {events_file(args.profile)} (ms):")
     print(summary.round(3).to_string())
 
 

@@ -63,6 +63,13 @@ def test_write_events_keeps_calibration_rows_and_replaces_server_rows(tmp_path):
     assert table[table.event == "server_pass"].time_s.tolist() == pytest.approx([7e-4])
     with pytest.raises(SystemExit, match="no steps.parquet"):
         collect([tmp_path / "nothing"])
+    (profile / "events.csv").rename(profile / "events.csv.gz.old")  # a profile keeping its events compressed
+    pd.read_csv(profile / "events.csv.gz.old").to_csv(profile / "events.csv.gz", index=False)
+    (profile / "events.csv.gz.old").unlink()
+    table = write_events(profile, collect([run]))
+    written = pd.read_csv(profile / "events.csv.gz")
+    assert not (profile / "events.csv").exists() and written.event.tolist() == table.event.tolist()
+    assert written.time_s.tolist() == pytest.approx(table.time_s.tolist())
 
 
 def test_a_switch_that_overlaps_the_paused_batch_costs_nothing():

@@ -205,6 +205,10 @@ def test_serving_gaps_replace_the_bare_loop_overheads(tmp_path):
     p = MeasuredProfile(directory, clock="time_s")
     assert p.overheads.iteration_s == pytest.approx(7.02e-4)
     assert (p.overheads.pause_s, p.overheads.resume_s, p.overheads.merge_s) == (pytest.approx(5e-4), 0.0, 0.0)
+    # the same events kept compressed (a profile whose serving runs give tens of thousands of rows)
+    pd.read_csv(directory / "events.csv").to_csv(directory / "events.csv.gz", index=False)
+    (directory / "events.csv").unlink()
+    assert MeasuredProfile(directory, clock="time_s").overheads == p.overheads
 
 
 @pytest.mark.parametrize("tokens,longest,share,cut", [

@@ -9,7 +9,7 @@ Files in the profile directory:
   `layer_decode` (a whole decode layer as the implementation steps it) gives the per-stage overhead;
 - passes.csv (optional): decode passes of the calibration model (1, 2, 4 layers: the per-pass
   overhead, and the per-stage one where `layer_decode` is missing) and of the full model (checks);
-- events.csv (optional): merge and pause+resume costs;
+- events.csv or events.csv.gz (optional): merge and pause+resume costs;
 - meta.json: GPU, software versions, git revision, date."""
 
 from __future__ import annotations
@@ -434,11 +434,23 @@ def _graph_layer_fix(profile: MeasuredProfile) -> Curve | None:
     return Curve("graph_layer_fix", batches, np.array([0.0]), fix, warned={"graph_layer_fix"})
 
 
+def events_file(directory: Path) -> Path | None:
+    """A profile's events table: events.csv, or events.csv.gz (serving runs' events can run to 50k rows)."""
+    for name in ("events.csv", "events.csv.gz"):
+        if (Path(directory) / name).exists():
+            return Path(directory) / name
+    return None
+
+
+def load_events(directory: Path) -> pd.DataFrame | None:
+    path = events_file(directory)
+    return None if path is None else load_table(directory, path.name, ["event", "repeat", "time_s"])
+
+
 def _event_quantiles(directory: Path, event: str, n: int = 20) -> tuple[float, ...]:
     """`n` evenly spaced quantiles (mid-bins) of an event's measured costs: its distribution, cheaply."""
-    if not (directory / "events.csv").exists():
+    if (table := load_events(directory)) is None:
         return ()
-    table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
     times = table[table.event == event].time_s.to_numpy()
     return tuple(np.quantile(times, (np.arange(n) + 0.5) / n)) if len(times) else ()
 
@@ -453,9 +465,8 @@ def _event_share(directory: Path, event: str) -> float:
 def _event_median(directory: Path, event: str) -> float | None:
     """The plain median of an event's rows, None without rows: a correction that may be negative (the
     serving host faster than the calibration's), so not a cost (`_event_costs`) clipped at zero."""
-    if not (directory / "events.csv").exists():
+    if (table := load_events(directory)) is None:
         return None
-    table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
     rows = table[table.event == event].time_s
     return float(rows.median()) if len(rows) else None
 
@@ -463,9 +474,8 @@ def _event_median(directory: Path, event: str) -> float | None:
 def _event_costs(directory: Path) -> dict[str, float]:
     """Median cost of each event; 0 where it does not stand out of its own noise (median below two
     standard errors: pause+resume is a difference of two whole passes)."""
-    if not (directory / "events.csv").exists():
+    if (table := load_events(directory)) is None:
         return {}
-    table = load_table(directory, "events.csv", ["event", "repeat", "time_s"])
     stats = table.groupby("event").time_s.agg(["median", "std", "count"]).fillna(0.0)
     significant = stats["median"] > 2 * stats["std"] / np.sqrt(stats["count"])
     return stats["median"].where(significant, 0.0).clip(lower=0.0).to_dict()
