@@ -3,8 +3,10 @@
 Why: the loop's host path (an LS request's start, the layers it issues) is Python whose speed depends on the
 CPU's caches (real.engine.Engine.rehearse). Served over HTTP, the front end's process and any local clients run
 beside it; with the H100's Qwen3 at 28 req/s the process front end's runs noticed arrivals 0.3 ms later and
-started them 0.5 ms slower at p50 than a replay of the same trace. Pinning the loop's thread to one CPU, and the
-front end and clients to the CPUs not sharing its core, keeps them off that core's caches and run queue."""
+started them 0.5 ms slower at p50 than a replay of the same trace (session 15). Pinning the loop's thread to one
+CPU, and the front end and clients to the CPUs not sharing its core, keeps them off that core's caches and run
+queue. On a 16-core H100 host (session 16, 8 pairs) it made no difference the runs resolve, so it is off by
+default: for hosts where the loop is crowded out."""
 
 from __future__ import annotations
 

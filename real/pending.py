@@ -98,7 +98,8 @@ def input_ids(seqs: list[Sequence]) -> tuple[np.ndarray, list[PendingTokens]]:
             new = [*new[:-1], -(1 + pendings[pending] + row)]  # a placeholder is always the last token
         chunks.append(new)
     if arrays:
-        return np.concatenate([c if isinstance(c, np.ndarray) else np.array(c, dtype=np.int64) for c in chunks]), list(pendings)
+        packed = [c if isinstance(c, np.ndarray) else np.array(c, dtype=np.int64) for c in chunks]
+        return np.concatenate(packed), list(pendings)
     return np.fromiter(chain.from_iterable(chunks), dtype=np.int64), list(pendings)
 
 
