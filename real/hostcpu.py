@@ -11,6 +11,9 @@ default: for hosts where the loop is crowded out."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -48,3 +51,33 @@ def choose(cpu: int, cpus: set[int] | None = None) -> tuple[int, set[int]]:
 def pin_thread(cpus: set[int]) -> None:
     """The calling thread (and threads it starts later) on `cpus` (Linux: affinity is per thread)."""
     os.sched_setaffinity(0, cpus)
+
+
+@contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """The calling thread on `cpus` inside the block (None: left as it is), back on its own CPUs after."""
+    own = allowed()
+    if cpus is not None:
+        pin_thread(cpus)
+    try:
+        yield
+    finally:
+        if cpus is not None:
+            pin_thread(own)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where `engine.host_cpu` puts things, chosen once: the loop's CPU (None: anywhere) and the CPUs for the
+    front end and clients (None: anywhere)."""
+
+    loop: int | None = None
+    rest: set[int] | None = None
+
+    @classmethod
+    def of(cls, host_cpu: int | None) -> Placement:
+        return cls() if host_cpu is None else cls(*choose(host_cpu))
+
+    def loop_thread(self):
+        """Context: the calling thread runs the serving loop."""
+        return pinned(None if self.loop is None else {self.loop})

@@ -9,7 +9,7 @@ import gc
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -71,17 +71,18 @@ class LiveServer:
     frontend: FrontendProcess | None = None
     http: ThreadingHTTPServer | None = None
     api: Api | None = None  # with `http`
+    placement: hostcpu.Placement = field(default_factory=hostcpu.Placement)  # engine.host_cpu's choice
 
     @classmethod
     def build(cls, spec: LiveSpec) -> LiveServer:
         """The tokenizer and the port first: a bad path or a taken port fails before a minute of weights."""
         vocab_size = preset_config(spec.engine.model).vocab_size
         frontend = http = api = None
-        others = None if spec.engine.host_cpu is None else hostcpu.choose(spec.engine.host_cpu)[1]
+        placement = hostcpu.Placement.of(spec.engine.host_cpu)
         if spec.frontend == "process":
             frontend = FrontendProcess.launch(spec.host, spec.port, spec.engine.model, vocab_size, spec.max_len,
                                               spec.default_priority, spec.default_max_tokens, spec.tokenizer,
-                                              cpus=others)
+                                              cpus=placement.rest)
             arrivals, url = frontend.arrivals, frontend.url
         else:
             codec = Codec.for_vocab(vocab_size, spec.tokenizer)
@@ -103,21 +104,17 @@ class LiveServer:
                                max_batch_size=spec.max_batch_size)
         server = make_server(engine, spec.policy, spec.engine, state, arrivals.prompt_ids)
         server.on_finish, server.on_tokens = arrivals.finished, arrivals.tokens
-        return cls(spec, arrivals, server, url, frontend, http, api)
+        return cls(spec, arrivals, server, url, frontend, http, api, placement)
 
     def run(self, on_ready=lambda url: None) -> ServeOutcome:
         """Serve until `arrivals.close()` (a signal handler, or a test) and every admitted request is done.
         The collector stays on (a server may run for days) but skips the weights' and engine's objects.
         With `engine.host_cpu` the loop's thread has that CPU to itself (real.hostcpu)."""
-        cpus, pin = hostcpu.allowed(), self.spec.engine.host_cpu
-        host_cpu, others = (None, cpus) if pin is None else hostcpu.choose(pin, cpus)
         if self.http is not None:
             def serve_http() -> None:
-                hostcpu.pin_thread(others)  # its handler threads inherit it
-                self.http.serve_forever()
+                with hostcpu.pinned(self.placement.rest):  # its handler threads inherit it
+                    self.http.serve_forever()
             threading.Thread(target=serve_http, name="qllm-http", daemon=True).start()
-        if host_cpu is not None:
-            hostcpu.pin_thread({host_cpu})
         gc.collect()
         gc.freeze()
         # the engine's thread spins while it waits for the GPU, holding the GIL: a handler thread (frontend=thread)
@@ -126,12 +123,12 @@ class LiveServer:
         sys.setswitchinterval(self.spec.switch_interval_us * 1e-6)
         try:
             on_ready(self.url)
-            return self.server.serve(self.arrivals)
+            with self.placement.loop_thread():
+                return self.server.serve(self.arrivals)
         except BaseException as error:
             self.arrivals.fail_all(f"the server stopped: {error!r}")
             raise
         finally:
-            hostcpu.pin_thread(cpus)
             sys.setswitchinterval(interval)
             gc.unfreeze()
             if self.frontend is not None:
@@ -153,8 +150,10 @@ def close_on_signals(arrivals: LiveArrivals | PipeArrivals) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
-    """The served requests as the simulator's table and summary (rate: the measured arrival rate)."""
+def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path, host_cpu: int | None = None
+            ) -> tuple[pd.DataFrame, dict]:
+    """The served requests as the simulator's table and summary (rate: the measured arrival rate; `host_cpu`: the
+    CPU the loop ran on, `LiveServer.placement`)."""
     pd.DataFrame(outcome.steps).to_parquet(out_dir / "steps.parquet", index=False)
     arrivals = [r.arrival_s for r in outcome.requests]
     span = max(arrivals) - min(arrivals) if len(arrivals) > 1 else 0.0
@@ -165,5 +164,5 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path) -> tuple[pd.Da
     summary["run"] = {"policy": spec.policy_name, "mode": mode, "frontend": spec.frontend, "rate": rate, "seed": 0, "engine": spec.engine.model,
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
                       "num_consults": outcome.num_consults,
-                      "host_cpu": None if spec.engine.host_cpu is None else hostcpu.choose(spec.engine.host_cpu)[0]}
+                      "host_cpu": host_cpu}
     return table, summary

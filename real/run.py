@@ -219,15 +219,11 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     # and no collection during the replay: round 5 (H200) had 17 gen-1 collections per run of up to 2.4 ms each,
     # as long as two layers; a CPU replay of 60 requests leaves no cyclic garbage
     gc.disable()
-    cpus = hostcpu.allowed()
-    host_cpu = None if spec.engine.host_cpu is None else hostcpu.choose(spec.engine.host_cpu, cpus)[0]
+    placement = hostcpu.Placement.of(spec.engine.host_cpu)
     try:
-        if host_cpu is not None:
-            hostcpu.pin_thread({host_cpu})
-        with GCWatch() as collections:
+        with placement.loop_thread(), GCWatch() as collections:
             outcome = server.run(requests)
     finally:
-        hostcpu.pin_thread(cpus)
         gc.enable()
         gc.unfreeze()
     num_slots = engine.pool.num_slots
@@ -244,7 +240,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
-                      "start_checks": spec.engine.start_checks, "host_cpu": host_cpu,
+                      "start_checks": spec.engine.start_checks, "host_cpu": placement.loop,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}

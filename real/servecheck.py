@@ -72,13 +72,9 @@ def _clients(url: str, trace: Path, seed: int, overrides: list[str]) -> pd.DataF
     """The trace's streamed clients (threads of this process); with `engine.host_cpu` among the overrides, off the
     CPUs of the serving loop's core, as the server's front end (real.hostcpu)."""
     pins = [o.split("=", 1)[1] for o in overrides if o.startswith("engine.host_cpu=")]
-    cpus = hostcpu.allowed()
-    if pins and pins[-1] not in ("null", "None"):
-        hostcpu.pin_thread(hostcpu.choose(int(pins[-1]), cpus)[1])  # the client threads started next inherit it
-    try:
+    placement = hostcpu.Placement.of(int(pins[-1]) if pins and pins[-1] not in ("null", "None") else None)
+    with hostcpu.pinned(placement.rest):  # the client threads started inside inherit it
         return replay(url, read_trace(trace), seed, stream=True)
-    finally:
-        hostcpu.pin_thread(cpus)
 
 
 def ttft_table(out: Path) -> pd.DataFrame:

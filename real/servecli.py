@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print("aborted: unfinished requests were answered with an error", file=sys.stderr)
         sys.exit(130)
-    table, summary = results(outcome, spec, out_dir)
+    table, summary = results(outcome, spec, out_dir, live.placement.loop)
     table.to_parquet(out_dir / "requests.parquet", index=False)
     if live.frontend is not None:
         live.frontend.arrivals.transit_table().to_parquet(out_dir / "frontend.parquet", index=False)

@@ -281,7 +281,7 @@ def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path,
     for r in outcome.requests:
         assert r.num_generated_tokens == r.num_output_tokens and r.arrival_s <= r.first_token_s <= r.finish_s
     assert live.server.engine.pool.num_free == 6  # every slot given back
-    table, summary = results(outcome, spec, tmp_path)
+    table, summary = results(outcome, spec, tmp_path, live.placement.loop)
     assert len(table) == 10 and set(table.source) == {"real"}
     assert summary["run"]["frontend"] == frontend and summary["run"]["mode"] == {"process": "http"}.get(frontend, "http-thread")
     assert summary["run"]["host_cpu"] == (None if host_cpu is None else max(cpus))  # the CPU it ran on

@@ -82,3 +82,14 @@ def test_the_front_ends_process_runs_on_the_cpus_it_is_given():
     finally:
         frontend.stop()
     assert frontend.process.returncode == 0
+
+
+def test_no_setting_places_nothing_and_pinned_gives_the_cpus_back():
+    assert hostcpu.Placement.of(None) == hostcpu.Placement(None, None)
+    before = os.sched_getaffinity(0)
+    with hostcpu.Placement.of(None).loop_thread():
+        assert os.sched_getaffinity(0) == before
+    one = {min(before)}
+    with hostcpu.pinned(one):
+        assert os.sched_getaffinity(0) == one
+    assert os.sched_getaffinity(0) == before
