@@ -23,6 +23,7 @@ from real.frontend import FrontendProcess, PipeArrivals
 from real.model import preset_config
 from real.run import EngineSettings, build_engine, make_server
 from real.server import ReplayServer, ServeOutcome
+from real.steplog import write_steps
 from sim.results import requests_table, summarize
 
 
@@ -154,7 +155,7 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path, host_cpu: int 
             ) -> tuple[pd.DataFrame, dict]:
     """The served requests as the simulator's table and summary (rate: the measured arrival rate; `host_cpu`: the
     CPU the loop ran on, `LiveServer.placement`)."""
-    pd.DataFrame(outcome.steps).to_parquet(out_dir / "steps.parquet", index=False)
+    write_steps(outcome.steps, out_dir / "steps.parquet")
     arrivals = [r.arrival_s for r in outcome.requests]
     span = max(arrivals) - min(arrivals) if len(arrivals) > 1 else 0.0
     rate = (len(arrivals) - 1) / span if span > 0 else 0.0

@@ -20,6 +20,7 @@ from real.lanes import warm_up as warm_up_lanes
 from real.model import build_model, preset_config
 from real.prompts import prompt_ids
 from real.server import ReplayServer
+from real.steplog import write_steps
 from real.timeline import DeviceTimeline, every
 from sim.results import requests_table, summarize
 from sim.workload import WorkloadConfig, generate_trace, read_trace, to_requests, write_trace
@@ -229,7 +230,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     num_slots = engine.pool.num_slots
     allocator = {k: v - allocator_before[k] if k in ALLOCATOR_CALLS else v
                  for k, v in allocator_counts(engine.device).items()}
-    pd.DataFrame(outcome.steps).to_parquet(out_dir / "steps.parquet", index=False)
+    write_steps(outcome.steps, out_dir / "steps.parquet")
     table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
     summary["run"] = {"policy": spec.policy_name, "mode": "replay", "rate": spec.workload.rate, "seed": spec.seed,
