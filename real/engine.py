@@ -37,6 +37,7 @@ class Engine:
     grouped_experts: bool = False  # sync-free experts (grouped_mm; dense GEMMs for decode) instead of HF's loop
     graphs: bool = False  # decode layers through per-bucket CUDA graphs (run eagerly on CPU)
     dense_tokens: tuple[int, int] | None = None  # batches of this many tokens run all experts densely
+    graph_key_step: int | None = None  # the runner's key-length rounding (real.graphs.DecodeRunner.key_step)
     runner: DecodeRunner | None = field(init=False, default=None)
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
     token_ring: HostRing | None = field(init=False, default=None)  # pinned buffers for sampled ids (GPU only)
@@ -50,7 +51,8 @@ class Engine:
         if self.graphs and on_cuda and not self.grouped_experts:
             raise ValueError("CUDA graphs need sync-free experts: set grouped_experts=True")
         if self.graphs:
-            self.runner = DecodeRunner(self.model, self.pool, self.experts_for, capture=on_cuda)
+            self.runner = DecodeRunner(self.model, self.pool, self.experts_for, capture=on_cuda,
+                                       key_step=self.graph_key_step)
 
     @classmethod
     def for_device(cls, model, pool: KVPool) -> Engine:

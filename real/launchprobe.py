@@ -18,6 +18,11 @@ server waits (`served`); a 64 MiB memory sweep (`flushed`); `served`, with `Engi
 spin (`served, rehearsed`: the host side of starts for stand-in prompts, nothing copied or launched). The serving
 process started a batch 2-3x slower than the hot loop above: the host work between starts evicts the start path from
 the CPU's caches (BENCHMARKS.md, session 13), which is why the server rehearses it (engine.rehearse_us).
+
+`--graph-ab N` asks whether the captured graphs a process holds slow its other launches (the serving engine holds
+batch buckets x key lengths x layers of them, real.graphs): rounds alternate between N more (dummy) graphs held and
+none, the order flipping every round, and time a tiny launch and hot and cold starts (one prompt; an LS prompt with
+seven BE prompts) on the urgent stream behind a busy GPU.
 """
 
 from __future__ import annotations
@@ -179,6 +184,44 @@ def cold_probe(layers: int, rounds: int, prompt: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+@torch.inference_mode()
+def graph_ab(layers: int, rounds: int, prompt: int, count: int) -> pd.DataFrame:
+    """See the module's `--graph-ab`: phases `none` and `+N graphs`, interleaved."""
+    import gc
+
+    rig = Rig.build(layers, num_slots=16)
+    engine, device = rig.engine, torch.device("cuda")
+    rng = np.random.default_rng(0)
+    lengths = (prompt, 250, 180, 400, 90, 320, 210, 150)
+    prompts = [engine.add_sequence(i, rng.integers(0, 32000, n).tolist()) for i, n in enumerate(lengths)]
+    x = torch.zeros(16, device=device)
+    phases = ("none", f"+{count} graphs")
+    rows = []
+    for r in range(rounds):
+        for phase in phases if r % 2 == 0 else phases[::-1]:
+            kept = dummy_graphs(count, device) if phase != "none" else []
+            for name, fn, repeat in (("launch", lambda: x.add_(1), 50),
+                                     ("start 1, hot", lambda: engine.start(prompts[:1]), 5),
+                                     ("start 8, hot", lambda: engine.start(prompts), 5)):
+                rows.append({"phase": phase, "round": r, "work": name, "state": "busy, urgent stream",
+                             "us": 1e6 * timed(fn, rig.sleep, rig.urgent, repeat)})
+            for name, seqs in (("start 1, cold", prompts[:1]), ("start 8, cold", prompts)):
+                for _ in range(5):  # as served: graph replays and a wait, then one start on the urgent stream
+                    torch.cuda.synchronize(device)
+                    rig.sleep()
+                    rig.graphs()
+                    time.sleep(2e-3)
+                    with torch.cuda.stream(rig.urgent):
+                        begin = time.perf_counter()
+                        engine.start(seqs)
+                        elapsed = time.perf_counter() - begin
+                    rows.append({"phase": phase, "round": r, "work": name, "state": "served", "us": 1e6 * elapsed})
+            torch.cuda.synchronize(device)
+            del kept
+            gc.collect()
+    return pd.DataFrame(rows)
+
+
 def dummy_graphs(count: int, device: torch.device, kernels: int = 30) -> list:
     """`count` captured CUDA graphs of `kernels` tiny kernels each, kept alive: the serving engine holds about
     1,100 (7 batch buckets x 5 key lengths x 32 layers)."""
@@ -206,11 +249,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queued", default="", help="comma-separated counts of tiny kernels queued behind the "
                         "sleep kernel, as further states (does issue slow with the launch queue's fill?)")
     parser.add_argument("--cold", action="store_true", help="single starts after other host work (see above)")
+    parser.add_argument("--graph-ab", type=int, default=0, metavar="N",
+                        help="rounds with N more captured graphs held and without, interleaved (see above)")
     parser.add_argument("--out", default=None, help="CSV of every timing")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("error: real.launchprobe needs a GPU")
     table = (cold_probe(args.layers, args.rounds, args.prompt) if args.cold
+             else graph_ab(args.layers, args.rounds, args.prompt, args.graph_ab) if args.graph_ab
              else probe(args.layers, args.rounds, args.prompt, args.graphs,
                         tuple(int(n) for n in args.queued.split(",") if n)))
     if args.out:

@@ -43,6 +43,8 @@ class EngineSettings:
     graphs: bool | None = None  # None: the fast path on CUDA (sync-free experts, CUDA graphs), HF's loop on CPU
     priority_stream: bool = True  # a batch started while the device is busy runs on a high-priority stream (real.lanes)
     pool_prewarm_gib: float = 2.0  # per stream, cached by the allocator after the warm-up (prewarm_pools)
+    # decode graphs' key lengths round up to a multiple of this (real.graphs): fewer graphs, more keys read
+    graph_key_step: int = 256
     # how the server drives the engine: not compared, so a multirun that varies them reuses the built engine
     # advances the GPU may hold while the server decides (real.timeline)
     run_ahead: int = field(default=1, compare=False)
@@ -73,6 +75,8 @@ class EngineSettings:
         if self.host_cpu is not None and (isinstance(self.host_cpu, bool) or not isinstance(self.host_cpu, int)
                                           or self.host_cpu < -1):
             raise ValueError(f"engine.host_cpu must be a CPU number, -1 (the last) or null, got {self.host_cpu!r}")
+        if isinstance(self.graph_key_step, bool) or not isinstance(self.graph_key_step, int) or self.graph_key_step < 1:
+            raise ValueError(f"engine.graph_key_step must be a whole number >= 1, got {self.graph_key_step!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
@@ -118,7 +122,7 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
     pool = KVPool.allocate_for(model.config, num_slots, max_len, settings.device, DTYPES[settings.dtype])
     on_cuda = settings.device.startswith("cuda")
     fast = on_cuda if settings.graphs is None else settings.graphs
-    engine = Engine(model, pool, grouped_experts=fast and on_cuda, graphs=fast)
+    engine = Engine(model, pool, grouped_experts=fast and on_cuda, graphs=fast, graph_key_step=settings.graph_key_step)
     engine.warm_up(max_batch)
     if on_cuda and settings.priority_stream:
         warm_up_lanes(engine, max_batch)
@@ -236,7 +240,8 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     summary["run"] = {"policy": spec.policy_name, "mode": "replay", "rate": spec.workload.rate, "seed": spec.seed,
                       "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults,
-                      "graphs": engine.graphs, "run_ahead": spec.engine.run_ahead,
+                      "graphs": engine.graphs, "graph_key_step": spec.engine.graph_key_step,
+                      "num_graphs": engine.runner.num_graphs if engine.runner else 0, "run_ahead": spec.engine.run_ahead,
                       "priority_stream": spec.engine.priority_stream, "lane": lane.enabled,
                       "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,

@@ -26,9 +26,9 @@ def model(request):
     return build_model(preset_config(request.param), "cpu", seed=3)
 
 
-def new_engine(model, device="cpu", dtype=torch.float32) -> Engine:
+def new_engine(model, device="cpu", dtype=torch.float32, key_step=None) -> Engine:
     pool = KVPool.allocate_for(model.config, 16, 96, device, dtype)
-    return Engine(model, pool, grouped_experts=True, graphs=True, dense_tokens=(4, 64))
+    return Engine(model, pool, grouped_experts=True, graphs=True, dense_tokens=(4, 64), graph_key_step=key_step)
 
 
 def hf_last_logits(model, token_ids: list[int]) -> torch.Tensor:
@@ -105,6 +105,20 @@ def test_key_buckets_grow_with_the_context(model, monkeypatch):
     for _ in range(6):
         check_against_hf(model, seqs, engine.run_pass(seqs, Granularity.LAYER)[0])
     assert len({keys for _, keys in engine.runner.buckets}) >= 2
+
+
+@pytest.mark.parametrize("key_step, key_lengths", [(4, {16, 20}), (96, {96})])
+def test_the_key_step_sets_the_key_buckets(model, key_step, key_lengths):
+    """engine.graph_key_step: contexts of 13-17 keys round up to multiples of the step, capped at the slot length
+    (96); one step as long as the slot leaves one key bucket per batch size, and the same logits."""
+    engine = new_engine(model, key_step=key_step)
+    seqs = [engine.add_sequence(i, list(range(3, 3 + n))) for i, n in enumerate((12, 13))]
+    engine.run_pass(seqs)
+    for _ in range(4):
+        check_against_hf(model, seqs, engine.run_pass(seqs, Granularity.LAYER)[0])
+    assert {keys for _, keys in engine.runner.buckets} == key_lengths
+    engine.runner.prepare(4)
+    assert len({keys for _, keys in engine.runner.buckets}) == (1 if key_step == 96 else 96 // key_step)
 
 
 def test_expert_granularity_bypasses_the_runner(model):

@@ -76,6 +76,9 @@ def test_a_too_short_kv_slot_is_an_error(tmp_path):
     for bad in (-1.0, "often", True):
         with pytest.raises(ValueError, match="rehearse_us"):
             real_run.EngineSettings(rehearse_us=bad)
+    for bad in (0, 2.5, "wide", True):
+        with pytest.raises(ValueError, match="graph_key_step"):
+            real_run.EngineSettings(graph_key_step=bad)
 
 
 @pytest.mark.parametrize("policy, settings, lane", [
