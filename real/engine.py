@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from policies import Granularity, Position, Stage
-from real import stages
+from real import stages, starttrace
 from real.batch import BatchState, MoEState
 from real.graphs import DecodeRunner
 from real.kv import KVPool
@@ -126,10 +126,13 @@ class Engine:
         """A new pass at layer 0 for the tokens each sequence has not yet fed through the model (a token
         still on its way to the host is read on the device: real.pending)."""
         ids, pendings = pending_ids(seqs)
+        starttrace.stamp("ids")
         layout = build_layout(seqs, self.device, ids, staging=self.staging)
         if pendings:
             layout = replace(layout, token_ids=fill_pending(layout.token_ids, pendings))
-        return BatchState(list(seqs), stages.embed(self.model, layout.token_ids), layout, Position())
+        hidden = stages.embed(self.model, layout.token_ids)
+        starttrace.stamp("embed")
+        return BatchState(list(seqs), hidden, layout, Position())
 
     @torch.inference_mode()
     def rehearse(self) -> None:

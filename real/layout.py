@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from real import starttrace
 from real.sequence import Sequence
 
 
@@ -53,7 +54,9 @@ def build_layout(seqs: list[Sequence], device, ids: np.ndarray | None = None,
         host, groups, total = _packed(seqs)
     if ids is not None:
         host.append(ids)
+    starttrace.stamp("layout")
     dev = to_device(host, device, staging, dry)
+    starttrace.stamp("copy")
     layout_groups = tuple(AttentionGroup(*dev[3 + 5 * i: 8 + 5 * i], num_keys=g[-1]) for i, g in enumerate(groups))
     return Layout(total, dev[0], dev[1], dev[2], layout_groups, dev[-1] if ids is not None else None)
 

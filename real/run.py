@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from calibrate.hostspeed import probe_s
 from policies import Granularity, Policy, Request, SchedulerState
-from real import hostcpu
+from real import hostcpu, starttrace
 from real.engine import Engine
 from real.gcwatch import GCWatch
 from real.kv import KVPool
@@ -62,6 +63,8 @@ class EngineSettings:
     start_checks: bool = field(default=False, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
     host_cpu: int | None = field(default=None, compare=False)
+    # stamps on each batch start's host path, written as starts.parquet (real.starttrace; a replay's)
+    trace_starts: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -80,7 +83,7 @@ class EngineSettings:
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
-                     "start_checks"):
+                     "start_checks", "trace_starts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -226,7 +229,8 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     gc.disable()
     placement = hostcpu.Placement.of(spec.engine.host_cpu)
     try:
-        with placement.loop_thread(), GCWatch() as collections:
+        with placement.loop_thread(), GCWatch() as collections, \
+                (starttrace.recording() if spec.engine.trace_starts else nullcontext()) as starts:
             outcome = server.run(requests)
     finally:
         gc.enable()
@@ -235,6 +239,8 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     allocator = {k: v - allocator_before[k] if k in ALLOCATOR_CALLS else v
                  for k, v in allocator_counts(engine.device).items()}
     write_steps(outcome.steps, out_dir / "steps.parquet")
+    if starts is not None:
+        pd.DataFrame(starts.rows).to_parquet(out_dir / "starts.parquet", index=False)
     table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
     summary["run"] = {"policy": spec.policy_name, "mode": "replay", "rate": spec.workload.rate, "seed": spec.seed,
@@ -247,6 +253,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
                       "start_checks": spec.engine.start_checks, "host_cpu": placement.loop,
+                      "trace_starts": spec.engine.trace_starts,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}

@@ -16,6 +16,7 @@ from itertools import takewhile
 import numpy as np
 
 from policies import Granularity, Policy, Position, Request, SchedulerState, Stage, Transition
+from real import starttrace
 from real.arrivals import Arrivals, TraceArrivals
 from real.batch import BatchState, merge
 from real.engine import Engine
@@ -162,17 +163,21 @@ class ReplayServer:
     def _consult(self, now_s: float) -> None:
         """Decisions at this point (`SchedulerState.decide`: asked again after every change)."""
         self.decided_s = now_s
+        starttrace.begin()
         for transition in self.state.decide(self.policy, lambda: now_s):
             self.num_consults += 1
             self._bookkeep(transition)
+        starttrace.stamp("consulted")
 
     def _advance(self, now: Callable[[], float], interrupt: Callable[[], bool]) -> int:
         """Run the running batch to its next scheduling point (the host's wait for the device ends early
         when `interrupt()`); returns how many requests finished."""
         issued_s = now()
         running = self.state.running
-        self._leave_lane(keep=running.batch_id)
         batch = self.batches[running.batch_id]
+        starttrace.end(batch_id=running.batch_id, num_seqs=len(batch.seqs), num_tokens=batch.layout.num_tokens,
+                       level=self.lane.level if running.batch_id == self.lane.batch_id else 0)
+        self._leave_lane(keep=running.batch_id)
         with self.lane.issue(running.batch_id):
             shape = _shape(batch)  # before the LM head appends a token to every sequence
             done = batch.position.layer >= self.engine.num_layers  # paused before its LM head (_head_wait)
@@ -279,16 +284,20 @@ class ReplayServer:
         self.decided_s = float("nan")
 
     def _bookkeep(self, t: Transition) -> None:
+        starttrace.stamp("policy")
         running = self.state.running
         self._leave_lane(keep=None if t.merged or running is None else running.batch_id)  # merges: main stream
         if t.started is not None:
             batch_id = t.started.batch_id
             seqs = [self._sequence(r) for r in t.started.requests]
+            starttrace.stamp("sequences")
             busy = {self.lane.level_of(key) for key in self.timeline.busy_streams()}
             urgent = self.lane.claim(batch_id, busy)
+            starttrace.stamp("lane")
             with self.lane.issue(batch_id):
                 batch = self.batches[batch_id] = self.engine.start(seqs)
                 mark = self.timeline.mark()  # after the embedding: the batch has reached the device's SMs
+            starttrace.stamp("mark")
             for request in t.started.requests:
                 self.first_starts.setdefault(request.request_id, mark)
             if urgent and self.engine.graphed(batch, self.policy.granularity):
