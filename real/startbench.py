@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     if min(args.counts) < 1:
         raise SystemExit("error: --counts must be >= 1")
     device = torch.device(args.device)
-    config = preset_config(args.model)
+    config = preset_config(args.model, num_hidden_layers=1)  # a start runs the embedding only
     model = build_model(config, args.device, DTYPES[args.dtype])
     pool = KVPool.allocate_for(config, max(args.counts), 1024, device, DTYPES[args.dtype])
     engine = Engine(model, pool)
