@@ -38,8 +38,6 @@ class Engine:
     graphs: bool = False  # decode layers through per-bucket CUDA graphs (run eagerly on CPU)
     dense_tokens: tuple[int, int] | None = None  # batches of this many tokens run all experts densely
     graph_key_step: int | None = None  # the runner's key-length rounding (real.graphs.DecodeRunner.key_step)
-    # a pass start whose layout has at least this many index elements expands it on the device (real.layout._expand)
-    layout_expand_from: int | None = None
     runner: DecodeRunner | None = field(init=False, default=None)
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
     token_ring: HostRing | None = field(init=False, default=None)  # pinned buffers for sampled ids (GPU only)
@@ -129,7 +127,7 @@ class Engine:
         still on its way to the host is read on the device: real.pending)."""
         ids, pendings = pending_ids(seqs)
         starttrace.stamp("ids")
-        layout = build_layout(seqs, self.device, ids, staging=self.staging, expand_from=self.layout_expand_from)
+        layout = build_layout(seqs, self.device, ids, staging=self.staging)
         if pendings:
             layout = replace(layout, token_ids=fill_pending(layout.token_ids, pendings))
         hidden = stages.embed(self.model, layout.token_ids)

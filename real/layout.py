@@ -41,18 +41,13 @@ class Layout:
 
 
 def build_layout(seqs: list[Sequence], device, ids: np.ndarray | None = None,
-                 staging: PinnedStaging | None = None, dry: bool = False, expand_from: int | None = None) -> Layout:
+                 staging: PinnedStaging | None = None, dry: bool = False) -> Layout:
     """Decode sequences (one new token) and prefill sequences are padded separately. Built with numpy
     and sent in one copy (with `ids`, the packed new token ids too: real.pending.input_ids): this sits
     between an LS arrival and its first kernel (torch's per-op dispatch on small host tensors cost about 1 ms
     per batch; a second copy for the ids, 0.13 ms of host time per pass start, H200). `staging`: the engine's pinned buffers (`to_device`).
     `dry`: the same host work, but the device tensors are views of a scratch block, nothing copied (a rehearsal:
-    real.engine.Engine.rehearse). `expand_from`: a layout of at least this many index elements is expanded on the
-    device from per-sequence arrays (`_expand`; None: never)."""
-    if expand_from is not None and not dry and len(seqs) > 1:
-        meta = _meta(seqs)
-        if _num_elements(meta) >= expand_from:
-            return _expand(meta, device, ids, staging)
+    real.engine.Engine.rehearse)."""
     if len(seqs) == 1:  # an LS arrival's prefill, mostly: the same arrays with a few numpy calls
         host, groups, total = _single(seqs[0])
     else:
@@ -76,14 +71,9 @@ def _single(seq: Sequence) -> tuple[list[np.ndarray], list[tuple], int]:
     return [positions, np.repeat(slots, new), rows[-1:], *group[:-1]], [group], new
 
 
-def _meta(seqs: list[Sequence]) -> np.ndarray:
-    """[S, 3]: each sequence's tokens, cached tokens and KV slot."""
-    return np.array([(len(s.token_ids), s.num_cached, s.slot) for s in seqs], dtype=np.int64).reshape(-1, 3)
-
-
-def _packed(seqs: list[Sequence], meta: np.ndarray | None = None) -> tuple[list[np.ndarray], list[tuple], int]:
+def _packed(seqs: list[Sequence]) -> tuple[list[np.ndarray], list[tuple], int]:
     """Host arrays (positions, slots, last rows, then each group's), the groups, and the token count."""
-    meta = _meta(seqs) if meta is None else meta
+    meta = np.array([(len(s.token_ids), s.num_cached, s.slot) for s in seqs], dtype=np.int64).reshape(-1, 3)
     cached, slot = meta[:, 1], meta[:, 2]
     new = meta[:, 0] - cached
     ends = np.cumsum(new)
@@ -105,59 +95,6 @@ def _packed(seqs: list[Sequence], meta: np.ndarray | None = None) -> tuple[list[
         groups.append(_group(new[members], cached[members], slot[members], offsets[members]))
         host.extend(groups[-1][:-1])
     return host, groups, total
-
-
-def _num_elements(meta: np.ndarray) -> int:
-    """Index elements `_packed` would build and copy: positions and slots per token, and per group the padded
-    [B, Q] rows and positions and the real queries' two indices."""
-    new = meta[:, 0] - meta[:, 1]
-    total = int(new.sum())
-    decode = new == 1
-    prefill = new[~decode]
-    padded = len(prefill) * int(prefill.max()) if len(prefill) else 0
-    return 2 * total + 2 * padded + 2 * int(prefill.sum()) + 4 * int(decode.sum())
-
-
-def _expand(meta: np.ndarray, device, ids: np.ndarray | None, staging: PinnedStaging | None) -> Layout:
-    """`_packed`'s layout, built on the device: the host copies per-sequence arrays (and the ids) and about 20 small
-    kernels expand them. A layout's host arrays grow with its padded queries (an LS prompt filled with 30 BE
-    prompts: about 100k elements, 0.7 ms of host time to build and copy on the H100's host, real.starttrace); the
-    kernels' launches do not. `repeat_interleave` is told its output size, so nothing waits for the device."""
-    new, cached, slot = meta[:, 0] - meta[:, 1], meta[:, 1], meta[:, 2]
-    ends = np.cumsum(new)
-    offsets = ends - new
-    total = int(ends[-1])
-    decode = new == 1
-    host = [new, cached - offsets, slot, ends - 1]
-    shapes = []
-    for members in (decode, ~decode):
-        if not members.any():
-            continue
-        new_g, offsets_g = new[members], offsets[members]
-        width, count = int(new_g.max()), int(new_g.sum())
-        starts = np.cumsum(new_g) - new_g
-        host += [new_g, (new_g - 1)[:, None], offsets_g[:, None], cached[members][:, None], slot[members],
-                 np.arange(len(new_g)) * width - starts, offsets_g - starts]
-        shapes.append((width, count, int((cached[members] + new_g).max())))
-    if ids is not None:
-        host.append(ids)
-    starttrace.stamp("layout")
-    dev = to_device(host, device, staging)
-    starttrace.stamp("copy")
-    counts, base, slots, last_rows = dev[:4]
-    steps = torch.arange(total, device=counts.device)
-    positions = torch.repeat_interleave(base, counts, output_size=total) + steps
-    token_slots = torch.repeat_interleave(slots, counts, output_size=total)
-    groups = []
-    for i, (width, count, num_keys) in enumerate(shapes):
-        new_g, last_q, offsets_g, cached_g, slots_g, flat_base, row_base = dev[4 + 7 * i: 11 + 7 * i]
-        q_clamped = torch.minimum(steps[:width], last_q)  # [B, Q]: padding repeats the last real query
-        real = steps[:count]
-        groups.append(AttentionGroup(offsets_g + q_clamped, cached_g + q_clamped, slots_g,
-                                     torch.repeat_interleave(flat_base, new_g, output_size=count) + real,
-                                     torch.repeat_interleave(row_base, new_g, output_size=count) + real, num_keys))
-    starttrace.stamp("expand")
-    return Layout(total, positions, token_slots, last_rows, tuple(groups), dev[-1] if ids is not None else None)
 
 
 def to_device(host: list[np.ndarray], device, staging: PinnedStaging | None = None,

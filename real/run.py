@@ -63,8 +63,6 @@ class EngineSettings:
     start_checks: bool = field(default=False, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
     host_cpu: int | None = field(default=None, compare=False)
-    # a pass start's layout of at least this many index elements is expanded on the device (real.layout; None: never)
-    layout_expand_from: int | None = field(default=None, compare=False)
     # stamps on each batch start's host path, written as starts.parquet (real.starttrace; a replay's)
     trace_starts: bool = field(default=False, compare=False)
 
@@ -82,9 +80,6 @@ class EngineSettings:
             raise ValueError(f"engine.host_cpu must be a CPU number, -1 (the last) or null, got {self.host_cpu!r}")
         if isinstance(self.graph_key_step, bool) or not isinstance(self.graph_key_step, int) or self.graph_key_step < 1:
             raise ValueError(f"engine.graph_key_step must be a whole number >= 1, got {self.graph_key_step!r}")
-        if self.layout_expand_from is not None and (isinstance(self.layout_expand_from, bool) or not isinstance(
-                self.layout_expand_from, int) or self.layout_expand_from < 0):
-            raise ValueError(f"engine.layout_expand_from must be a whole number >= 0 or null, got {self.layout_expand_from!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
@@ -191,7 +186,6 @@ def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state:
                 prompt_ids) -> ReplayServer:
     """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
     rehearse_s = settings.rehearse_us * 1e-6
-    engine.layout_expand_from = settings.layout_expand_from  # a run-time choice: the engine may be reused
     timeline = DeviceTimeline(engine.device, depth=settings.run_ahead,
                               idle=every(rehearse_s, engine.rehearse) if rehearse_s > 0 else None)
     on_cuda = engine.device.type == "cuda"
@@ -259,7 +253,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
                       "start_checks": spec.engine.start_checks, "host_cpu": placement.loop,
-                      "trace_starts": spec.engine.trace_starts, "layout_expand_from": spec.engine.layout_expand_from,
+                      "trace_starts": spec.engine.trace_starts,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}

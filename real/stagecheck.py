@@ -1,9 +1,7 @@
 """Layouts sent through a pinned staging ring (real.layout.PinnedStaging) equal the ones built on the CPU,
 while copies queue behind sleep kernels (the ring wraps and must wait for its buffers) and on two streams.
 
-    python -m real.stagecheck [--iters 3000] [--expand-from N]   # on a GPU (H200: 3,000 layouts, none differ)
-
-`--expand-from N`: layouts of at least N index elements are expanded on the device (real.layout._expand).
+    python -m real.stagecheck [--iters 3000]        # on a GPU (H200: 3,000 layouts, none differ)
 
 On a CPU there is no staging and the check only compares the CPU path with itself."""
 
@@ -36,8 +34,8 @@ def tensors(layout: Layout) -> list[torch.Tensor]:
     return out
 
 
-def check(iters: int, device: torch.device, seed: int = 0, expand_from: int | None = None) -> int:
-    """How many of `iters` layouts differ from their CPU twins (built on the host)."""
+def check(iters: int, device: torch.device, seed: int = 0) -> int:
+    """How many of `iters` layouts differ from their CPU twins."""
     rng, kept = random.Random(seed), []
     on_cuda = device.type == "cuda"
     side = torch.cuda.Stream(priority=-1) if on_cuda else None
@@ -48,9 +46,9 @@ def check(iters: int, device: torch.device, seed: int = 0, expand_from: int | No
             torch.cuda._sleep(200_000)  # ~0.1 ms: the next copies queue behind it
         if side is not None and i % 3 == 0:
             with torch.cuda.stream(side):
-                kept.append((seqs, build_layout(seqs, device, input_ids(seqs)[0], staging, expand_from=expand_from)))
+                kept.append((seqs, build_layout(seqs, device, ids=input_ids(seqs)[0], staging=staging)))
         else:
-            kept.append((seqs, build_layout(seqs, device, input_ids(seqs)[0], staging, expand_from=expand_from)))
+            kept.append((seqs, build_layout(seqs, device, ids=input_ids(seqs)[0], staging=staging)))
     if on_cuda:
         torch.cuda.synchronize()
     return sum(any(not torch.equal(a.cpu(), b) for a, b in zip(tensors(lay), tensors(_on_cpu(seqs))))
@@ -65,9 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iters", type=int, default=3000)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--expand-from", type=int, default=None)
     args = parser.parse_args(argv)
-    bad = check(args.iters, torch.device(args.device), expand_from=args.expand_from)
+    bad = check(args.iters, torch.device(args.device))
     print(f"stagecheck: {args.iters} layouts, {bad} differ")
     if bad:
         raise SystemExit(1)

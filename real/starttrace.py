@@ -8,7 +8,7 @@ start; these stamps split it into `SEGMENTS`, each the time since the stamp befo
 `policy` (the policy's decision and its bookkeeping, up to the engine's part of a transition), `sequences` (a KV slot
 and a Sequence per new request), `lane` (which streams are busy, the urgent stream claimed), `ids` (the new token
 ids packed), `layout` (the layout's host arrays), `copy` (into the pinned ring and one host-to-device copy, the
-device views), `expand` (a layout built on the device: its kernels launched, real.layout._expand), `embed` (the embedding launched), `mark` (its event recorded); after the last mark, not part of
+device views), `embed` (the embedding launched), `mark` (its event recorded); after the last mark, not part of
 the reaction: `consulted` (the policy asked again until it has nothing to change) and `issue` (the loop's other work
 up to the first advance's issue).
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-SEGMENTS = ("policy", "sequences", "lane", "ids", "layout", "copy", "expand", "embed", "mark", "consulted", "issue")
+SEGMENTS = ("policy", "sequences", "lane", "ids", "layout", "copy", "embed", "mark", "consulted", "issue")
 REACTION_SEGMENTS = SEGMENTS[:SEGMENTS.index("mark") + 1]  # the host part of a reaction ends at the mark
 SEQS_BINS = (0, 1, 4, 8, 64)
 

@@ -215,41 +215,6 @@ def test_stagecheck_compares_every_layout_field(capsys):
     assert len(stagecheck.tensors(layout)) == 4 + 5 * len(layout.groups)  # every tensor of the layout
 
 
-@pytest.mark.parametrize("expand_from", [0, 4000])
-def test_a_layout_expanded_on_the_device_equals_the_hosts(expand_from):
-    """real.layout._expand (per-sequence arrays copied, the rest built by kernels) gives every tensor of the
-    host-built layout, for random mixes of prompts, partly cached prompts and decodes; with a threshold, the large
-    ones only (`_num_elements`)."""
-    import random
-
-    from real import stagecheck
-    from real.layout import _meta, _num_elements, _packed, build_layout
-    from real.pending import input_ids
-    rng, expanded = random.Random(3), 0
-    for _ in range(150):
-        seqs = stagecheck.random_batch(rng)
-        ids = input_ids(seqs)[0]
-        want, got = build_layout(seqs, "cpu", ids), build_layout(seqs, "cpu", ids, expand_from=expand_from)
-        assert len(got.groups) == len(want.groups) and got.num_tokens == want.num_tokens
-        assert [g.num_keys for g in got.groups] == [g.num_keys for g in want.groups]
-        for a, b in zip(stagecheck.tensors(got), stagecheck.tensors(want)):
-            assert a.shape == b.shape and torch.equal(a, b)
-        host, _, _ = _packed(seqs)
-        assert _num_elements(_meta(seqs)) <= sum(a.size for a in host)  # counts what _packed builds (less slots)
-        expanded += len(seqs) > 1 and _num_elements(_meta(seqs)) >= expand_from
-    assert 0 < expanded < (150 if expand_from else 151)
-    assert stagecheck.check(30, torch.device("cpu"), expand_from=expand_from) == 0
-
-
-def test_an_engine_expanding_its_layouts_matches_hf(model, kind):
-    engine = new_engine(model, kind)
-    engine.layout_expand_from = 0
-    seqs = [engine.add_sequence(i, p) for i, p in enumerate(prompts(5, 6))]
-    for _ in range(3):  # a prefill pass of five prompts, then decode passes
-        logits, _ = engine.run_pass(seqs)
-        check_against_hf(model, seqs, logits)
-
-
 def test_a_groups_real_queries_are_indexed_as_the_padded_mask_gives():
     """real.layout._group finds the real queries from the lengths; the [B, Q] mask it replaced gives the same
     indices, for groups of sequences whose packed rows have gaps (a group of some of a batch's sequences)."""
