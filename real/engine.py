@@ -42,6 +42,8 @@ class Engine:
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
     token_ring: HostRing | None = field(init=False, default=None)  # pinned buffers for sampled ids (GPU only)
     stand_ins: tuple[list[Sequence], ...] = field(init=False, default=())  # `rehearse`'s batches
+    # `rehearse(launch=True)`'s own stream and pinned ring (GPU only): its copies never hold up a real start's
+    rehearsal: tuple[torch.cuda.Stream, PinnedStaging] | None = field(init=False, default=None)
 
     def __post_init__(self):
         on_cuda = self.device.type == "cuda"
@@ -135,13 +137,16 @@ class Engine:
         return BatchState(list(seqs), hidden, layout, Position())
 
     @torch.inference_mode()
-    def rehearse(self) -> None:
+    def rehearse(self, launch: bool = False) -> None:
         """The host side of a pass start (ids, layout, the device views) for stand-in sequences, with no copy
         and no kernel: nothing on the device or in the pool changes. Calls alternate between one new prompt
         and four. The server calls it while it waits for the device (engine.rehearse_us). In serving, the host
         work between starts (graph replays, the policy, the wait itself) evicts the start path from the CPU's
         caches: on the H200's host a start right after replayed graphs and a 2 ms wait took 1.3-2.4x as long
-        as one right after another, 1.1-1.8x with rehearsals (`python -m real.launchprobe --cold`)."""
+        as one right after another, 1.1-1.8x with rehearsals (`python -m real.launchprobe --cold`).
+        `launch` (on a GPU): the whole start instead, copy, embedding and a timed event included, on a stream and
+        pinned ring of the rehearsals' own, into memory nothing reads: a start's torch calls cost the serving
+        host 20-30 µs each against 5-7 in a hot loop (real.starttrace), and the dry rehearsal warms none of them."""
         if not self.stand_ins:
             self.stand_ins = ([Sequence(-1, [1] * 64, slot=0, prompt=np.ones(64, np.int64))],
                               [Sequence(-2 - i, [1] * n, slot=0, prompt=np.ones(n, np.int64))
@@ -149,7 +154,16 @@ class Engine:
         seqs, *rest = self.stand_ins
         self.stand_ins = (*rest, seqs)
         ids, _ = pending_ids(seqs)
-        build_layout(seqs, self.device, ids, staging=self.staging, dry=True)
+        if not launch or self.device.type != "cuda":
+            build_layout(seqs, self.device, ids, staging=self.staging, dry=True)
+            return
+        if self.rehearsal is None:
+            self.rehearsal = (torch.cuda.Stream(self.device, priority=-1), PinnedStaging.allocate(self.device, count=4))
+        stream, staging = self.rehearsal
+        with torch.cuda.stream(stream):
+            layout = build_layout(seqs, self.device, ids, staging=staging)
+            stages.embed(self.model, layout.token_ids)
+            torch.cuda.Event(enable_timing=True).record()
 
     @torch.inference_mode()
     def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER,

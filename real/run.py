@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -59,6 +60,8 @@ class EngineSettings:
     pass_overlap: bool = field(default=False, compare=False)
     # while the host waits for the device, it rehearses a pass start this often (0: never; Engine.rehearse)
     rehearse_us: float = field(default=250.0, compare=False)
+    # the rehearsal launches too: its copy, embedding and event on a stream of its own (Engine.rehearse)
+    rehearse_launch: bool = field(default=False, compare=False)
     # an arrival during a consult (a batch's start) is decided on before the next layer is issued
     start_checks: bool = field(default=False, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
@@ -83,7 +86,7 @@ class EngineSettings:
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
-                     "start_checks", "trace_starts"):
+                     "start_checks", "trace_starts", "rehearse_launch"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -186,8 +189,12 @@ def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state:
                 prompt_ids) -> ReplayServer:
     """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
     rehearse_s = settings.rehearse_us * 1e-6
+    if settings.rehearse_launch and rehearse_s > 0:
+        for _ in range(4):  # the rehearsals' stream, pinned ring and allocator pool, before any timed work
+            engine.rehearse(launch=True)
     timeline = DeviceTimeline(engine.device, depth=settings.run_ahead,
-                              idle=every(rehearse_s, engine.rehearse) if rehearse_s > 0 else None)
+                              idle=every(rehearse_s, partial(engine.rehearse, launch=settings.rehearse_launch))
+                              if rehearse_s > 0 else None)
     on_cuda = engine.device.type == "cuda"
     lane = PriorityLane(urgent_streams(engine.device) if on_cuda and settings.priority_stream else (),
                         enabled=lane_for(policy, settings))
@@ -252,6 +259,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
+                      "rehearse_launch": spec.engine.rehearse_launch,
                       "start_checks": spec.engine.start_checks, "host_cpu": placement.loop,
                       "trace_starts": spec.engine.trace_starts,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,

@@ -194,12 +194,35 @@ def test_a_rehearsal_changes_nothing(model):
     engine.rehearse()
     assert engine.pool.num_free == free
     logits, tokens = engine.run_pass(seqs)
-    engine.rehearse()
+    engine.rehearse(launch=True)  # on a CPU, the same dry rehearsal
     more_logits, more_tokens = engine.run_pass(seqs)
     want_logits, want_tokens = again.run_pass(twins)
     want_more_logits, want_more_tokens = again.run_pass(twins)
     assert tokens == want_tokens and more_tokens == want_more_tokens
     assert torch.equal(logits, want_logits) and torch.equal(more_logits, want_more_logits)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_launched_rehearsal_changes_nothing_on_the_gpu():
+    """`rehearse(launch=True)` copies and embeds on its own stream and ring: the engine's next passes, and the
+    ring of real starts, are as without it."""
+    model = build_model(preset_config("tiny-mixtral"), "cuda", torch.bfloat16, seed=3)
+    engines = [Engine.for_device(model, KVPool.allocate_for(model.config, 8, 96, "cuda", torch.bfloat16))
+               for _ in range(2)]
+    batches = [[e.add_sequence(i, p) for i, p in enumerate(prompts(3, seed=5))] for e in engines]
+    results = []
+    for engine, seqs, launch in zip(engines, batches, (False, True)):
+        out = []
+        for _ in range(3):
+            for _ in range(5):
+                engine.rehearse(launch=launch)
+            out.append(engine.run_pass(seqs))
+        results.append(out)
+        assert (engine.rehearsal is not None) == launch
+    assert engines[0].staging.next == engines[1].staging.next  # the real starts' ring: untouched by rehearsals
+    for (logits, tokens), (more_logits, more_tokens) in zip(*results):
+        assert tokens == more_tokens and torch.equal(logits, more_logits)
 
 
 def test_stagecheck_compares_every_layout_field(capsys):
