@@ -60,8 +60,9 @@ class EngineSettings:
     pass_overlap: bool = field(default=False, compare=False)
     # while the host waits for the device, it rehearses a pass start this often (0: never; Engine.rehearse)
     rehearse_us: float = field(default=250.0, compare=False)
-    # the rehearsal launches too: its copy, embedding and event on a stream of its own (Engine.rehearse)
-    rehearse_launch: bool = field(default=False, compare=False)
+    # the rehearsal launches too: its copy, embedding and event on a stream of its own (Engine.rehearse); H100:
+    # urgent starts' host time to their first kernel p50 -13 to -22%, LS reaction p99 -16 to -33% (BENCHMARKS.md)
+    rehearse_launch: bool = field(default=True, compare=False)
     # an arrival during a consult (a batch's start) is decided on before the next layer is issued
     start_checks: bool = field(default=False, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
