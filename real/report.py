@@ -60,6 +60,9 @@ PARTS = ("reaction", "notice", "host", "device", "in-flight layers")
 NOTICE_LEGS = ("child", "pipe", "loop")
 FOUND = ("BE", "LS", "idle")
 HOST_IN = ("LM head", "other")  # where the host was when the request arrived (`reaction_parts`)
+# an LS request noticed this late after finding BE work was held back by the policy, not preempting: the KV slots
+# were short (qllm_catchup preempts any BE batch at once otherwise); its reaction measures memory, not preemption
+HELD_NOTICE_MS = 50.0
 
 
 def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -127,6 +130,7 @@ def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
         raise SystemExit(f"error: no step logs with decided_s and level under {root} (runs before serving round 4)")
     table = pd.concat(parts, ignore_index=True)
     pooled = [table.assign(run="all")] + [table[table.found == f].assign(run=f"all, found {f}") for f in FOUND]
+    pooled.append(table[(table.found == "BE") & (table.notice < HELD_NOTICE_MS)].assign(run="all, found BE, not held"))
     pooled.append(table[table["host in"] == HOST_IN[0]].assign(run=f"all, host in {HOST_IN[0]}"))
     rows = []
     for (policy, run), group in pd.concat([table, *pooled]).groupby(["policy", "run"], sort=False):
