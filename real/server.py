@@ -84,7 +84,8 @@ class ReplayServer:
     token_marks: dict[int, list[int]] = field(default_factory=dict)  # request_id -> marks of its first, last token
     retiring: list[tuple[PendingTokens, list[Request]]] = field(default_factory=list)  # passes' tokens, finished
     prompts: dict[int, list[int]] = field(default_factory=dict)  # request_id -> prompt token ids
-    prompt_arrays: dict[int, np.ndarray] = field(default_factory=dict)  # the same as int64, until its sequence exists
+    # request_id -> its sequence (own ids, an int64 array of them), made at admission, until its batch gives it a slot
+    unplaced: dict[int, Sequence] = field(default_factory=dict)
     on_finish: Callable[[Request, list[int]], None] | None = None  # a finished request's tokens, once on the host
     on_tokens: Callable[[int, list[int]], None] | None = None  # a request's new tokens, in order, once on the host
     streamed: dict[int, int] = field(default_factory=dict)  # request_id -> tokens handed to `on_tokens`
@@ -92,7 +93,7 @@ class ReplayServer:
     def run(self, requests: list[Request]) -> ServeOutcome:
         """Replay a trace: each request arrives at its `arrival_s` on the wall clock."""
         self.prompts = {r.request_id: self.prompt_ids(r) for r in requests}  # the trace's input, not timed work
-        self.prompt_arrays = {rid: np.asarray(ids, dtype=np.int64) for rid, ids in self.prompts.items()}
+        self.unplaced = {rid: self._new_sequence(rid, ids) for rid, ids in self.prompts.items()}
         return replace(self.serve(TraceArrivals(requests)), requests=requests)
 
     def serve(self, arrivals: Arrivals) -> ServeOutcome:
@@ -119,8 +120,8 @@ class ReplayServer:
             for request in arrivals.due(now):
                 if request.request_id not in self.prompts:
                     self.prompts[request.request_id] = ids = self.prompt_ids(request)
-                    # as an array now, not when its batch starts (an LS start fills up with these prompts)
-                    self.prompt_arrays[request.request_id] = np.asarray(ids, dtype=np.int64)
+                    # its sequence now, not when its batch starts (an LS start fills up with these prompts)
+                    self.unplaced[request.request_id] = self._new_sequence(request.request_id, ids)
                 self.state.arrive(request)
                 admitted.append(request)
                 unfinished += 1
@@ -316,9 +317,14 @@ class ReplayServer:
         if request.request_id not in self.seqs:
             if not self.engine.pool.can_allocate():
                 self._retire(wait=True)  # the policy counted the slots of requests whose last pass is in flight
-            self.seqs[request.request_id] = self.engine.add_sequence(request.request_id, self.prompts[request.request_id],
-                                                                     self.prompt_arrays.pop(request.request_id, None))
+            seq = self.unplaced.pop(request.request_id, None)
+            if seq is None:
+                seq = self._new_sequence(request.request_id, self.prompts[request.request_id])
+            self.seqs[request.request_id] = self.engine.place(seq)
         return self.seqs[request.request_id]
+
+    def _new_sequence(self, request_id: int, ids: list[int]) -> Sequence:
+        return self.engine.new_sequence(request_id, ids, np.asarray(ids, dtype=np.int64))
 
     def _can_merge(self) -> bool:
         running = self.state.running

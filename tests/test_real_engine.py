@@ -91,6 +91,21 @@ def test_a_prompt_array_must_match_its_ids(model):
     assert engine.pool.num_free == engine.pool.num_slots  # no slot taken
 
 
+def test_a_sequence_made_before_its_slot_is_placed_once(model):
+    """The server makes a request's sequence at admission (`new_sequence`, no KV slot) and places it when its
+    batch starts: the pool is untouched until then, and a placed sequence is not placed again."""
+    engine = new_engine(model)
+    free, ids = engine.pool.num_free, [5, 6, 7]
+    seq = engine.new_sequence(0, ids, np.array(ids))
+    ids.append(8)  # the caller's list stays the caller's
+    assert seq.token_ids == [5, 6, 7] and seq.slot == -1 and engine.pool.num_free == free
+    assert engine.place(seq) is seq and seq.slot >= 0 and engine.pool.num_free == free - 1
+    with pytest.raises(ValueError, match="already holds KV slot"):
+        engine.place(seq)
+    with pytest.raises(ValueError, match="exceeds the KV slot length"):
+        engine.new_sequence(1, [1] * (engine.pool.max_len + 1))
+
+
 def random_position(rng: random.Random, engine: Engine) -> Position:
     layer = rng.randrange(1, engine.num_layers)
     if rng.random() < 0.5:

@@ -71,7 +71,7 @@ def test_overload_loses_nothing_and_tokens_match_the_trace(model, policy):
         assert r.num_generated_tokens == r.num_output_tokens == len(server.outputs[r.request_id])
         assert r.arrival_s <= r.first_scheduled_s <= r.first_token_s <= r.finish_s
     assert server.engine.pool.num_free == 6  # every slot given back
-    assert server.prompt_arrays == {}  # each prompt's array went to its sequence (real.pending packs it)
+    assert server.unplaced == {}  # each request's sequence, made at admission, was placed in a slot
     if isinstance(policy, QLLM):
         assert any(r.num_preemptions > 0 for r in requests)  # LS arrivals did interrupt BE batches
 
