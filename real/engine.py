@@ -150,15 +150,17 @@ class Engine:
 
     @torch.inference_mode()
     def rehearse(self, launch: bool = False) -> None:
-        """The host side of a pass start (ids, layout, the device views) for stand-in sequences, with no copy
-        and no kernel: nothing on the device or in the pool changes. Calls alternate between one new prompt
-        and four. The server calls it while it waits for the device (engine.rehearse_us). In serving, the host
-        work between starts (graph replays, the policy, the wait itself) evicts the start path from the CPU's
-        caches: on the H200's host a start right after replayed graphs and a 2 ms wait took 1.3-2.4x as long
-        as one right after another, 1.1-1.8x with rehearsals (`python -m real.launchprobe --cold`).
-        `launch` (on a GPU): the whole start instead, copy, embedding and a timed event included, on a stream and
-        pinned ring of the rehearsals' own, into memory nothing reads: a start's torch calls cost the serving
-        host 20-30 µs each against 5-7 in a hot loop (real.starttrace), and the dry rehearsal warms none of them."""
+        """A pass start for stand-in sequences, so that the real ones find their code in the CPU's caches; nothing
+        the engine's batches, KV pool or pinned ring hold changes. Calls alternate between one new prompt and four.
+        The server calls it while it waits for the device (engine.rehearse_us). In serving, the host work between
+        starts (graph replays, the policy, the wait itself) evicts the start path from the CPU's caches: on the
+        H200's host a start right after replayed graphs and a 2 ms wait took 1.3-2.4x as long as one right after
+        another, 1.1-1.8x with (dry) rehearsals (`python -m real.launchprobe --cold`).
+        Dry (`launch=False`, and on a CPU): the host side only (ids, layout, device views of a scratch block), no
+        copy and no kernel. `launch` (a GPU): the whole start, copy, embedding and a timed event included, on a
+        stream and pinned ring of the rehearsals' own, into memory nothing reads: a start's torch calls cost the
+        serving host 20-30 µs each against 5-7 in a hot loop (real.starttrace), and the dry one warms none of them
+        (H100: one-prompt starts 378 -> 294 µs to their first kernel, BENCHMARKS.md, session 17)."""
         if not self.stand_ins:
             self.stand_ins = ([Sequence(-1, [1] * 64, slot=0, prompt=np.ones(64, np.int64))],
                               [Sequence(-2 - i, [1] * n, slot=0, prompt=np.ones(n, np.int64))
