@@ -6,7 +6,7 @@ An LS request's reaction ends when its batch's embedding has run on the device (
 the consult up to the `mark` recorded after the embedding is issued. `real.report` gives that part as one number per
 start; these stamps split it into `SEGMENTS`, each the time since the stamp before it:
 `policy` (the policy's decision and its bookkeeping, up to the engine's part of a transition), `sequences` (a KV slot
-and a Sequence per new request), `lane` (which streams are busy, the urgent stream claimed), `ids` (the new token
+per new request; its Sequence was made at admission), `lane` (which streams are busy, the urgent stream claimed), `ids` (the new token
 ids packed), `layout` (the layout's host arrays), `copy` (into the pinned ring and one host-to-device copy, the
 device views), `embed` (the embedding launched), `mark` (its event recorded); after the last mark, not part of
 the reaction: `consulted` (the policy asked again until it has nothing to change) and `issue` (the loop's other work
