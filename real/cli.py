@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 # Before torch touches CUDA: with the KV pool filling the GPU, fixed-size segments made the allocator
@@ -18,16 +19,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from real.run import EngineSettings, ServeSpec, serve
 from sim.results import format_summary
-from sim.workload import WorkloadConfig
+from sim.workload import WorkloadConfig, replayed_workload
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def build_spec(cfg: DictConfig, policy_name: str) -> ServeSpec:
+def build_spec(cfg: DictConfig, policy_name: str, overrides: Sequence[str] = ("rate=",)) -> ServeSpec:
+    """`overrides`: the command's (a trace replayed without `rate=` records the trace's rate)."""
     return ServeSpec(
         policy=instantiate(cfg.policy),
         policy_name=policy_name,
-        workload=WorkloadConfig(**OmegaConf.to_container(cfg.workload, resolve=True)),
+        workload=replayed_workload(WorkloadConfig(**OmegaConf.to_container(cfg.workload, resolve=True)), cfg.trace,
+                                   overrides),
         engine=EngineSettings(**OmegaConf.to_container(cfg.engine, resolve=True)),
         seed=int(cfg.seed),
         max_batch_size=int(cfg.max_batch_size),
@@ -41,7 +44,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        spec = build_spec(cfg, hydra_cfg.runtime.choices.get("policy", "custom"))
+        spec = build_spec(cfg, hydra_cfg.runtime.choices.get("policy", "custom"), hydra_cfg.overrides.task)
         table, summary = serve(spec, out_dir)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -26,20 +26,9 @@ from sim.workload import read_trace
 from sim.workload.trace import TraceError
 
 
-def trace_rate(trace: Path) -> float | None:
-    """The nominal rate of a trace that a run wrote (its summary.json beside it), None otherwise: a replay of a
-    trace file would otherwise log the config's default rate, and its tables say "rate 2"."""
-    summary = trace.parent / "summary.json"
-    try:
-        return float(json.loads(summary.read_text())["run"]["rate"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def run_replay(trace: Path, seed: int, overrides: list[str], out: Path) -> None:
-    rate = trace_rate(trace)
-    named = [f"rate={rate:g}"] if rate is not None and not any(o.startswith("rate=") for o in overrides) else []
-    command = [sys.executable, "-m", "real", "run", f"trace={trace}", f"seed={seed}", *named, *overrides,
+    """`real run` on the trace (which records the trace's rate: sim.workload.trace_rate)."""
+    command = [sys.executable, "-m", "real", "run", f"trace={trace}", f"seed={seed}", *overrides,
                f"hydra.run.dir={out}"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

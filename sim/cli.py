@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -17,21 +18,23 @@ from sim.model import ModelSpec
 from sim.profile.select import ProfileSpec
 from sim.results import format_summary
 from sim.run import RunResult, RunSpec, execute
-from sim.workload import WorkloadConfig
+from sim.workload import WorkloadConfig, replayed_workload
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 EXPECTED_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 
 
-def build_spec(cfg: DictConfig, policy_name: str) -> RunSpec:
-    """The only place that reads the config tree: everything below gets dataclasses."""
+def build_spec(cfg: DictConfig, policy_name: str, overrides: Sequence[str] = ("rate=",)) -> RunSpec:
+    """The only place that reads the config tree: everything below gets dataclasses. `overrides`: the command's
+    (a trace replayed without `rate=` records the trace's rate)."""
     hardware = OmegaConf.to_container(cfg.hardware, resolve=True)
     profile = ProfileSpec(**hardware.pop("profile", {}))
     return RunSpec(
         policy=instantiate(cfg.policy),
         policy_name=policy_name,
-        workload=WorkloadConfig(**OmegaConf.to_container(cfg.workload, resolve=True)),
+        workload=replayed_workload(WorkloadConfig(**OmegaConf.to_container(cfg.workload, resolve=True)), cfg.trace,
+                                   overrides),
         model=ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True)),
         hardware=HardwareSpec(**hardware),
         profile=profile,
@@ -62,7 +65,7 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        spec = build_spec(cfg, hydra_cfg.runtime.choices.get("policy", "custom"))
+        spec = build_spec(cfg, hydra_cfg.runtime.choices.get("policy", "custom"), hydra_cfg.overrides.task)
         result = execute(spec)
     except EXPECTED_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)

@@ -18,4 +18,4 @@ def compose_spec(overrides: list[str]) -> RunSpec:
     """A RunSpec as `python -m sim run <overrides>` would build it (policy named by its config)."""
     cfg = compose_config(overrides)
     policy = next((o.split("=", 1)[1] for o in overrides if o.startswith("policy=")), "qllm")
-    return build_spec(cfg, policy)
+    return build_spec(cfg, policy, overrides)

@@ -48,6 +48,13 @@ def test_replays_a_trace_file(tmp_path):
     assert done.returncode == 0, done.stderr
     df = pd.read_parquet(tmp_path / "out" / "requests.parquet")
     assert df.arrival_s.tolist() == pytest.approx(trace.arrival_s.tolist())
+    span = trace.arrival_s.max() - trace.arrival_s.min()  # the run records the trace's rate, not the default 2
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["run"]["rate"] == pytest.approx(29 / span)
+    (tmp_path / "summary.json").write_text('{"run": {"rate": 4.0}}')  # a run wrote it: its nominal rate
+    assert sim_run(tmp_path / "again", f"trace={tmp_path / 'trace.csv'}", "policy=fcfs").returncode == 0
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["run"]["rate"] == 4.0
+    assert sim_run(tmp_path / "named", f"trace={tmp_path / 'trace.csv'}", "rate=9").returncode == 0
+    assert json.loads((tmp_path / "named" / "summary.json").read_text())["run"]["rate"] == 9.0
 
 
 @pytest.mark.parametrize(

@@ -562,15 +562,3 @@ def test_the_pipe_defers_the_clients_tokens_while_arrivals_wait_for_a_decision()
     assert child.recv() == ("out", [("finished", 1, [7, 8])])
     pipe.idle()
     assert not child.poll(0.05)  # nothing owed: nothing sent
-
-
-def test_servecheck_names_the_rate_of_a_trace_a_run_wrote(tmp_path):
-    from real.servecheck import trace_rate
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "trace.csv").write_text("")
-    assert trace_rate(run / "trace.csv") is None  # no summary beside it
-    (run / "summary.json").write_text(json.dumps({"run": {"policy": "qllm", "rate": 18, "seed": 13}}))
-    assert trace_rate(run / "trace.csv") == 18.0
-    (run / "summary.json").write_text("{not json")
-    assert trace_rate(run / "trace.csv") is None

@@ -94,3 +94,23 @@ def test_to_requests():
         trace.arrival_s[0], trace.prompt_tokens[0], trace.output_tokens[0])
     assert [r.priority for r in requests] == [Priority.parse(p) for p in trace.priority]
     assert {r.priority for r in requests} == {Priority.LS, Priority.BE} and first.num_generated_tokens == 0
+
+
+def test_a_trace_file_stands_for_the_rate_of_the_run_that_wrote_it(tmp_path):
+    """sim.workload.trace_rate: the rate in the summary.json beside the trace, else its arrivals per second, else
+    None; replayed_workload takes it unless the command set `rate=`."""
+    from sim.workload import replayed_workload, trace_rate
+    trace = tmp_path / "trace.csv"
+    trace.write_text(GOOD)  # three arrivals over 0.75 s
+    assert trace_rate(trace) == pytest.approx(2 / 0.75)
+    (tmp_path / "summary.json").write_text('{"run": {"policy": "qllm", "rate": 18, "seed": 13}}')
+    assert trace_rate(trace) == 18.0
+    (tmp_path / "summary.json").write_text("{not json")
+    assert trace_rate(trace) == pytest.approx(2 / 0.75)
+    assert trace_rate(tmp_path / "missing.csv") is None
+    base = WorkloadConfig(rate=2.0)
+    assert replayed_workload(base, str(trace), ["policy=fcfs"]).rate == pytest.approx(2 / 0.75)
+    for given in (["rate=5"], ["+rate=5"]):
+        assert replayed_workload(base, str(trace), given) is base
+    assert replayed_workload(base, None, []) is base
+    assert replayed_workload(base, str(tmp_path / "missing.csv"), []) is base  # the replay reports the file

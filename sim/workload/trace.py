@@ -5,13 +5,17 @@ priority:str ('LS'|'BE'). CSV (.csv) or parquet (.parquet, .pq), by suffix. Extr
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from policies import Priority, Request
+from sim.workload.config import WorkloadConfig
 
 COLUMNS = ("request_id", "arrival_s", "prompt_tokens", "output_tokens", "priority")
 INT_COLUMNS = ("request_id", "prompt_tokens", "output_tokens")
@@ -53,6 +57,32 @@ def read_trace(path: Path | str) -> pd.DataFrame:
         problem = f"{type(error).__name__}: {error}"
         raise TraceError(f"trace {path}: cannot parse, truncated or garbled? ({problem})") from None
     return validate(raw, str(path))
+
+
+def trace_rate(path: Path | str) -> float | None:
+    """The arrival rate a trace file stands for: the rate of the run that wrote it (the `summary.json` beside it,
+    as `sim run` and `real run` leave them), else its arrivals per second; None if it cannot be read (the replay
+    then reports why). A replay of a file logs this, not the config's default rate, unless `rate=` is given."""
+    path = Path(path)
+    try:
+        return float(json.loads((path.parent / "summary.json").read_text())["run"]["rate"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        arrivals = read_trace(path).arrival_s
+    except TraceError:
+        return None
+    span = float(arrivals.max() - arrivals.min()) if len(arrivals) > 1 else 0.0
+    return (len(arrivals) - 1) / span if span > 0 else None
+
+
+def replayed_workload(workload: WorkloadConfig, trace: str | None, overrides: Sequence[str]) -> WorkloadConfig:
+    """The workload a run records: replaying a trace file without `rate=` among the command's `overrides`, at the
+    trace's rate (`trace_rate`), not the config's default; the tables and `sim.validate` match runs by it."""
+    if trace is None or any(o.lstrip("+~").split("=", 1)[0] == "rate" for o in overrides):
+        return workload
+    rate = trace_rate(trace)
+    return workload if rate is None else replace(workload, rate=rate)
 
 
 def _format(path: Path) -> str:
