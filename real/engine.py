@@ -21,7 +21,7 @@ import torch
 from policies import Granularity, Position, Stage
 from real import stages, starttrace
 from real.batch import BatchState, MoEState
-from real.graphs import DecodeRunner
+from real.graphs import KEY_STEP, DecodeRunner
 from real.kv import KVPool
 from real.layout import PinnedStaging, build_layout
 from real.pending import HostRing, PendingTokens
@@ -37,7 +37,7 @@ class Engine:
     grouped_experts: bool = False  # sync-free experts (grouped_mm; dense GEMMs for decode) instead of HF's loop
     graphs: bool = False  # decode layers through per-bucket CUDA graphs (run eagerly on CPU)
     dense_tokens: tuple[int, int] | None = None  # batches of this many tokens run all experts densely
-    graph_key_step: int | None = None  # the runner's key-length rounding (real.graphs.DecodeRunner.key_step)
+    graph_key_step: int = KEY_STEP  # the runner's key-length rounding (real.graphs.DecodeRunner.key_step)
     runner: DecodeRunner | None = field(init=False, default=None)
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
     token_ring: HostRing | None = field(init=False, default=None)  # pinned buffers for sampled ids (GPU only)

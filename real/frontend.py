@@ -63,10 +63,6 @@ class PipeArrivals:
     transit: dict[int, Transit] = field(default_factory=dict)  # request_id -> its way from the child
     seen_s: float | None = None  # when `is_due` first found the pipe readable since the last `due`
     poller: select.poll = field(init=False)  # the pipe's, registered once: 0.5 µs a poll, not Connection.poll's 3-11
-
-    def __post_init__(self) -> None:
-        self.poller = select.poll()
-        self.poller.register(self.conn.fileno(), select.POLLIN)
     held: deque = field(default_factory=deque)
     prompts: dict[int, list[int]] = field(default_factory=dict)
     streamed: set[int] = field(default_factory=set)
@@ -75,6 +71,10 @@ class PipeArrivals:
     close_sent: bool = False
     child_closed: bool = False  # the child acknowledged (or died): nothing more can come
     child_gone: bool = False  # the pipe broke: the admitted requests still finish, unanswered
+
+    def __post_init__(self) -> None:
+        self.poller = select.poll()
+        self.poller.register(self.conn.fileno(), select.POLLIN)
 
     def start(self, origin_s: float) -> None:
         self.origin_s = origin_s

@@ -27,7 +27,7 @@ from real.kv import KVPool
 from real.layout import AttentionGroup, Layout
 
 BUCKET_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64)
-KEY_STEP = 256  # default: key lengths are rounded up to a multiple of this (one graph set per rounded length)
+KEY_STEP = 256  # key lengths are rounded up to a multiple of this by default (one graph set per rounded length)
 
 
 @dataclass(eq=False)
@@ -52,8 +52,8 @@ class DecodeRunner:
     experts_for: Callable[[int], Callable]  # bucket size -> experts stage function
     capture: bool  # CUDA graphs (on CUDA) or the same static-shape code run eagerly (CPU)
     # key lengths round up to a multiple of this: fewer graphs (batch buckets x key lengths x layers) for
-    # more padded keys read per decode (engine.graph_key_step; None: KEY_STEP)
-    key_step: int | None = None
+    # more padded keys read per decode (engine.graph_key_step)
+    key_step: int = KEY_STEP
     buckets: dict[tuple[int, int], Bucket] = field(default_factory=dict)
     mempool: object = None
 
@@ -72,7 +72,7 @@ class DecodeRunner:
         """Build (capture) every bucket a batch of up to `max_batch` sequences can need, so that no
         capture happens while a timed replay runs; returns how many buckets exist."""
         sizes = BUCKET_SIZES[:bisect_left(BUCKET_SIZES, min(max_batch, BUCKET_SIZES[-1])) + 1]
-        step = self.key_step or KEY_STEP
+        step = self.key_step
         keys = sorted({min(k, self.pool.max_len) for k in range(step, self.pool.max_len + step, step)})
         for key in ((size, num_keys) for size in sizes for num_keys in keys):
             if key not in self.buckets:
@@ -93,8 +93,7 @@ class DecodeRunner:
     def _key(self, batch: BatchState) -> tuple[int, int]:
         size = BUCKET_SIZES[bisect_left(BUCKET_SIZES, len(batch.seqs))]
         context = max(s.num_cached + 1 for s in batch.seqs)
-        step = self.key_step or KEY_STEP
-        return size, min(-(-context // step) * step, self.pool.max_len)
+        return size, min(-(-context // self.key_step) * self.key_step, self.pool.max_len)
 
     def _bucket(self, batch: BatchState) -> Bucket:
         key = self._key(batch)

@@ -16,6 +16,7 @@ from policies import Granularity, Policy, Request, SchedulerState
 from real import hostcpu, starttrace
 from real.engine import Engine
 from real.gcwatch import GCWatch
+from real.graphs import KEY_STEP
 from real.kv import KVPool
 from real.lanes import PriorityLane, urgent_streams
 from real.lanes import warm_up as warm_up_lanes
@@ -46,7 +47,7 @@ class EngineSettings:
     priority_stream: bool = True  # a batch started while the device is busy runs on a high-priority stream (real.lanes)
     pool_prewarm_gib: float = 2.0  # per stream, cached by the allocator after the warm-up (prewarm_pools)
     # decode graphs' key lengths round up to a multiple of this (real.graphs): fewer graphs, more keys read
-    graph_key_step: int = 256
+    graph_key_step: int = KEY_STEP
     # how the server drives the engine: not compared, so a multirun that varies them reuses the built engine
     # advances the GPU may hold while the server decides (real.timeline)
     run_ahead: int = field(default=1, compare=False)

@@ -317,10 +317,7 @@ class ReplayServer:
         if request.request_id not in self.seqs:
             if not self.engine.pool.can_allocate():
                 self._retire(wait=True)  # the policy counted the slots of requests whose last pass is in flight
-            seq = self.unplaced.pop(request.request_id, None)
-            if seq is None:
-                seq = self._new_sequence(request.request_id, self.prompts[request.request_id])
-            self.seqs[request.request_id] = self.engine.place(seq)
+            self.seqs[request.request_id] = self.engine.place(self.unplaced.pop(request.request_id))
         return self.seqs[request.request_id]
 
     def _new_sequence(self, request_id: int, ids: list[int]) -> Sequence:

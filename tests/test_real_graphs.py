@@ -26,7 +26,7 @@ def model(request):
     return build_model(preset_config(request.param), "cpu", seed=3)
 
 
-def new_engine(model, device="cpu", dtype=torch.float32, key_step=None) -> Engine:
+def new_engine(model, device="cpu", dtype=torch.float32, key_step=graphs.KEY_STEP) -> Engine:
     pool = KVPool.allocate_for(model.config, 16, 96, device, dtype)
     return Engine(model, pool, grouped_experts=True, graphs=True, dense_tokens=(4, 64), graph_key_step=key_step)
 
@@ -98,9 +98,8 @@ def test_decode_batches_merge_and_split_at_a_layer(model, seed):
         check_against_hf(model, half.seqs, finish(engine, half))
 
 
-def test_key_buckets_grow_with_the_context(model, monkeypatch):
-    monkeypatch.setattr(graphs, "KEY_STEP", 4)
-    engine = new_engine(model)
+def test_key_buckets_grow_with_the_context(model):
+    engine = new_engine(model, key_step=4)
     seqs = decoding(engine, 0, 2, seed=4)
     for _ in range(6):
         check_against_hf(model, seqs, engine.run_pass(seqs, Granularity.LAYER)[0])
