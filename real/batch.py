@@ -52,7 +52,8 @@ def merge(running: BatchState, paused: BatchState, staging: PinnedStaging | None
         moe = MoEState(*(torch.cat([getattr(p, f) for p in parts]) for f in
                          ("x", "weights", "experts", "out", "first_expert")))
     hidden = torch.cat([running.hidden, paused.hidden])
-    return BatchState(seqs, hidden, build_layout(seqs, hidden.device, staging=staging), running.position, moe)
+    return BatchState(seqs, hidden, build_layout(seqs, hidden.device, staging=staging,
+                                                                 varlen=running.layout.varlen), running.position, moe)
 
 
 def split(batch: BatchState, seq_ids: set[int]) -> tuple[BatchState, BatchState]:
@@ -62,7 +63,7 @@ def split(batch: BatchState, seq_ids: set[int]) -> tuple[BatchState, BatchState]
         seqs = [s for s in batch.seqs if (s.seq_id in seq_ids) == keep]
         rows = _rows_of(batch, [s.seq_id in seq_ids for s in batch.seqs], keep)
         moe = batch.moe.select(rows) if batch.moe is not None else None
-        halves.append(BatchState(seqs, batch.hidden[rows], build_layout(seqs, batch.hidden.device),
+        halves.append(BatchState(seqs, batch.hidden[rows], build_layout(seqs, batch.hidden.device, varlen=batch.layout.varlen),
                                  batch.position, moe))
     return halves[0], halves[1]
 

@@ -38,6 +38,9 @@ class Engine:
     graphs: bool = False  # decode layers through per-bucket CUDA graphs (run eagerly on CPU)
     dense_tokens: tuple[int, int] | None = None  # batches of this many tokens run all experts densely
     graph_key_step: int = KEY_STEP  # the runner's key-length rounding (real.graphs.DecodeRunner.key_step)
+    # a pass's fresh prompts as one unpadded group (real.layout.PackedGroup: flash attention's varlen kernel on a
+    # GPU): no padded [B, Q] index arrays to build and send at a start, no pool reads or padding in its attention
+    varlen_prefill: bool = False
     runner: DecodeRunner | None = field(init=False, default=None)
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
     token_ring: HostRing | None = field(init=False, default=None)  # pinned buffers for sampled ids (GPU only)
@@ -71,14 +74,17 @@ class Engine:
         if self.runner is not None:
             self.runner.prepare(max_batch)
         longest = min(self.pool.max_len - 1, 1024)
-        for num_seqs, length in ((1, 8), (2, 64), (1, longest), (min(max_batch, 8), longest // 2),
-                                 (min(max_batch, self.pool.num_slots), min(128, longest))):
-            length = max(min(length, longest), 1)  # short KV slots (a small `engine.max_len`)
-            seqs = [self.add_sequence(-1 - i, [1] * length) for i in range(min(num_seqs, self.pool.num_free))]
-            self.run_pass(seqs)  # prefill (first calls of grouped GEMMs and attention at these sizes)
-            self.run_pass(seqs)  # decode
-            for seq in seqs:
-                self.release(seq)
+        chosen = self.varlen_prefill
+        for self.varlen_prefill in ((False, True) if self.device.type == "cuda" else (chosen,)):  # both: a server
+            for num_seqs, length in ((1, 8), (2, 64), (1, longest), (min(max_batch, 8), longest // 2),  # may switch
+                                     (min(max_batch, self.pool.num_slots), min(128, longest))):
+                length = max(min(length, longest), 1)  # short KV slots (a small `engine.max_len`)
+                seqs = [self.add_sequence(-1 - i, [1] * length) for i in range(min(num_seqs, self.pool.num_free))]
+                self.run_pass(seqs)  # prefill (first calls of grouped GEMMs and attention at these sizes)
+                self.run_pass(seqs)  # decode
+                for seq in seqs:
+                    self.release(seq)
+        self.varlen_prefill = chosen
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -141,7 +147,7 @@ class Engine:
         still on its way to the host is read on the device: real.pending)."""
         ids, pendings = pending_ids(seqs)
         starttrace.stamp("ids")
-        layout = build_layout(seqs, self.device, ids, staging=self.staging)
+        layout = build_layout(seqs, self.device, ids, staging=self.staging, varlen=self.varlen_prefill)
         if pendings:
             layout = replace(layout, token_ids=fill_pending(layout.token_ids, pendings))
         hidden = stages.embed(self.model, layout.token_ids)
@@ -169,13 +175,13 @@ class Engine:
         self.stand_ins = (*rest, seqs)
         ids, _ = pending_ids(seqs)
         if not launch or self.device.type != "cuda":
-            build_layout(seqs, self.device, ids, staging=self.staging, dry=True)
+            build_layout(seqs, self.device, ids, staging=self.staging, dry=True, varlen=self.varlen_prefill)
             return
         if self.rehearsal is None:
             self.rehearsal = (torch.cuda.Stream(self.device, priority=-1), PinnedStaging.allocate(self.device, count=4))
         stream, staging = self.rehearsal
         with torch.cuda.stream(stream):
-            layout = build_layout(seqs, self.device, ids, staging=staging)
+            layout = build_layout(seqs, self.device, ids, staging=staging, varlen=self.varlen_prefill)
             stages.embed(self.model, layout.token_ids)
             torch.cuda.Event(enable_timing=True).record()
 

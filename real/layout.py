@@ -5,11 +5,16 @@ Masks are not stored: attention derives them on the device from positions (key <
 which also makes them cheap to rebuild inside a CUDA graph.
 
 Shapes: T = packed new tokens, B = sequences of a group, Q = padded queries, N = real queries.
+
+With `varlen`, the fresh prompts of a batch (no cached keys: a new request's prefill) form a `PackedGroup`
+instead: attended over their own new keys by variable-length causal attention (real.stages), so the host
+builds and sends O(B) numbers for them instead of padded [B, Q] index arrays, and the device neither pads
+nor reads their keys back from the KV pool.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -31,47 +36,111 @@ class AttentionGroup:
 
 
 @dataclass(frozen=True)
+class PackedGroup:
+    """Fresh prompts (nothing cached) attended over their own new keys, unpadded (`Layout.varlen`)."""
+
+    span: tuple[int, int]  # their packed rows are lo..hi-1, when `rows` is None
+    rows: torch.Tensor | None  # [N] their packed rows, where they are not one span (decode rows between them)
+    cu_lengths: torch.Tensor  # [B + 1] int32: where each sequence's tokens start among the N, then N
+    longest: int  # tokens of the longest prompt
+
+    @property
+    def index(self) -> slice | torch.Tensor:
+        """What selects the group's rows of a packed [T, ...] tensor."""
+        return slice(*self.span) if self.rows is None else self.rows
+
+
+@dataclass(frozen=True)
 class Layout:
     num_tokens: int
     positions: torch.Tensor  # [T] position of each packed token
     slots: torch.Tensor  # [T] KV slot of each packed token
     last_rows: torch.Tensor  # [S] packed row of each sequence's last new token
-    groups: tuple[AttentionGroup, ...]
+    groups: tuple[AttentionGroup | PackedGroup, ...]
     token_ids: torch.Tensor | None = None  # [T] the new tokens themselves (a pass's start embeds them)
+    varlen: bool = False  # fresh prompts as a PackedGroup (kept when batches merge or split: real.batch)
 
 
 def build_layout(seqs: list[Sequence], device, ids: np.ndarray | None = None,
-                 staging: PinnedStaging | None = None, dry: bool = False) -> Layout:
+                 staging: PinnedStaging | None = None, dry: bool = False, varlen: bool = False) -> Layout:
     """Decode sequences (one new token) and prefill sequences are padded separately. Built with numpy
     and sent in one copy (with `ids`, the packed new token ids too: real.pending.input_ids): this sits
     between an LS arrival and its first kernel (torch's per-op dispatch on small host tensors cost about 1 ms
     per batch; a second copy for the ids, 0.13 ms of host time per pass start, H200). `staging`: the engine's pinned buffers (`to_device`).
     `dry`: the same host work, but the device tensors are views of a scratch block, nothing copied (a rehearsal:
-    real.engine.Engine.rehearse)."""
+    real.engine.Engine.rehearse). `varlen`: fresh prompts as a PackedGroup (module docstring)."""
     if len(seqs) == 1:  # an LS arrival's prefill, mostly: the same arrays with a few numpy calls
-        host, groups, total = _single(seqs[0])
+        host, groups, total = _single(seqs[0], varlen)
     else:
-        host, groups, total = _packed(seqs)
+        host, groups, total = _packed(seqs, varlen)
     if ids is not None:
         host.append(ids)
     starttrace.stamp("layout")
     dev = to_device(host, device, staging, dry)
     starttrace.stamp("copy")
-    layout_groups = tuple(AttentionGroup(*dev[3 + 5 * i: 8 + 5 * i], num_keys=g[-1]) for i, g in enumerate(groups))
-    return Layout(total, dev[0], dev[1], dev[2], layout_groups, dev[-1] if ids is not None else None)
+    return Layout(total, dev[0], dev[1], dev[2], _device_groups(groups, dev), dev[-1] if ids is not None else None,
+                  varlen)
 
 
-def _single(seq: Sequence) -> tuple[list[np.ndarray], list[tuple], int]:
+def _device_groups(groups: list[tuple], dev: list[torch.Tensor]) -> tuple[AttentionGroup | PackedGroup, ...]:
+    """The groups over their arrays' device chunks (after the layout's first three), in `_packed`'s order."""
+    out, i = [], 3
+    for g in groups:
+        if isinstance(g, _HostPacked):
+            cu = dev[i].view(torch.int32)[: g.num_seqs + 1]  # int32 pairs sent as int64 (`_cu_lengths`)
+            rows = dev[i + 1] if g.span is None else None
+            out.append(PackedGroup(g.span or (0, 0), rows, cu, g.longest))
+            i += 1 if g.span is not None else 2
+        else:
+            out.append(AttentionGroup(*dev[i: i + 5], num_keys=g[-1]))
+            i += 5
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _HostPacked:
+    """A PackedGroup on the host: its arrays (cu_lengths, and rows unless they are one span) go in the copy."""
+
+    num_seqs: int
+    span: tuple[int, int] | None
+    longest: int
+
+
+def _cu_lengths(new: np.ndarray) -> np.ndarray:
+    """[0, n_0, n_0 + n_1, ...] as int32 (what flash attention takes), packed in pairs into int64s so that it
+    travels in the layout's one int64 copy; the device side views the chunk as int32 again."""
+    cu = np.zeros((len(new) + 2) // 2 * 2, dtype=np.int32)  # B + 1 rounded up to even: whole int64s
+    np.cumsum(new, out=cu[1: len(new) + 1])
+    return cu.view(np.int64)
+
+
+def _host_packed(new: np.ndarray, offsets: np.ndarray, members) -> tuple[list[np.ndarray], _HostPacked]:
+    """A PackedGroup's host arrays for the fresh prompts `members` (a mask over the batch, or all of it)."""
+    picked = np.flatnonzero(members) if isinstance(members, np.ndarray) else np.arange(len(new))
+    lengths = new[picked]
+    lo, hi = int(offsets[picked[0]]), int(offsets[picked[-1]] + lengths[-1])
+    group = _HostPacked(len(picked), None, int(lengths.max()))
+    if hi - lo == int(lengths.sum()):  # no decode rows between them
+        return [_cu_lengths(lengths)], replace(group, span=(lo, hi))
+    starts = np.cumsum(lengths) - lengths
+    rows = np.repeat(offsets[picked] - starts, lengths) + np.arange(int(lengths.sum()))
+    return [_cu_lengths(lengths), rows], group
+
+
+def _single(seq: Sequence, varlen: bool = False) -> tuple[list[np.ndarray], list, int]:
     """`_packed` for one sequence: one group, no padding."""
     new, cached = seq.num_new, seq.num_cached
     rows = np.arange(new)
     positions = rows + cached
     slots = np.full(1, seq.slot)
+    head = [positions, np.repeat(slots, new), rows[-1:]]
+    if varlen and cached == 0 and new > 1:
+        return [*head, _cu_lengths(np.array([new]))], [_HostPacked(1, (0, new), new)], new
     group = (rows[None], positions[None], slots, rows, rows, cached + new)
-    return [positions, np.repeat(slots, new), rows[-1:], *group[:-1]], [group], new
+    return [*head, *group[:-1]], [group], new
 
 
-def _packed(seqs: list[Sequence]) -> tuple[list[np.ndarray], list[tuple], int]:
+def _packed(seqs: list[Sequence], varlen: bool = False) -> tuple[list[np.ndarray], list, int]:
     """Host arrays (positions, slots, last rows, then each group's), the groups, and the token count."""
     meta = np.array([(len(s.token_ids), s.num_cached, s.slot) for s in seqs], dtype=np.int64).reshape(-1, 3)
     cached, slot = meta[:, 1], meta[:, 2]
@@ -87,10 +156,15 @@ def _packed(seqs: list[Sequence]) -> tuple[list[np.ndarray], list[tuple], int]:
     host = [positions, token_slots, ends - 1]
     groups = []
     decode = new == 1
-    for members in (decode, ~decode):
+    for prefill, members in ((False, decode), (True, ~decode)):
         if members.all():
             members = slice(None)
         elif not members.any():
+            continue
+        if varlen and prefill and not cached[members].any():
+            arrays, group = _host_packed(new, offsets, members)
+            groups.append(group)
+            host.extend(arrays)
             continue
         groups.append(_group(new[members], cached[members], slot[members], offsets[members]))
         host.extend(groups[-1][:-1])

@@ -165,5 +165,6 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path, host_cpu: int 
     summary["run"] = {"policy": spec.policy_name, "mode": mode, "frontend": spec.frontend, "rate": rate, "seed": 0, "engine": spec.engine.model,
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
                       "num_consults": outcome.num_consults, "rehearse_us": spec.engine.rehearse_us,
-                      "rehearse_launch": spec.engine.rehearse_launch, "host_cpu": host_cpu}
+                      "rehearse_launch": spec.engine.rehearse_launch, "varlen_prefill": spec.engine.varlen_prefill,
+                      "host_cpu": host_cpu}
     return table, summary

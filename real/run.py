@@ -66,6 +66,8 @@ class EngineSettings:
     rehearse_launch: bool = field(default=True, compare=False)
     # an arrival during a consult (a batch's start) is decided on before the next layer is issued
     start_checks: bool = field(default=False, compare=False)
+    # a pass's fresh prompts attended as one unpadded group (Engine.varlen_prefill; both are warmed up)
+    varlen_prefill: bool = field(default=False, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
     host_cpu: int | None = field(default=None, compare=False)
     # stamps on each batch start's host path, written as starts.parquet (real.starttrace; a replay's)
@@ -88,7 +90,7 @@ class EngineSettings:
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
-                     "start_checks", "trace_starts", "rehearse_launch"):
+                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -190,6 +192,7 @@ def slots_that_fit(config, max_len: int, settings: EngineSettings) -> int:
 def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state: SchedulerState,
                 prompt_ids) -> ReplayServer:
     """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
+    engine.varlen_prefill = settings.varlen_prefill
     rehearse_s = settings.rehearse_us * 1e-6
     if settings.rehearse_launch and rehearse_s > 0:
         for _ in range(4):  # the rehearsals' stream, pinned ring and allocator pool, before any timed work
@@ -261,7 +264,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
-                      "rehearse_launch": spec.engine.rehearse_launch,
+                      "rehearse_launch": spec.engine.rehearse_launch, "varlen_prefill": spec.engine.varlen_prefill,
                       "start_checks": spec.engine.start_checks, "host_cpu": placement.loop,
                       "trace_starts": spec.engine.trace_starts,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,

@@ -12,7 +12,7 @@ import random
 
 import torch
 
-from real.layout import Layout, PinnedStaging, build_layout
+from real.layout import Layout, PackedGroup, PinnedStaging, build_layout
 from real.pending import input_ids
 from real.sequence import Sequence
 
@@ -30,7 +30,10 @@ def random_batch(rng: random.Random) -> list[Sequence]:
 def tensors(layout: Layout) -> list[torch.Tensor]:
     out = [layout.positions, layout.slots, layout.last_rows, layout.token_ids]
     for g in layout.groups:
-        out += [g.rows, g.positions, g.slots, g.valid_flat, g.valid_rows]
+        if isinstance(g, PackedGroup):
+            out += [g.cu_lengths] + ([] if g.rows is None else [g.rows])
+        else:
+            out += [g.rows, g.positions, g.slots, g.valid_flat, g.valid_rows]
     return out
 
 
@@ -44,19 +47,20 @@ def check(iters: int, device: torch.device, seed: int = 0) -> int:
         seqs = random_batch(rng)
         if on_cuda and i % 7 == 0:
             torch.cuda._sleep(200_000)  # ~0.1 ms: the next copies queue behind it
+        varlen = i % 2 == 1  # every other layout with its fresh prompts unpadded (int32 lengths in the copy)
         if side is not None and i % 3 == 0:
             with torch.cuda.stream(side):
-                kept.append((seqs, build_layout(seqs, device, ids=input_ids(seqs)[0], staging=staging)))
+                kept.append((seqs, build_layout(seqs, device, input_ids(seqs)[0], staging, varlen=varlen)))
         else:
-            kept.append((seqs, build_layout(seqs, device, ids=input_ids(seqs)[0], staging=staging)))
+            kept.append((seqs, build_layout(seqs, device, input_ids(seqs)[0], staging, varlen=varlen)))
     if on_cuda:
         torch.cuda.synchronize()
-    return sum(any(not torch.equal(a.cpu(), b) for a, b in zip(tensors(lay), tensors(_on_cpu(seqs))))
+    return sum(any(not torch.equal(a.cpu(), b) for a, b in zip(tensors(lay), tensors(_on_cpu(seqs, lay.varlen))))
                for seqs, lay in kept)
 
 
-def _on_cpu(seqs: list[Sequence]) -> Layout:
-    return build_layout(seqs, "cpu", input_ids(seqs)[0])
+def _on_cpu(seqs: list[Sequence], varlen: bool = False) -> Layout:
+    return build_layout(seqs, "cpu", input_ids(seqs)[0], varlen=varlen)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from real.kv import KVPool
-from real.layout import Layout
+from real.layout import Layout, PackedGroup
 
 
 def embed(model, token_ids: torch.Tensor) -> torch.Tensor:
@@ -90,12 +90,39 @@ def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool:
     k_pool, v_pool = pool.k[layer_idx], pool.v[layer_idx]  # [S, L, KVH, Dh]
     k_pool[layout.slots, layout.positions] = k.to(k_pool.dtype)
     v_pool[layout.slots, layout.positions] = v.to(v_pool.dtype)
+    whole = layout.groups[0] if len(layout.groups) == 1 and isinstance(layout.groups[0], PackedGroup) else None
+    if whole is not None and whole.span == (0, layout.num_tokens):  # fresh prompts only (an LS start, mostly)
+        out = attend_packed(q, _as_stored(k, k_pool), _as_stored(v, v_pool), whole, attn.scaling)
+        return hidden + attn.o_proj(out.flatten(1))
     out = torch.empty_like(q)  # [T, H, Dh]
     for g in layout.groups:
+        if isinstance(g, PackedGroup):
+            rows = g.index
+            out[rows] = attend_packed(q[rows], _as_stored(k[rows], k_pool), _as_stored(v[rows], v_pool), g,
+                                      attn.scaling)
+            continue
         keys, values = k_pool[g.slots, : g.num_keys], v_pool[g.slots, : g.num_keys]  # [B, K, KVH, Dh]
         o = attend(q[g.rows], keys.to(q.dtype), values.to(q.dtype), g.positions, attn.scaling)  # [B, Q, H, Dh]
         out[g.valid_rows] = o.flatten(0, 1)[g.valid_flat]
     return hidden + attn.o_proj(out.flatten(1))
+
+
+def _as_stored(x: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """New keys or values as the padded path reads them back from the pool (rounded to its dtype)."""
+    return x if pool.dtype == x.dtype else x.to(pool.dtype).to(x.dtype)
+
+
+def attend_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: PackedGroup, scale: float) -> torch.Tensor:
+    """Causal attention of each fresh prompt over its own keys, unpadded: q [N, H, Dh], k, v [N, KVH, Dh] ->
+    [N, H, Dh]. On a GPU in 16-bit floats, flash attention's variable-length kernel (grouped KV heads as they
+    are, one launch for the group); elsewhere (the CPU, fp32 tests) `attend` on each prompt alone."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        cu = group.cu_lengths
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, group.longest, group.longest, 0.0, True,
+                                                       False, scale=scale)[0]
+    bounds = group.cu_lengths.tolist()
+    return torch.cat([attend(q[None, lo:hi], k[None, lo:hi], v[None, lo:hi],
+                             torch.arange(hi - lo, device=q.device)[None], scale)[0] for lo, hi in pairwise(bounds)])
 
 
 def router(model, layer_idx: int, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

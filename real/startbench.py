@@ -2,7 +2,8 @@
 
 An LS request's reaction includes the host's `Engine.start` of its batch, which Algorithm 1 fills up with waiting
 BE prefills: this prints the median time of the start's host pieces (packing the ids, the layout's host arrays,
-the whole layout with its copy, the start with its embedding) for 1 to 32 prompts of 50-900 tokens, in a hot loop.
+the whole layout with its copy, the start with its embedding) for 1 to 32 prompts of 50-900 tokens, in a hot loop;
+the layout and the start also with `varlen` (fresh prompts as one unpadded group: real.layout.PackedGroup).
 A diagnostic of the code's cost per prompt; the serving host runs these cold and 2-3x slower (BENCHMARKS.md)."""
 
 from __future__ import annotations
@@ -48,6 +49,11 @@ def prompts(engine: Engine, count: int, rng: np.random.Generator) -> list[Sequen
     return out
 
 
+def _start(engine: Engine, seqs: list[Sequence], varlen: bool):
+    engine.varlen_prefill = varlen
+    return engine.start(seqs)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m real.startbench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-mixtral")
@@ -77,9 +83,11 @@ def main(argv: list[str] | None = None) -> None:
                          "ids from lists us": median_us(lambda: input_ids(lists), args.repeats, device),
                          "ids from arrays us": median_us(lambda: input_ids(seqs), args.repeats, device),
                          "host arrays us": median_us(arrays, args.repeats, device),
-                         "layout us": median_us(lambda: build_layout(seqs, device, ids, staging=engine.staging),
-                                                args.repeats, device),
-                         "start us": median_us(lambda: engine.start(seqs), args.repeats, device)})
+                         **{f"{label}layout us": median_us(
+                             lambda: build_layout(seqs, device, ids, staging=engine.staging, varlen=varlen),
+                             args.repeats, device) for label, varlen in (("", False), ("varlen ", True))},
+                         **{f"{label}start us": median_us(lambda: _start(engine, seqs, varlen), args.repeats, device)
+                            for label, varlen in (("", False), ("varlen ", True))}})
     print(f"Engine.start's host pieces ({args.model}, {args.device}), medians of {args.repeats} hot calls")
     print(markdown(pd.DataFrame(rows)))
 

@@ -24,9 +24,11 @@ FAMILIES = ["tiny-mixtral", "tiny-qwen3-moe", "tiny-olmoe"]
 
 
 # eager: HF's expert loop; grouped: sync-free experts (grouped_mm, dense GEMMs from 2 tokens);
-# graphs: decode layers through the static-bucket runner (CUDA graphs on a GPU) with dense experts
+# graphs: decode layers through the static-bucket runner (CUDA graphs on a GPU) with dense experts;
+# varlen: fresh prompts attended as one unpadded group (real.layout.PackedGroup)
 KINDS = {"eager": {}, "grouped": {"grouped_experts": True, "dense_tokens": (2, 64)},
-         "graphs": {"grouped_experts": True, "graphs": True, "dense_tokens": (1, 64)}}
+         "graphs": {"grouped_experts": True, "graphs": True, "dense_tokens": (1, 64)},
+         "varlen": {"varlen_prefill": True}}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -276,3 +278,69 @@ def test_startbench_prints_its_table(capsys):
     main(["--counts", "1", "3", "--repeats", "3"])
     out = capsys.readouterr().out
     assert "| prompts |" in out and out.count("\n| 1 |") == 1 and out.count("\n| 3 |") == 1
+
+
+def test_fresh_prompts_form_one_packed_group_with_their_rows():
+    """With `varlen`, a batch's fresh prompts are one PackedGroup: a span of rows when no decode row lies
+    between them, else their rows; cu_lengths counts their tokens (sent as int32 pairs inside the int64 copy);
+    a prompt with cached tokens keeps the padded group."""
+    from real.layout import AttentionGroup, PackedGroup, build_layout
+    from real.sequence import Sequence
+
+    def seq(i, length, cached=0):
+        return Sequence(i, [1] * length, slot=i, num_cached=cached)
+
+    layout = build_layout([seq(0, 5), seq(1, 3), seq(2, 4)], "cpu", varlen=True)
+    (group,) = layout.groups
+    assert isinstance(group, PackedGroup) and group.span == (0, 12) and group.rows is None
+    assert group.cu_lengths.dtype == torch.int32 and group.cu_lengths.tolist() == [0, 5, 8, 12]
+    assert group.longest == 5 and layout.positions.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]
+
+    layout = build_layout([seq(0, 3), seq(1, 9, cached=8), seq(2, 2), seq(3, 7, cached=6)], "cpu", varlen=True)
+    decode, packed = layout.groups
+    assert isinstance(decode, AttentionGroup) and decode.slots.tolist() == [1, 3]
+    assert packed.rows.tolist() == [0, 1, 2, 4, 5] and packed.cu_lengths.tolist() == [0, 3, 5]
+
+    layout = build_layout([seq(0, 1), seq(1, 4), seq(2, 3), seq(3, 5, cached=4)], "cpu", varlen=True)
+    assert layout.groups[1].span == (1, 8) and layout.groups[1].rows is None  # decode rows only around them
+
+    layout = build_layout([seq(0, 6, cached=2), seq(1, 4)], "cpu", varlen=True)  # cached keys: padded
+    assert all(isinstance(g, AttentionGroup) for g in layout.groups)
+    assert isinstance(build_layout([seq(0, 6)], "cpu", varlen=True).groups[0], PackedGroup)
+    assert isinstance(build_layout([seq(0, 6)], "cpu").groups[0], AttentionGroup)
+
+
+def test_a_mixed_batch_with_unpadded_prompts_matches_hf(model):
+    """Decode sequences between fresh prompts in one pass (the prompts' rows gathered, not one span)."""
+    engine = new_engine(model, "varlen")
+    old = [engine.add_sequence(i, p) for i, p in enumerate(prompts(2, 7))]
+    engine.run_pass(old)
+    fresh = [engine.add_sequence(10 + i, p) for i, p in enumerate(prompts(2, 8))]
+    seqs = [fresh[0], old[0], fresh[1], old[1]]
+    batch = engine.start(seqs)
+    assert batch.layout.groups[1].rows is not None
+    for _ in range(2):
+        logits, _ = engine.run_pass(seqs)
+        check_against_hf(model, seqs, logits)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_unpadded_prompts_match_the_padded_path_on_the_gpu():
+    """bf16 on a GPU: flash attention's varlen kernel against the padded SDPA path, same prompts, same weights
+    (a mixed batch too): logits within bf16 rounding, and the same greedy tokens."""
+    model = build_model(preset_config("tiny-qwen3-moe"), "cuda", torch.bfloat16, seed=3)
+    results = []
+    for varlen in (False, True):
+        engine = Engine.for_device(model, KVPool.allocate_for(model.config, 8, 128, "cuda", torch.bfloat16))
+        engine.varlen_prefill = varlen
+        old = [engine.add_sequence(i, p) for i, p in enumerate(prompts(2, seed=5))]
+        out = [engine.run_pass(old)]
+        fresh = [engine.add_sequence(10 + i, [t for _ in range(9) for t in p]) for i, p in enumerate(prompts(3, 6))]
+        seqs = [fresh[0], old[0], fresh[1], fresh[2], old[1]]
+        out += [engine.run_pass(seqs) for _ in range(3)]
+        results.append(out)
+    for (logits, tokens), (more_logits, more_tokens) in zip(*results):
+        scale = logits.abs().max()
+        assert (logits - more_logits).abs().max() <= 0.03 * scale
+        assert tokens == more_tokens
