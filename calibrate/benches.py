@@ -45,7 +45,8 @@ class _Bench:
         return getattr(self, stage)(x1, x2)
 
     def stages(self) -> set[str]:
-        return {name for name in ("attention_decode", "attention_prefill", "router", "expert", "experts_layer",
+        return {name for name in ("attention_decode", "attention_prefill", "attention_prefill_varlen", "router",
+                                  "expert", "experts_layer",
                                   "lm_head", "embed", "layer_decode", "layer_prefill") if hasattr(self, name)}
 
 
@@ -63,10 +64,14 @@ class EngineBench(_Bench):
         layout, h = build_layout(seqs, self.device), self.hidden(batch)
         return lambda: stages.attention(self.model, 0, h, layout, self.pool)
 
-    def attention_prefill(self, num_seqs: int, length: int):
+    def attention_prefill(self, num_seqs: int, length: int, varlen: bool = False):
         seqs = [Sequence(i, [1] * length, slot=i) for i in range(num_seqs)]
-        layout, h = build_layout(seqs, self.device), self.hidden(num_seqs * length)
+        layout, h = build_layout(seqs, self.device, varlen=varlen), self.hidden(num_seqs * length)
         return lambda: stages.attention(self.model, 0, h, layout, self.pool)
+
+    def attention_prefill_varlen(self, num_seqs: int, length: int):
+        """The same prompts as one unpadded group (engine.varlen_prefill: flash attention's varlen kernel)."""
+        return self.attention_prefill(num_seqs, length, varlen=True)
 
     def router(self, tokens: int, _):
         h = self.hidden(tokens)

@@ -60,6 +60,10 @@ def grids_for(num_experts: int, top_k: int) -> dict:
             "grid": [(n, p) for n in (1, 2, 4, 8, 16) for p in (32, 64, 128, 256, 512, 1024, 2048)],
             "heldout": [(n, p) for n in (3, 6, 12) for p in (96, 384, 1536)],
         },
+        "attention_prefill_varlen": {  # the engine's unpadded prompts (engine.varlen_prefill), same points
+            "grid": [(n, p) for n in (1, 2, 4, 8, 16) for p in (32, 64, 128, 256, 512, 1024, 2048)],
+            "heldout": [(n, p) for n in (3, 6, 12) for p in (96, 384, 1536)],
+        },
         "router": _one_d(POW2, [3, 24, 96, 384, 1536, 6144, 24576]),
         "expert": _one_d(expert, EXPERT_HELDOUT),
         "experts_layer": _one_d(layer, EXPERT_HELDOUT),

@@ -29,7 +29,7 @@ import torch
 
 from calibrate import hostpin, passes
 from calibrate.benches import BENCHES
-from calibrate.grid import PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, grids_for, largest, small
+from calibrate.grid import GRIDS, PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, grids_for, largest, small
 from calibrate.timing import measure as time_point
 from real.kv import KVPool
 from real.model import PRESETS, build_model, preset_config
@@ -160,6 +160,8 @@ def run_grids(args, dtype, writer: Writer) -> None:
         model.set_experts_implementation(hf_experts)
         writer.add("stages", measure_grid(BENCHES[impl](model, pool, args.device), grids, args.repeats, args.inner,
                                           sweeps=args.sweeps, probe=writer.probe))
+    if args.no_passes:
+        return
     impls = [i if i == "engine" else f"hf-{hf_experts}" for i in args.impls]
     impls += ["engine-graphs"] * ("engine" in impls and args.device == "cuda")
     writer.add("events", passes.heap_census())
@@ -236,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-grid", action="store_true", help="skip the calibration model (grids and passes)")
     parser.add_argument("--passes-only", action="store_true", help="calibration model: passes and events only")
     parser.add_argument("--stages", nargs="+", default=None, help="time only these stages (default: all)")
+    parser.add_argument("--no-passes", action="store_true", help="calibration model: the stage grids only (no "
+                                                                 "passes, no events), e.g. for calibrate.splice --stage")
     parser.add_argument("--full", action="store_true", help="also time whole-model passes (needs its memory)")
     parser.add_argument("--full-impls", nargs="+", default=["engine", "engine-graphs", "hf-grouped_mm", "hf-eager"])
     parser.add_argument("--pin", default="none",
@@ -243,6 +247,9 @@ def main(argv: list[str] | None = None) -> None:
                              "none, or a CPU number")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.stages or ()) - set(GRIDS))
+    if unknown:
+        parser.error(f"--stages: no such stage {', '.join(unknown)} (stages: {', '.join(sorted(GRIDS))})")
     if args.pin not in ("auto", "none") and not args.pin.isdigit():
         parser.error(f"--pin must be auto, none or a CPU number, got {args.pin!r}")
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32

@@ -3,7 +3,10 @@ by those of another calibration run (`calibrate.measure --impls hf --full ...`):
 (`hf-*`) and, for HF, the decode diagnosis (`hf_steps.csv`). The other implementation's rows, the events and
 the serving costs stay; `meta.json` names the run the spliced rows came from. Why: HF's stages and HF's whole
 passes must come from one run (the check predicts one from the other), while the engine's stages carry the
-serving events fitted against them, which a new engine calibration would have to refit."""
+serving events fitted against them, which a new engine calibration would have to refit.
+
+`--stage S` splices only stage S's rows of `--impl`: a stage the engine gained since the profile was measured,
+timed alone by `calibrate.measure --impls engine --stages S`. Everything else stays."""
 
 from __future__ import annotations
 
@@ -17,8 +20,11 @@ import pandas as pd
 SAME = ("model", "dtype", "gpu")  # meta.json keys two runs must share to be spliced
 
 
-def splice(run: Path, profile: Path, impl: str) -> dict[str, int]:
-    """Rows replaced per table; raises ValueError where the run cannot stand in for the profile's rows."""
+def splice(run: Path, profile: Path, impl: str, stage: str | None = None) -> dict[str, int]:
+    """Rows replaced per table; raises ValueError where the run cannot stand in for the profile's rows. `stage`:
+    only that stage's rows of `impl` (a stage the engine gained: `calibrate.measure --stages S`); passes stay."""
+    if stage is not None:
+        return _splice_stage(run, profile, impl, stage)
     run_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (run, profile))
     for key in SAME:
         if run_meta.get(key) != meta.get(key):
@@ -44,14 +50,34 @@ def splice(run: Path, profile: Path, impl: str) -> dict[str, int]:
     return counts
 
 
+def _splice_stage(run: Path, profile: Path, impl: str, stage: str) -> dict[str, int]:
+    run_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (run, profile))
+    for key in SAME:
+        if run_meta.get(key) != meta.get(key):
+            raise ValueError(f"{key}: the run has {run_meta.get(key)!r}, the profile {meta.get(key)!r}")
+    new, old = (pd.read_csv(d / "stages.csv") for d in (run, profile))
+    taken = new[(new.impl == impl) & (new.stage == stage)]
+    if taken.empty:
+        raise ValueError(f"{run / 'stages.csv'} has no {impl} rows of stage {stage}")
+    kept = old[~((old.impl == impl) & (old.stage == stage))]
+    pd.concat([kept, taken], ignore_index=True).to_csv(profile / "stages.csv", index=False)
+    meta.setdefault("other_sources", {})[f"stages.csv impl={impl} stage={stage}"] = (
+        f"python -m calibrate.splice --stage: calibrate.measure run of {run_meta.get('date')} at "
+        f"{run_meta.get('git_revision')} on {run_meta.get('gpu')} (repeats {run_meta.get('repeats')}, "
+        f"sweeps {run_meta.get('sweeps')})")
+    (profile / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return {"stages": len(taken)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m calibrate.splice", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a calibrate.measure output folder")
     parser.add_argument("profile", type=Path, help="the profile folder to update in place")
     parser.add_argument("--impl", default="hf", choices=["hf", "engine"])
+    parser.add_argument("--stage", default=None, help="only this stage's rows of --impl (e.g. attention_prefill_varlen)")
     args = parser.parse_args(argv)
     try:
-        counts = splice(args.run, args.profile, args.impl)
+        counts = splice(args.run, args.profile, args.impl, args.stage)
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f"error: {error}")
     print(", ".join(f"{table}: {n} rows" for table, n in counts.items()), f"-> {args.profile}")

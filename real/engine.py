@@ -61,10 +61,10 @@ class Engine:
 
     @classmethod
     def for_device(cls, model, pool: KVPool) -> Engine:
-        """The fast configuration on a GPU (sync-free experts, decode layers as CUDA graphs); on a CPU
-        HF's own expert loop, which reproduces HF bit for bit."""
+        """The fast configuration on a GPU (sync-free experts, decode layers as CUDA graphs, unpadded prompts); on a
+        CPU HF's own expert loop, which reproduces HF bit for bit."""
         on_cuda = pool.k[0].device.type == "cuda"
-        return cls(model, pool, grouped_experts=on_cuda, graphs=on_cuda)
+        return cls(model, pool, grouped_experts=on_cuda, graphs=on_cuda, varlen_prefill=on_cuda)
 
     @torch.inference_mode()
     def warm_up(self, max_batch: int) -> None:

@@ -134,8 +134,8 @@ def _single(seq: Sequence, varlen: bool = False) -> tuple[list[np.ndarray], list
     positions = rows + cached
     slots = np.full(1, seq.slot)
     head = [positions, np.repeat(slots, new), rows[-1:]]
-    if varlen and cached == 0 and new > 1:
-        return [*head, _cu_lengths(np.array([new]))], [_HostPacked(1, (0, new), new)], new
+    if varlen and cached == 0 and new > 1:  # cu_lengths [0, new] as one int64 (`_cu_lengths`)
+        return [*head, np.array([0, new], dtype=np.int32).view(np.int64)], [_HostPacked(1, (0, new), new)], new
     group = (rows[None], positions[None], slots, rows, rows, cached + new)
     return [*head, *group[:-1]], [group], new
 

@@ -66,8 +66,9 @@ class EngineSettings:
     rehearse_launch: bool = field(default=True, compare=False)
     # an arrival during a consult (a batch's start) is decided on before the next layer is issued
     start_checks: bool = field(default=False, compare=False)
-    # a pass's fresh prompts attended as one unpadded group (Engine.varlen_prefill; both are warmed up)
-    varlen_prefill: bool = field(default=False, compare=False)
+    # a pass's fresh prompts attended as one unpadded group (Engine.varlen_prefill; both are warmed up). H100,
+    # Qwen3-30B-A3B, 8 pairs: tokens/s x1.00-1.15, urgent filled starts' host time p50 -40% (BENCHMARKS.md)
+    varlen_prefill: bool = field(default=True, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
     host_cpu: int | None = field(default=None, compare=False)
     # stamps on each batch start's host path, written as starts.parquet (real.starttrace; a replay's)

@@ -18,6 +18,7 @@ recording off a stamp is one global check."""
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,13 +87,16 @@ def recording() -> Iterator[Recorder]:
         _recorder = None
 
 
-def table(starts: pd.DataFrame) -> pd.DataFrame:
-    """p50 / p99 of each segment and of the time to the mark, per stream (urgent or main) and batch size."""
+def table(starts: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
+    """p50 / p99 of each segment and of the time to the mark, per stream (urgent or main) and batch size, and per
+    value of the column `by` first where given."""
     starts = starts.assign(stream=(starts.level > 0).map({True: "urgent", False: "main"}),
                            seqs=pd.cut(starts.num_seqs, SEQS_BINS, labels=["1", "2-4", "5-8", "9-64"]).astype(str))
+    keys = [by] if by else []
     rows = []
-    for (stream, seqs), group in starts.groupby(["stream", "seqs"], sort=True):
-        row = {"stream": stream, "sequences": seqs, "starts": len(group)}
+    for values, group in starts.groupby([*keys, "stream", "seqs"], sort=True):
+        *setting, stream, seqs = values
+        row = {**dict(zip(keys, setting)), "stream": stream, "sequences": seqs, "starts": len(group)}
         for column in ("to mark us", *(f"{s} us" for s in SEGMENTS)):
             name = column.removesuffix(" us")
             row[f"{name} p50"] = group[column].median()
@@ -108,17 +112,31 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="run folders, or folders holding them")
     parser.add_argument("--out", type=Path, default=None, help="CSV of the table")
+    parser.add_argument("--by", default=None, help="split the table by this engine setting of each run (its "
+                                                   "summary.json's run block), e.g. varlen_prefill")
     args = parser.parse_args(argv)
     files = sorted({f for root in args.runs for f in ([root / "starts.parquet"] if (root / "starts.parquet").exists()
                                                       else root.rglob("starts.parquet"))})
     if not files:
         raise SystemExit("error: no starts.parquet under " + ", ".join(map(str, args.runs))
                          + " (runs with engine.trace_starts=true write it)")
-    result = table(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True))
+    frames = [pd.read_parquet(f) for f in files]
+    if args.by:
+        frames = [frame.assign(**{args.by: _setting(f.parent, args.by)}) for f, frame in zip(files, frames)]
+    result = table(pd.concat(frames, ignore_index=True), args.by)
     if args.out:
         result.to_csv(args.out, index=False)
     print(f"host µs per segment of batch starts, {len(files)} runs")
     print(markdown(result.round(1)))
+
+
+def _setting(run: Path, key: str):
+    """The run's value of engine setting `key` (its summary.json), for --by."""
+    summary = run / "summary.json"
+    value = json.loads(summary.read_text()).get("run", {}).get(key) if summary.exists() else None
+    if value is None:
+        raise SystemExit(f"error: {run} records no setting {key!r} in its summary.json")
+    return value
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
                  f"seed={summary['seed']}", "progress=false", *extra]
     if summary.get("graphs") and hardware.endswith("-measured"):  # the profile of the engine as it ran
         overrides.append("hardware.profile.impl=engine-graphs")
+    if hardware.endswith("-measured"):  # its prefill attention as it ran (runs before the setting: padded)
+        overrides.append(f"hardware.profile.varlen_prefill={str(bool(summary.get('varlen_prefill'))).lower()}")
     spec = compose_spec(overrides)
     if saved is not None:
         spec = replace(spec, policy=saved)

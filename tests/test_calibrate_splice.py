@@ -56,3 +56,23 @@ def test_splice_refuses_a_run_without_the_rows(tmp_path):
     write(run, [("engine", "router", 5.0)], [("engine", 1, 0.5)], META)
     with pytest.raises(ValueError, match="no hf rows"):
         splice(run, profile, "hf")
+
+
+def test_splice_of_one_stage_adds_it_and_keeps_every_other_row(tmp_path):
+    """`--stage`: a stage the engine gained (attention_prefill_varlen), timed alone on another lease; the
+    profile's other stages of that implementation, its passes and the other implementation stay."""
+    profile, run = tmp_path / "profile", tmp_path / "run"
+    write(profile, [("engine", "router", 1.0), ("engine", "attention_prefill", 2.0), ("hf", "router", 3.0)],
+          [("engine", 1, 0.1)], META)
+    write(run, [("engine", "attention_prefill", 9.0), ("engine", "attention_prefill_varlen", 4.0),
+                ("engine", "attention_prefill_varlen", 4.5)], [], {**META, "date": "2026-12-06"})
+    assert splice(run, profile, "engine", "attention_prefill_varlen") == {"stages": 2}
+    stages = pd.read_csv(profile / "stages.csv")
+    assert sorted(map(tuple, stages[["impl", "stage", "time_s"]].values.tolist())) == [
+        ("engine", "attention_prefill", 2.0), ("engine", "attention_prefill_varlen", 4.0),
+        ("engine", "attention_prefill_varlen", 4.5), ("engine", "router", 1.0), ("hf", "router", 3.0)]
+    assert pd.read_csv(profile / "passes.csv").time_s.tolist() == [0.1]
+    assert any("stage=attention_prefill_varlen" in k for k in json.loads((profile / "meta.json").read_text())
+               ["other_sources"])
+    with pytest.raises(ValueError, match="no engine rows of stage embed"):
+        splice(run, profile, "engine", "embed")

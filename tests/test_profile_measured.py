@@ -196,6 +196,24 @@ def test_padded_groups_cost_their_longest_sequence(tmp_path):
     assert p.attention_s(unknown) == pytest.approx(cost_s(4, 100), rel=1e-3)
 
 
+def test_varlen_prefill_prices_the_unpadded_curve_at_the_packed_tokens(tmp_path):
+    """engine.varlen_prefill: the prefill group at the attention_prefill_varlen curve, its tokens at their
+    root-mean-square length, no padding; the decode group as before. A profile without the curve is refused."""
+    directory = synthetic(tmp_path)
+    stages = pd.read_csv(directory / "stages.csv")
+    varlen = stages[stages.stage == "attention_prefill"].assign(stage="attention_prefill_varlen",
+                                                                 time_s=lambda t: 0.5 * t.time_s)
+    pd.concat([stages, varlen]).to_csv(directory / "stages.csv", index=False)
+    mixed = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=100, prefill_sq_tokens=2 * 50**2,
+                          prefill_max_tokens=90, num_decode_seqs=4, decode_ctx_tokens=1300, decode_max_ctx=1000)
+    padded = MeasuredProfile(directory, clock="time_s").attention_s(mixed)
+    unpadded = MeasuredProfile(directory, clock="time_s", varlen_prefill=True).attention_s(mixed)
+    assert padded == pytest.approx(cost_s(2, 90) + cost_s(4, 1000), rel=1e-3)
+    assert unpadded == pytest.approx(0.5 * cost_s(2, 50) + cost_s(4, 1000), rel=1e-3)
+    with pytest.raises(MeasuredProfileError, match="attention_prefill_varlen.*calibrate.splice"):
+        MeasuredProfile(synthetic(tmp_path / "bare"), clock="time_s", varlen_prefill=True)
+
+
 def test_serving_gaps_replace_the_bare_loop_overheads(tmp_path):
     directory = synthetic(tmp_path, passes=True)
     events = pd.read_csv(directory / "events.csv")

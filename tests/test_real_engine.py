@@ -327,20 +327,21 @@ def test_a_mixed_batch_with_unpadded_prompts_matches_hf(model):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_unpadded_prompts_match_the_padded_path_on_the_gpu():
-    """bf16 on a GPU: flash attention's varlen kernel against the padded SDPA path, same prompts, same weights
-    (a mixed batch too): logits within bf16 rounding, and the same greedy tokens."""
+    """bf16 on a GPU: flash attention's varlen kernel against the padded SDPA path, on the same inputs, for a batch
+    of fresh prompts only (one span) and for one with decode rows between them (gathered rows): the attention
+    stage's outputs agree to bf16 rounding (whole passes are not compared: a rounding flips a top-k choice)."""
+    from real import stages
+    from real.layout import PackedGroup, build_layout
     model = build_model(preset_config("tiny-qwen3-moe"), "cuda", torch.bfloat16, seed=3)
-    results = []
-    for varlen in (False, True):
-        engine = Engine.for_device(model, KVPool.allocate_for(model.config, 8, 128, "cuda", torch.bfloat16))
-        engine.varlen_prefill = varlen
-        old = [engine.add_sequence(i, p) for i, p in enumerate(prompts(2, seed=5))]
-        out = [engine.run_pass(old)]
-        fresh = [engine.add_sequence(10 + i, [t for _ in range(9) for t in p]) for i, p in enumerate(prompts(3, 6))]
-        seqs = [fresh[0], old[0], fresh[1], fresh[2], old[1]]
-        out += [engine.run_pass(seqs) for _ in range(3)]
-        results.append(out)
-    for (logits, tokens), (more_logits, more_tokens) in zip(*results):
-        scale = logits.abs().max()
-        assert (logits - more_logits).abs().max() <= 0.03 * scale
-        assert tokens == more_tokens
+    engine = Engine.for_device(model, KVPool.allocate_for(model.config, 8, 128, "cuda", torch.bfloat16))
+    old = [engine.add_sequence(i, p) for i, p in enumerate(prompts(2, seed=5))]
+    engine.run_pass(old)
+    fresh = [engine.add_sequence(10 + i, [t for _ in range(9) for t in p]) for i, p in enumerate(prompts(3, 6))]
+    for seqs in (fresh, [fresh[0], old[0], fresh[1], fresh[2], old[1]]):
+        tokens = sum(s.num_new for s in seqs)
+        hidden = torch.randn(tokens, model.config.hidden_size, device="cuda", dtype=torch.bfloat16)
+        with torch.inference_mode():
+            padded, unpadded = (stages.attention(model, 0, hidden, build_layout(seqs, "cuda", varlen=v), engine.pool)
+                                .float() - hidden.float() for v in (False, True))  # the attention's own part
+        assert any(isinstance(g, PackedGroup) for g in build_layout(seqs, "cuda", varlen=True).groups)
+        assert ((padded - unpadded).abs().max() / padded.abs().max()).item() <= 2e-2

@@ -24,8 +24,10 @@ import pandas as pd
 
 from sim.profile.base import AttentionLoad, Overheads
 
-STAGES = {"attention_decode", "attention_prefill", "router", "expert", "experts_layer", "lm_head", "embed",
-          "layer_decode", "layer_prefill"}
+# attention_prefill_varlen: the engine's fresh prompts unpadded (real.layout.PackedGroup, engine.varlen_prefill)
+STAGES = {"attention_decode", "attention_prefill", "attention_prefill_varlen", "router", "expert", "experts_layer",
+          "lm_head", "embed", "layer_decode", "layer_prefill"}
+VARLEN = "attention_prefill_varlen"
 REQUIRED = {"attention_decode", "attention_prefill", "router", "experts_layer", "lm_head"}
 COLUMNS = ["stage", "x1", "x2", "split", "repeat", "time_s"]
 CLOCKS = ("time_s", "latency_s", "host_s", "gpu_s")
@@ -135,8 +137,8 @@ def curves(table: pd.DataFrame, impl: str = "engine", split: str = "grid", clock
 # whole `layer_decode`), embed and the LM head at their steady time. (`expert` only prices prefill padding.)
 # calibrate.check pools the held-out errors of these (its row `read`).
 READ = {"time_s": ("embed", "lm_head"),
-        "host_s": ("attention_decode", "attention_prefill", "router", "expert", "experts_layer", "layer_decode"),
-        "gpu_s": ("attention_decode", "attention_prefill", "router", "expert", "experts_layer")}
+        "host_s": ("attention_decode", "attention_prefill", VARLEN, "router", "expert", "experts_layer", "layer_decode"),
+        "gpu_s": ("attention_decode", "attention_prefill", VARLEN, "router", "expert", "experts_layer")}
 
 
 @dataclass
@@ -176,6 +178,9 @@ class MeasuredProfile:
     # the host's issue speed against the profile's: host-side costs (stages' issue times, the serving host's
     # per-layer and per-pass work) are multiplied by it (hosts of different leases differ by 10-15%)
     host_scale: float = 1.0
+    # the engine attends fresh prompts unpadded (engine.varlen_prefill): a prefill group is priced at the
+    # profile's attention_prefill_varlen curve for its packed tokens, without padding
+    varlen_prefill: bool = False
     # the server's host work per stepped layer (events' server_layer), as quantiles of its distribution
     server_layer: tuple[float, ...] = field(init=False, default=())
     # share of a padded prefill attention call's excess over its packed equivalent that the device pays
@@ -209,17 +214,19 @@ class MeasuredProfile:
         self.clocks = {c: curves(self.table, self.stage_impl, clock=c) for c in needed}
         self.curves = self.clocks["time_s" if self.clock == "pipelined" else self.clock]
         self.device_curves = self.clocks["gpu_s" if self.clock == "pipelined" else self.clock]  # router, experts
-        missing = REQUIRED - set(self.curves)
+        missing = (REQUIRED | ({VARLEN} if self.varlen_prefill else set())) - set(self.curves)
         if missing:
-            raise MeasuredProfileError(f"{self.directory}: no {self.impl} measurements for {', '.join(sorted(missing))}")
+            raise MeasuredProfileError(f"{self.directory}: no {self.impl} measurements for {', '.join(sorted(missing))}"
+                                       + (" (calibrate with --stages attention_prefill_varlen and splice them in: "
+                                          "python -m calibrate.splice)" if VARLEN in missing else ""))
         meta = self.directory / "meta.json"
         self.meta = json.loads(meta.read_text()) if meta.exists() else {}
         self._stage_s = 0.0  # the engine's own work per stage (pipelined: inside the layer's host path)
         # only pure decode layers are replayed as graphs: prefill and mixed layers run stage by stage,
         # with the host path of the engine's stages
         self._stepped = MeasuredProfile(self.directory, self.top_k, "engine", serving=self.serving,
-                                        projection_share=self.projection_share,
-                                        host_scale=self.host_scale) if graphs else None
+                                        projection_share=self.projection_share, host_scale=self.host_scale,
+                                        varlen_prefill=self.varlen_prefill) if graphs else None
         self._graph_fix = _graph_layer_fix(self) if graphs else None  # before overheads: they use layer_s
         if self.overheads is None:
             self.overheads = measured_overheads(self)
@@ -265,7 +272,7 @@ class MeasuredProfile:
         share = self.projection_share
         padded = self.impl in SERVED
         if self.clock != "pipelined":
-            return _attention(self.curves, load, padded, share, decode_charge=decode)
+            return _attention(self.curves, load, padded, share, decode_charge=decode, varlen=self.varlen_prefill)
         host_path, gpu_path = self.layer_paths(load, decode_charge=decode)
         tokens = max(load.num_tokens, 1)
         others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
@@ -290,11 +297,11 @@ class MeasuredProfile:
         if not load.num_prefill_seqs and "layer_decode" in host:
             host_path = host["layer_decode"](load.num_decode_seqs)  # issue time does not grow with context
         else:
-            host_path = (_attention(host, load, padded, share) + host["router"](tokens)
+            host_path = (_attention(host, load, padded, share, varlen=self.varlen_prefill) + host["router"](tokens)
                          + host["experts_layer"](tokens) + 2 * self._stage_s)
         charge = self.padding_charge if padding_charge is None else padding_charge
         decode = self.decode_padding_charge if decode_charge is None else decode_charge
-        gpu_path = (_attention(gpu, load, padded, share, charge, decode) + gpu["router"](tokens)
+        gpu_path = (_attention(gpu, load, padded, share, charge, decode, self.varlen_prefill) + gpu["router"](tokens)
                     + gpu["experts_layer"](tokens))
         return self._host_factor * host_path, gpu_path
 
@@ -337,7 +344,8 @@ class MeasuredProfile:
 
 
 def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = False,
-               projection_share: float = 0.0, padding_charge: float = 1.0, decode_charge: float = 1.0) -> float:
+               projection_share: float = 0.0, padding_charge: float = 1.0, decode_charge: float = 1.0,
+               varlen: bool = False) -> float:
     """`padded` (the real engine): a group of sequences is attended as one [B, Q, K] call, Q and K being
     the group's longest (the grids were measured with equal lengths, so curve(B, longest) is the padded
     call). The stage's q/k/v/o projections, though, run on the packed tokens: with `projection_share`
@@ -350,7 +358,8 @@ def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = Fal
     the more so the more padding: H200 round 6, composed / measured 0.99 at 1-1.2x padding, 1.06 at 3-5x).
     `decode_charge` does the same for a padded decode group, priced at its longest context (H200, fcfs's full
     decode batches: a longest context of about 930 tokens against a mean of 258, and the layer 1.8-2.6% under
-    the fully charged price)."""
+    the fully charged price). `varlen`: the prefill group is the engine's unpadded one (real.layout.PackedGroup),
+    priced at the `attention_prefill_varlen` curve for its tokens at their root-mean-square length."""
     total = 0.0
     if load.num_decode_seqs:
         mean = load.decode_ctx_tokens / load.num_decode_seqs
@@ -359,7 +368,10 @@ def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = Fal
             packed = curves["attention_decode"](load.num_decode_seqs, mean)
             call = min(call, packed + decode_charge * max(call - packed, 0.0))
         total += call
-    if load.num_prefill_seqs:
+    if load.num_prefill_seqs and varlen:
+        length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
+        total += curves[VARLEN](load.num_prefill_tokens / length, length)
+    elif load.num_prefill_seqs:
         if padded and load.prefill_max_tokens:
             call = curves["attention_prefill"](load.num_prefill_seqs, load.prefill_max_tokens)
             padding = load.num_prefill_seqs * load.prefill_max_tokens - load.num_prefill_tokens

@@ -34,7 +34,8 @@ class ProfileSpec:
     (real/'s stages, run stage by stage), engine-graphs (decode layers as CUDA graphs) or hf (Hugging
     Face's modules); `clock` pipelined (host and GPU paths of a layer overlap) or one timing column; `merge_ms` /
     `pause_resume_ms` override the measured event costs; `host_scale` multiplies its host-side costs (a serving
-    host faster or slower than the profile's).
+    host faster or slower than the profile's); `varlen_prefill` prices prefill attention as the engine's unpadded
+    group (engine.varlen_prefill; the profile needs its attention_prefill_varlen curve).
     scaled: the profile `base` describes (a dict of these fields; default: measured) with every
     stage multiplied by `factor`, or by the factor that makes the reference decode pass take
     `decode_step_ms`."""
@@ -51,6 +52,7 @@ class ProfileSpec:
     base: dict | None = None
     factor: float | None = None
     host_scale: float = 1.0
+    varlen_prefill: bool = False
 
 
 def build_profile(spec: ProfileSpec, model: ModelSpec, hardware: HardwareSpec) -> Profile:
@@ -84,7 +86,7 @@ def measured(spec: ProfileSpec, model: ModelSpec, hardware: HardwareSpec) -> Pro
     try:
         profile = MeasuredProfile(directory, top_k=model.top_k, impl=spec.impl, clock=spec.clock,
                                   projection_share=model.attention_params / model.expert_params,
-                                  host_scale=spec.host_scale)
+                                  host_scale=spec.host_scale, varlen_prefill=spec.varlen_prefill)
     except MeasuredProfileError as error:
         raise ProfileError(str(error)) from None
     overrides = {}
