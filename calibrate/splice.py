@@ -20,11 +20,15 @@ import pandas as pd
 SAME = ("model", "dtype", "gpu")  # meta.json keys two runs must share to be spliced
 
 
-def splice(run: Path, profile: Path, impl: str, stage: str | None = None) -> dict[str, int]:
+def splice(run: Path, profile: Path, impl: str, stage: str | None = None,
+           host_reference: str | None = None) -> dict[str, int]:
     """Rows replaced per table; raises ValueError where the run cannot stand in for the profile's rows. `stage`:
-    only that stage's rows of `impl` (a stage the engine gained: `calibrate.measure --stages S`); passes stay."""
+    only that stage's rows of `impl` (a stage the engine gained: `calibrate.measure --stages S`); passes stay.
+    `host_reference` (with `stage`): a stage both hold; the spliced host times are put on the profile's host
+    clock by the median ratio of its host times, profile over run (leases' hosts differ by 10-30%; their GPU
+    times by 0-5%)."""
     if stage is not None:
-        return _splice_stage(run, profile, impl, stage)
+        return _splice_stage(run, profile, impl, stage, host_reference)
     run_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (run, profile))
     for key in SAME:
         if run_meta.get(key) != meta.get(key):
@@ -50,7 +54,16 @@ def splice(run: Path, profile: Path, impl: str, stage: str | None = None) -> dic
     return counts
 
 
-def _splice_stage(run: Path, profile: Path, impl: str, stage: str) -> dict[str, int]:
+def host_ratio(run_rows: pd.DataFrame, profile_rows: pd.DataFrame) -> float:
+    """Median over the points both measured of (profile's median host_s) / (run's median host_s)."""
+    medians = [rows.groupby(["x1", "x2"]).host_s.median() for rows in (profile_rows, run_rows)]
+    ratios = (medians[0] / medians[1]).dropna()
+    if ratios.empty:
+        raise ValueError("the host reference stage has no point in both the run and the profile")
+    return float(ratios.median())
+
+
+def _splice_stage(run: Path, profile: Path, impl: str, stage: str, host_reference: str | None) -> dict[str, int]:
     run_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (run, profile))
     for key in SAME:
         if run_meta.get(key) != meta.get(key):
@@ -59,12 +72,18 @@ def _splice_stage(run: Path, profile: Path, impl: str, stage: str) -> dict[str, 
     taken = new[(new.impl == impl) & (new.stage == stage)]
     if taken.empty:
         raise ValueError(f"{run / 'stages.csv'} has no {impl} rows of stage {stage}")
+    note = ""
+    if host_reference is not None:
+        ratio = host_ratio(new[(new.impl == impl) & (new.stage == host_reference)],
+                           old[(old.impl == impl) & (old.stage == host_reference)])
+        taken = taken.assign(host_s=taken.host_s * ratio)
+        note = f"; host_s x {ratio:.3f}, the median ratio of {host_reference}'s host times, profile over run"
     kept = old[~((old.impl == impl) & (old.stage == stage))]
     pd.concat([kept, taken], ignore_index=True).to_csv(profile / "stages.csv", index=False)
     meta.setdefault("other_sources", {})[f"stages.csv impl={impl} stage={stage}"] = (
         f"python -m calibrate.splice --stage: calibrate.measure run of {run_meta.get('date')} at "
         f"{run_meta.get('git_revision')} on {run_meta.get('gpu')} (repeats {run_meta.get('repeats')}, "
-        f"sweeps {run_meta.get('sweeps')})")
+        f"sweeps {run_meta.get('sweeps')}){note}")
     (profile / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return {"stages": len(taken)}
 
@@ -75,9 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("profile", type=Path, help="the profile folder to update in place")
     parser.add_argument("--impl", default="hf", choices=["hf", "engine"])
     parser.add_argument("--stage", default=None, help="only this stage's rows of --impl (e.g. attention_prefill_varlen)")
+    parser.add_argument("--host-reference", default=None,
+                        help="with --stage: a stage both hold, whose host-time ratio (profile / run) rescales the "
+                             "spliced host times (e.g. attention_prefill)")
     args = parser.parse_args(argv)
+    if args.host_reference and not args.stage:
+        parser.error("--host-reference needs --stage")
     try:
-        counts = splice(args.run, args.profile, args.impl, args.stage)
+        counts = splice(args.run, args.profile, args.impl, args.stage, args.host_reference)
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f"error: {error}")
     print(", ".join(f"{table}: {n} rows" for table, n in counts.items()), f"-> {args.profile}")

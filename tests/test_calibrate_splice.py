@@ -76,3 +76,23 @@ def test_splice_of_one_stage_adds_it_and_keeps_every_other_row(tmp_path):
                ["other_sources"])
     with pytest.raises(ValueError, match="no engine rows of stage embed"):
         splice(run, profile, "engine", "embed")
+
+
+def test_a_spliced_stage_goes_on_the_profiles_host_clock_by_a_reference_stage(tmp_path):
+    """The run's host was 1.25x the profile's on the stage both measured: its new stage's host times / 1.25."""
+    columns = ["impl", "stage", "x1", "x2", "host_s", "gpu_s"]
+    profile, run = tmp_path / "profile", tmp_path / "run"
+    for folder, rows in ((profile, [("engine", "attention_prefill", 1, 32, 1.0, 0.2),
+                                    ("engine", "attention_prefill", 2, 32, 2.0, 0.3)]),
+                         (run, [("engine", "attention_prefill", 1, 32, 1.25, 0.2),
+                                ("engine", "attention_prefill", 2, 32, 2.5, 0.3),
+                                ("engine", "attention_prefill_varlen", 1, 32, 0.5, 0.1)])):
+        folder.mkdir()
+        pd.DataFrame(rows, columns=columns).to_csv(folder / "stages.csv", index=False)
+        (folder / "meta.json").write_text(json.dumps(META))
+    splice(run, profile, "engine", "attention_prefill_varlen", host_reference="attention_prefill")
+    stages = pd.read_csv(profile / "stages.csv")
+    varlen = stages[stages.stage == "attention_prefill_varlen"]
+    assert varlen.host_s.tolist() == pytest.approx([0.4]) and varlen.gpu_s.tolist() == [0.1]
+    assert stages[stages.stage == "attention_prefill"].host_s.tolist() == [1.0, 2.0]
+    assert any("x 0.800" in v for v in json.loads((profile / "meta.json").read_text())["other_sources"].values())

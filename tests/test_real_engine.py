@@ -329,7 +329,8 @@ def test_a_mixed_batch_with_unpadded_prompts_matches_hf(model):
 def test_unpadded_prompts_match_the_padded_path_on_the_gpu():
     """bf16 on a GPU: flash attention's varlen kernel against the padded SDPA path, on the same inputs, for a batch
     of fresh prompts only (one span) and for one with decode rows between them (gathered rows): the attention
-    stage's outputs agree to bf16 rounding (whole passes are not compared: a rounding flips a top-k choice)."""
+    stage's outputs agree to bf16 rounding of the residual sum (H100: a few elements one ulp apart, mean |difference|
+    1e-4 of the attention's own part; whole passes are not compared: a rounding flips a top-k choice)."""
     from real import stages
     from real.layout import PackedGroup, build_layout
     model = build_model(preset_config("tiny-qwen3-moe"), "cuda", torch.bfloat16, seed=3)
@@ -342,6 +343,8 @@ def test_unpadded_prompts_match_the_padded_path_on_the_gpu():
         hidden = torch.randn(tokens, model.config.hidden_size, device="cuda", dtype=torch.bfloat16)
         with torch.inference_mode():
             padded, unpadded = (stages.attention(model, 0, hidden, build_layout(seqs, "cuda", varlen=v), engine.pool)
-                                .float() - hidden.float() for v in (False, True))  # the attention's own part
+                                .float() for v in (False, True))
         assert any(isinstance(g, PackedGroup) for g in build_layout(seqs, "cuda", varlen=True).groups)
-        assert ((padded - unpadded).abs().max() / padded.abs().max()).item() <= 2e-2
+        difference = (padded - unpadded).abs()
+        assert difference.max() <= 2**-6 * padded.abs().max()  # four bf16 ulps at the output's scale
+        assert difference.mean() <= 1e-2 * (padded - hidden.float()).abs().mean()
