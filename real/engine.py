@@ -70,23 +70,29 @@ class Engine:
     def warm_up(self, max_batch: int) -> None:
         """Pay first-call costs before a timed run: capture every decode bucket up to `max_batch`
         sequences and run prefills and decodes of a few sizes (on the H200 the first prefills of a
-        process took 0.7-1 s instead of 50-150 ms: library handles, kernel selection)."""
+        process took 0.7-1 s instead of 50-150 ms: library handles, kernel selection). On a GPU the prefills
+        run both padded and unpadded (`varlen_prefill`), since a server may switch between runs."""
         if self.runner is not None:
             self.runner.prepare(max_batch)
-        longest = min(self.pool.max_len - 1, 1024)
         chosen = self.varlen_prefill
-        for self.varlen_prefill in ((False, True) if self.device.type == "cuda" else (chosen,)):  # both: a server
-            for num_seqs, length in ((1, 8), (2, 64), (1, longest), (min(max_batch, 8), longest // 2),  # may switch
-                                     (min(max_batch, self.pool.num_slots), min(128, longest))):
-                length = max(min(length, longest), 1)  # short KV slots (a small `engine.max_len`)
-                seqs = [self.add_sequence(-1 - i, [1] * length) for i in range(min(num_seqs, self.pool.num_free))]
-                self.run_pass(seqs)  # prefill (first calls of grouped GEMMs and attention at these sizes)
-                self.run_pass(seqs)  # decode
-                for seq in seqs:
-                    self.release(seq)
-        self.varlen_prefill = chosen
+        try:
+            for self.varlen_prefill in (False, True) if self.device.type == "cuda" else (chosen,):
+                self._warm_passes(max_batch)
+        finally:
+            self.varlen_prefill = chosen
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def _warm_passes(self, max_batch: int) -> None:
+        longest = min(self.pool.max_len - 1, 1024)
+        for num_seqs, length in ((1, 8), (2, 64), (1, longest), (min(max_batch, 8), longest // 2),
+                                 (min(max_batch, self.pool.num_slots), min(128, longest))):
+            length = max(min(length, longest), 1)  # short KV slots (a small `engine.max_len`)
+            seqs = [self.add_sequence(-1 - i, [1] * length) for i in range(min(num_seqs, self.pool.num_free))]
+            self.run_pass(seqs)  # prefill (first calls of grouped GEMMs and attention at these sizes)
+            self.run_pass(seqs)  # decode
+            for seq in seqs:
+                self.release(seq)
 
     @property
     def num_layers(self) -> int:

@@ -60,9 +60,6 @@ PARTS = ("reaction", "notice", "host", "device", "in-flight layers")
 NOTICE_LEGS = ("child", "pipe", "loop")
 FOUND = ("BE", "LS", "idle")
 HOST_IN = ("LM head", "other")  # where the host was when the request arrived (`reaction_parts`)
-# an LS request noticed this late after finding BE work was held back by the policy, not preempting: the KV slots
-# were short (qllm_catchup preempts any BE batch at once otherwise); its reaction measures memory, not preemption
-HELD_NOTICE_MS = 50.0
 
 
 def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -77,8 +74,10 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.Data
     host's latest step at the arrival was a pass's LM head still running on the device (its token sync holds
     the host deaf to arrivals until then), else `other`. The step log names batches, not requests: the
     batch's first advance is the first layer-0 advance issued after the arrival that begins no earlier than
-    the request's `scheduled_s`. With `transit` (real.frontend's `frontend.parquet`), the notice is also split into
-    `NOTICE_LEGS` (ms; NaN without it)."""
+    the request's `scheduled_s`; `held`, whether the policy was consulted between the arrival and that batch's
+    consult and did not start the request then (it held it back: the KV slots were short; qllm_catchup preempts any
+    BE batch at once otherwise), so that its reaction measures memory, not preemption. With `transit`
+    (real.frontend's `frontend.parquet`), the notice is also split into `NOTICE_LEGS` (ms; NaN without it)."""
     starts = steps[(steps.kind == "advance") & (steps.from_layer == 0)]
     advances = steps[(steps.kind == "advance") & (steps.to_layer > steps.from_layer)]
     per_layer_ms = 1e3 * (advances.end_s - advances.begin_s) / (advances.to_layer - advances.from_layer)
@@ -103,12 +102,13 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.Data
         split = dict.fromkeys(NOTICE_LEGS, float("nan")) if way is None else {
             "child": 1e3 * (way.sent_s - q.arrival_s), "pipe": 1e3 * (way.seen_s - way.sent_s),
             "loop": 1e3 * (step.decided_s - way.seen_s)}
+        consults = steps.decided_s[(steps.decided_s > q.arrival_s) & (steps.decided_s < step.decided_s)]
         rows.append({"request_id": q.request_id, "reaction": 1e3 * reaction, "notice": 1e3 * notice, **split,
                      "host": 1e3 * host, "device": 1e3 * (reaction - notice - host),
                      "in-flight layers": 1e3 * reaction / layer, "level": int(step.level),
                      "found": "idle" if found.empty else "LS" if set(found.get("batch_id", ())) & ls_batches else "BE",
-                     "host in": HOST_IN[0] if at_head else HOST_IN[1]})
-    return pd.DataFrame(rows, columns=["request_id", *PARTS, *NOTICE_LEGS, "level", "found", "host in"])
+                     "host in": HOST_IN[0] if at_head else HOST_IN[1], "held": bool(len(consults))})
+    return pd.DataFrame(rows, columns=["request_id", *PARTS, *NOTICE_LEGS, "level", "found", "host in", "held"])
 
 
 def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
@@ -130,7 +130,7 @@ def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
         raise SystemExit(f"error: no step logs with decided_s and level under {root} (runs before serving round 4)")
     table = pd.concat(parts, ignore_index=True)
     pooled = [table.assign(run="all")] + [table[table.found == f].assign(run=f"all, found {f}") for f in FOUND]
-    pooled.append(table[(table.found == "BE") & (table.notice < HELD_NOTICE_MS)].assign(run="all, found BE, not held"))
+    pooled.append(table[(table.found == "BE") & ~table.held].assign(run="all, found BE, not held"))
     pooled.append(table[table["host in"] == HOST_IN[0]].assign(run=f"all, host in {HOST_IN[0]}"))
     rows = []
     for (policy, run), group in pd.concat([table, *pooled]).groupby(["policy", "run"], sort=False):

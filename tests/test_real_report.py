@@ -94,7 +94,10 @@ def test_reaction_split_into_notice_host_and_device(tmp_path):
     assert table.loc["all", "urgent share"] == pytest.approx(0.5)
     assert table.loc["all", "within one in-flight layer"] == pytest.approx(1.0)
     assert table.loc["all, found BE", "LS"] == table.loc["all, found idle", "LS"] == 1
-    assert table.loc["all, found BE, not held", "LS"] == 1  # noticed 3 ms late: not held back for KV slots
+    assert table.loc["all, found BE, not held", "LS"] == 1  # noticed 3 ms late, no consult between: not held back
+    assert parts.held.tolist() == [False, False]
+    held = steps.assign(decided_s=[0.4999, 1.0000, 2.0010, 2.0030])  # a consult at 2.001 did not start request 1
+    assert reaction_parts(pd.read_parquet(folder / "requests.parquet"), held).held.tolist() == [False, True]
     main([str(tmp_path), "--reaction", "--out", str(tmp_path / "reaction.csv")])  # the table, as a CSV too
     assert pd.read_csv(tmp_path / "reaction.csv").set_index("run").loc["all", "LS"] == 2
     by = reaction_table(tmp_path, by="rehearse_us")  # a setting the run did not log: pooled as None
