@@ -24,7 +24,7 @@ from sim.cli import CONF_DIR
 from sim.compose import compose_spec
 from sim.pipeline import ran_ahead
 from sim.plan import CostModel
-from sim.profile.select import build_profile, measured_directory
+from sim.profile.select import ProfileError, build_profile, measured_directory
 from sim.results import class_metrics, requests_table, throughput
 from sim.routing import ExpertRouter
 from sim.simulate import simulate
@@ -172,7 +172,10 @@ def main() -> None:
     if args.against:
         references = {run: pd.read_parquet(other / "requests.parquet") for run, other in paired_runs(runs, args.against)}
     else:
-        references = {run: simulate_like(run, args.hardware, args.model, host_scale=host_scale) for run in runs}
+        try:
+            references = {run: simulate_like(run, args.hardware, args.model, host_scale=host_scale) for run in runs}
+        except ProfileError as error:  # e.g. a run with unpadded prompts against a profile without their curve
+            raise SystemExit(f"error: {error}") from None
     rows = []
     for run, reference in references.items():
         if args.sim_out is not None and not args.against:
