@@ -33,6 +33,7 @@ class BatchState:
     layout: Layout
     position: Position
     moe: MoEState | None = None
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # the pass's rotary tables (Engine.lean_attention)
 
     @property
     def seq_ids(self) -> list[int]:

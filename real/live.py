@@ -166,5 +166,5 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path, host_cpu: int 
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
                       "num_consults": outcome.num_consults, "rehearse_us": spec.engine.rehearse_us,
                       "rehearse_launch": spec.engine.rehearse_launch, "varlen_prefill": spec.engine.varlen_prefill,
-                      "host_cpu": host_cpu}
+                      "lean_attention": spec.engine.lean_attention, "host_cpu": host_cpu}
     return table, summary

@@ -1,4 +1,5 @@
-"""Fresh prompts' attention padded or unpadded (`Engine.varlen_prefill`), side by side on one layer:
+"""Fresh prompts' attention padded or unpadded (`Engine.varlen_prefill`), and unpadded with the pass's rotary
+tables (`Engine.lean_attention`), side by side on one layer:
 
     python -m real.prefillbench --model qwen3-moe-30b-a3b --device cuda --dtype bfloat16
 
@@ -65,16 +66,19 @@ def compare(engine: Engine, count: int, rng: np.random.Generator, repeats: int) 
     row["padded x"] = round(count * row["longest"] / row["tokens"], 2)
     hidden = torch.randn(row["tokens"], engine.model.config.hidden_size, device=device, dtype=engine.model.dtype)
     outs = {}
-    for label, varlen in (("padded", False), ("varlen", True)):
+    for label, varlen, lean in (("padded", False, False), ("varlen", True, False), ("lean", True, True)):
         engine.varlen_prefill = varlen
         layout = engine.start(seqs).layout
-        def attention(layout=layout):
-            return stages.attention(engine.model, 0, hidden, layout, engine.pool)
+        tables = stages.pass_rope(engine.model, hidden, layout.positions) if lean else None
+        def attention(layout=layout, tables=tables):
+            return stages.attention(engine.model, 0, hidden, layout, engine.pool, tables)
         outs[label] = attention().float()
         row[f"{label} attention ms"] = round(device_ms(attention, repeats, device), 4)
         row[f"{label} issue us"] = round(issue_us(attention, repeats, device), 1)
-        row[f"{label} start us"] = round(median_us(lambda: engine.start(seqs), repeats, device), 1)
+        if not lean:  # the start is the same with or without lean attention
+            row[f"{label} start us"] = round(median_us(lambda: engine.start(seqs), repeats, device), 1)
     row["rel diff"] = float((outs["padded"] - outs["varlen"]).abs().max() / outs["padded"].abs().max())
+    row["lean same"] = bool(torch.equal(outs["varlen"], outs["lean"]))  # the same floats, fewer calls
     return row
 
 
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.inference_mode():
         rows = [compare(engine, count, rng, args.repeats) for count in args.counts]
     table = pd.DataFrame(rows)
-    print(f"Fresh prompts' attention, padded vs varlen ({args.model}, {args.device}, {args.dtype}, one layer), "
+    print(f"Fresh prompts' attention: padded, unpadded (varlen), unpadded with the pass's rotary tables (lean) "
+          f"({args.model}, {args.device}, {args.dtype}, one layer), "
           f"medians of {args.repeats}")
     print(markdown(table))
     if args.out:

@@ -69,6 +69,9 @@ class EngineSettings:
     # a pass's fresh prompts attended as one unpadded group (Engine.varlen_prefill; both are warmed up). H100,
     # Qwen3-30B-A3B, 8 pairs: tokens/s x1.00-1.15, urgent filled starts' host time p50 -40% (BENCHMARKS.md)
     varlen_prefill: bool = field(default=True, compare=False)
+    # stepped attention with the pass's rotary tables made once and q, k rotated together (Engine.lean_attention:
+    # the same floats in fewer host calls); not measured on a GPU yet
+    lean_attention: bool = field(default=False, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
     host_cpu: int | None = field(default=None, compare=False)
     # stamps on each batch start's host path, written as starts.parquet (real.starttrace; a replay's)
@@ -91,7 +94,7 @@ class EngineSettings:
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
-                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill"):
+                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -193,7 +196,7 @@ def slots_that_fit(config, max_len: int, settings: EngineSettings) -> int:
 def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state: SchedulerState,
                 prompt_ids) -> ReplayServer:
     """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
-    engine.varlen_prefill = settings.varlen_prefill
+    engine.varlen_prefill, engine.lean_attention = settings.varlen_prefill, settings.lean_attention
     rehearse_s = settings.rehearse_us * 1e-6
     if settings.rehearse_launch and rehearse_s > 0:
         for _ in range(4):  # the rehearsals' stream, pinned ring and allocator pool, before any timed work
@@ -266,7 +269,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
                       "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
                       "rehearse_launch": spec.engine.rehearse_launch, "varlen_prefill": spec.engine.varlen_prefill,
-                      "start_checks": spec.engine.start_checks, "host_cpu": placement.loop,
+                      "lean_attention": spec.engine.lean_attention, "start_checks": spec.engine.start_checks, "host_cpu": placement.loop,
                       "trace_starts": spec.engine.trace_starts,
                       "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),

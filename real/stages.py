@@ -38,18 +38,36 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
+def pass_rope(model, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary tables of a pass, made once for all its layers (the positions do not change between them):
+    cos, and sin with its first half negated, so that `_rotate_lean` needs no rotate-half copy."""
+    cos, sin = rope(model, hidden, positions)
+    half = sin.shape[-1] // 2
+    return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def _rotate_lean(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """`_rotate` in four calls: rotate_half(x) * sin is roll(x, half) * signed_sin element for element (a negation
+    is exact, so the products are the same floats), and the sum the same."""
+    return x * cos + torch.roll(x, x.shape[-1] // 2, dims=-1) * signed_sin
+
+
 def _head_norm(norm, y: torch.Tensor) -> torch.Tensor:
     """Qwen3 normalises q/k per head, OLMoE over all heads: the norm's size says which."""
     return norm(y.view(*y.shape[:-1], -1, norm.weight.shape[0])).view_as(y)
 
 
-def qkv(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+def qkv(attn, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, lean: bool = False):
     """Projections (+ q/k norms where the family has them) and rotary: x [T, D] ->
-    q [T, H, Dh], k [T, KVH, Dh], v [T, KVH, Dh]."""
+    q [T, H, Dh], k [T, KVH, Dh], v [T, KVH, Dh]. `lean`: `sin` is `pass_rope`'s signed one, and q and k are
+    rotated together (`_rotate_lean` on their heads side by side), the same floats in fewer calls."""
     q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
     if hasattr(attn, "q_norm"):
         q, k = _head_norm(attn.q_norm, q), _head_norm(attn.k_norm, k)
     shape = (x.shape[0], -1, attn.head_dim)
+    if lean:
+        q, k = q.view(shape), k.view(shape)
+        return *_rotate_lean(torch.cat((q, k), dim=1), cos, sin).split((q.shape[1], k.shape[1]), dim=1), v.view(shape)
     return _rotate(q.view(shape), cos, sin), _rotate(k.view(shape), cos, sin), v.view(shape)
 
 
@@ -80,16 +98,22 @@ def _backends(q: torch.Tensor):
     return sdpa_kernel(CUDA_SDPA) if q.is_cuda else nullcontext()
 
 
-def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool: KVPool) -> torch.Tensor:
+def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool: KVPool,
+              rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Pre-norm self-attention with its residual: hidden [T, D] -> [T, D]. Writes the new K/V into
-    each sequence's slot, then attends group by group over the slots (a gather by slot index)."""
+    each sequence's slot, then attends group by group over the slots (a gather by slot index).
+    `rope_tables`: the pass's `pass_rope` (the engine's `lean_attention`): the rotary tables are not remade in
+    every layer and q, k are rotated in fewer calls (a stepped layer's host path is its cost below ~2k tokens)."""
     layer = model.model.layers[layer_idx]
     attn = layer.self_attn
     x = layer.input_layernorm(hidden)  # [T, D]
-    q, k, v = qkv(attn, x, *rope(model, x, layout.positions))
+    if rope_tables is None:
+        q, k, v = qkv(attn, x, *rope(model, x, layout.positions))
+    else:
+        q, k, v = qkv(attn, x, *rope_tables, lean=True)
     k_pool, v_pool = pool.k[layer_idx], pool.v[layer_idx]  # [S, L, KVH, Dh]
-    k_pool[layout.slots, layout.positions] = k.to(k_pool.dtype)
-    v_pool[layout.slots, layout.positions] = v.to(v_pool.dtype)
+    k_pool[layout.slots, layout.positions] = _stored(k, k_pool)
+    v_pool[layout.slots, layout.positions] = _stored(v, v_pool)
     whole = layout.groups[0] if len(layout.groups) == 1 and isinstance(layout.groups[0], PackedGroup) else None
     if whole is not None and whole.span == (0, layout.num_tokens):  # fresh prompts only (an LS start, mostly)
         out = attend_packed(q, _as_stored(k, k_pool), _as_stored(v, v_pool), whole, attn.scaling)
@@ -105,6 +129,11 @@ def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool:
         o = attend(q[g.rows], keys.to(q.dtype), values.to(q.dtype), g.positions, attn.scaling)  # [B, Q, H, Dh]
         out[g.valid_rows] = o.flatten(0, 1)[g.valid_flat]
     return hidden + attn.o_proj(out.flatten(1))
+
+
+def _stored(x: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """`x` in the pool's dtype (no call where it already is)."""
+    return x if x.dtype == pool.dtype else x.to(pool.dtype)
 
 
 def _as_stored(x: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
