@@ -200,6 +200,21 @@ def test_measure_rejects_a_bad_pin(capsys):
     assert stop.value.code == 2 and "--pin must be auto, none or a CPU number" in capsys.readouterr().err
 
 
+def test_some_stages_alone_without_passes(tmp_path, capsys):
+    """`--stages ... --no-passes` (a stage to splice into a profile): those stages' grids only; an unknown stage
+    is refused with the list of known ones."""
+    out = tmp_path / "run"
+    measure(["--model", "tiny-qwen3-moe", "--device", "cpu", "--small", "--impls", "engine", "--repeats", "2",
+             "--inner", "1", "--sweeps", "1", "--stages", "attention_prefill", "attention_prefill_varlen",
+             "--no-passes", "--out", str(out)])
+    stages = pd.read_csv(out / "stages.csv")
+    assert set(stages.stage) == {"attention_prefill", "attention_prefill_varlen"} and set(stages.impl) == {"engine"}
+    assert not (out / "passes.csv").exists() and not (out / "events.csv").exists()
+    with pytest.raises(SystemExit) as stop:
+        measure(["--model", "tiny-mixtral", "--device", "cpu", "--stages", "attention", "--out", str(out)])
+    assert stop.value.code == 2 and "no such stage attention (stages: attention_decode" in capsys.readouterr().err
+
+
 def test_heldout_noise_is_half_the_split_half_difference(tmp_path):
     """A held-out router point whose later sweeps ran at twice the earlier ones' time: its median is 1.5 ms,
     its halves' medians 1 and 2 ms, so its noise is 50 x 1 / 1.5 = 33.3%; its interpolated time is exact
