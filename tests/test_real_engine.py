@@ -420,3 +420,24 @@ def test_lean_attention_issues_fewer_torch_calls():
                 stages.attention(qwen, 0, hidden, layout, pool, rope_tables)
             counts.append(Calls.count)
     assert counts[0] - counts[1] >= 20
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lean_attention_is_the_same_floats_on_the_gpu():
+    """bf16 on a GPU, unpadded prompts (q and k reach flash attention as views of one rotated tensor) and a batch
+    with decode rows between them: the stage's output with the pass's tables equals the plain one bit for bit."""
+    from real import stages
+    from real.layout import build_layout
+    model = build_model(preset_config("tiny-qwen3-moe"), "cuda", torch.bfloat16, seed=3)
+    engine = Engine.for_device(model, KVPool.allocate_for(model.config, 8, 128, "cuda", torch.bfloat16))
+    old = [engine.add_sequence(i, p) for i, p in enumerate(prompts(2, seed=5))]
+    engine.run_pass(old)
+    fresh = [engine.add_sequence(10 + i, [t for _ in range(9) for t in p]) for i, p in enumerate(prompts(3, 6))]
+    for seqs in (fresh, [fresh[0], old[0], fresh[1], fresh[2], old[1]]):
+        layout = build_layout(seqs, "cuda", varlen=True)
+        hidden = torch.randn(layout.num_tokens, model.config.hidden_size, device="cuda", dtype=torch.bfloat16)
+        with torch.inference_mode():
+            tables = stages.pass_rope(model, hidden, layout.positions)
+            plain, lean = (stages.attention(model, 0, hidden, layout, engine.pool, t) for t in (None, tables))
+        assert torch.equal(plain, lean)
