@@ -326,6 +326,17 @@ def test_a_mixed_batch_with_unpadded_prompts_matches_hf(model):
         check_against_hf(model, seqs, logits)
 
 
+def gpu_prompt_batches():
+    """A bf16 tiny Qwen3-MoE on the GPU and two batches of its engine's: three fresh prompts of 18-108 tokens, and
+    the same with two decoding sequences between them."""
+    model = build_model(preset_config("tiny-qwen3-moe"), "cuda", torch.bfloat16, seed=3)
+    engine = Engine.for_device(model, KVPool.allocate_for(model.config, 8, 128, "cuda", torch.bfloat16))
+    old = [engine.add_sequence(i, p) for i, p in enumerate(prompts(2, seed=5))]
+    engine.run_pass(old)
+    fresh = [engine.add_sequence(10 + i, [t for _ in range(9) for t in p]) for i, p in enumerate(prompts(3, 6))]
+    return model, engine, (fresh, [fresh[0], old[0], fresh[1], fresh[2], old[1]])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_unpadded_prompts_match_the_padded_path_on_the_gpu():
@@ -335,12 +346,8 @@ def test_unpadded_prompts_match_the_padded_path_on_the_gpu():
     1e-4 of the attention's own part; whole passes are not compared: a rounding flips a top-k choice)."""
     from real import stages
     from real.layout import PackedGroup, build_layout
-    model = build_model(preset_config("tiny-qwen3-moe"), "cuda", torch.bfloat16, seed=3)
-    engine = Engine.for_device(model, KVPool.allocate_for(model.config, 8, 128, "cuda", torch.bfloat16))
-    old = [engine.add_sequence(i, p) for i, p in enumerate(prompts(2, seed=5))]
-    engine.run_pass(old)
-    fresh = [engine.add_sequence(10 + i, [t for _ in range(9) for t in p]) for i, p in enumerate(prompts(3, 6))]
-    for seqs in (fresh, [fresh[0], old[0], fresh[1], fresh[2], old[1]]):
+    model, engine, batches = gpu_prompt_batches()
+    for seqs in batches:
         tokens = sum(s.num_new for s in seqs)
         hidden = torch.randn(tokens, model.config.hidden_size, device="cuda", dtype=torch.bfloat16)
         with torch.inference_mode():
@@ -429,12 +436,8 @@ def test_lean_attention_is_the_same_floats_on_the_gpu():
     with decode rows between them: the stage's output with the pass's tables equals the plain one bit for bit."""
     from real import stages
     from real.layout import build_layout
-    model = build_model(preset_config("tiny-qwen3-moe"), "cuda", torch.bfloat16, seed=3)
-    engine = Engine.for_device(model, KVPool.allocate_for(model.config, 8, 128, "cuda", torch.bfloat16))
-    old = [engine.add_sequence(i, p) for i, p in enumerate(prompts(2, seed=5))]
-    engine.run_pass(old)
-    fresh = [engine.add_sequence(10 + i, [t for _ in range(9) for t in p]) for i, p in enumerate(prompts(3, 6))]
-    for seqs in (fresh, [fresh[0], old[0], fresh[1], fresh[2], old[1]]):
+    model, engine, batches = gpu_prompt_batches()
+    for seqs in batches:
         layout = build_layout(seqs, "cuda", varlen=True)
         hidden = torch.randn(layout.num_tokens, model.config.hidden_size, device="cuda", dtype=torch.bfloat16)
         with torch.inference_mode():
