@@ -29,10 +29,7 @@ def splice(run: Path, profile: Path, impl: str, stage: str | None = None,
     times by 0-5%)."""
     if stage is not None:
         return _splice_stage(run, profile, impl, stage, host_reference)
-    run_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (run, profile))
-    for key in SAME:
-        if run_meta.get(key) != meta.get(key):
-            raise ValueError(f"{key}: the run has {run_meta.get(key)!r}, the profile {meta.get(key)!r}")
+    run_meta, meta = _metas(run, profile)
     counts, tables = {}, {}
     for table, match in (("stages", lambda s: s == impl), ("passes", lambda s: s.str.startswith(f"{impl}-") | (s == impl))):
         new, old = (pd.read_csv(d / f"{table}.csv") for d in (run, profile))
@@ -54,6 +51,15 @@ def splice(run: Path, profile: Path, impl: str, stage: str | None = None,
     return counts
 
 
+def _metas(run: Path, profile: Path) -> tuple[dict, dict]:
+    """Both folders' meta.json, once they agree on what was measured (SAME)."""
+    run_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (run, profile))
+    for key in SAME:
+        if run_meta.get(key) != meta.get(key):
+            raise ValueError(f"{key}: the run has {run_meta.get(key)!r}, the profile {meta.get(key)!r}")
+    return run_meta, meta
+
+
 def host_ratio(run_rows: pd.DataFrame, profile_rows: pd.DataFrame) -> float:
     """Median over the points both measured of (profile's median host_s) / (run's median host_s)."""
     medians = [rows.groupby(["x1", "x2"]).host_s.median() for rows in (profile_rows, run_rows)]
@@ -64,10 +70,7 @@ def host_ratio(run_rows: pd.DataFrame, profile_rows: pd.DataFrame) -> float:
 
 
 def _splice_stage(run: Path, profile: Path, impl: str, stage: str, host_reference: str | None) -> dict[str, int]:
-    run_meta, meta = (json.loads((d / "meta.json").read_text()) for d in (run, profile))
-    for key in SAME:
-        if run_meta.get(key) != meta.get(key):
-            raise ValueError(f"{key}: the run has {run_meta.get(key)!r}, the profile {meta.get(key)!r}")
+    run_meta, meta = _metas(run, profile)
     new, old = (pd.read_csv(d / "stages.csv") for d in (run, profile))
     taken = new[(new.impl == impl) & (new.stage == stage)]
     if taken.empty:

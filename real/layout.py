@@ -39,7 +39,7 @@ class AttentionGroup:
 class PackedGroup:
     """Fresh prompts (nothing cached) attended over their own new keys, unpadded (`Layout.varlen`)."""
 
-    span: tuple[int, int]  # their packed rows are lo..hi-1, when `rows` is None
+    span: tuple[int, int] | None  # their packed rows are lo..hi-1 (None: see `rows`)
     rows: torch.Tensor | None  # [N] their packed rows, where they are not one span (decode rows between them)
     cu_lengths: torch.Tensor  # [B + 1] int32: where each sequence's tokens start among the N, then N
     longest: int  # tokens of the longest prompt
@@ -89,7 +89,7 @@ def _device_groups(groups: list[tuple], dev: list[torch.Tensor]) -> tuple[Attent
         if isinstance(g, _HostPacked):
             cu = dev[i].view(torch.int32)[: g.num_seqs + 1]  # int32 pairs sent as int64 (`_cu_lengths`)
             rows = dev[i + 1] if g.span is None else None
-            out.append(PackedGroup(g.span or (0, 0), rows, cu, g.longest))
+            out.append(PackedGroup(g.span, rows, cu, g.longest))
             i += 1 if g.span is not None else 2
         else:
             out.append(AttentionGroup(*dev[i: i + 5], num_keys=g[-1]))

@@ -99,6 +99,15 @@ class EngineSettings:
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
 
+    def recorded(self) -> dict:
+        """The switches of how the server drove the engine, as a run's summary.json records them (`real.report
+        --by`, `real.starttrace --by` and `sim.validate` read them back); replay and HTTP serving alike."""
+        return {name: getattr(self, name) for name in (
+            "graph_key_step", "run_ahead", "priority_stream", "pass_overlap", "stage_stops", "head_stops",
+            "defer_tokens", "rehearse_us", "rehearse_launch", "varlen_prefill", "lean_attention", "start_checks",
+            "trace_starts", "pool_prewarm_gib")}
+
+
 @dataclass(frozen=True)
 class ServeSpec:
     policy: Policy
@@ -262,16 +271,9 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     summary["run"] = {"policy": spec.policy_name, "mode": "replay", "rate": spec.workload.rate, "seed": spec.seed,
                       "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults,
-                      "graphs": engine.graphs, "graph_key_step": spec.engine.graph_key_step,
-                      "num_graphs": engine.runner.num_graphs if engine.runner else 0, "run_ahead": spec.engine.run_ahead,
-                      "priority_stream": spec.engine.priority_stream, "lane": lane.enabled,
-                      "pass_overlap": spec.engine.pass_overlap, "urgent_batches": len(lane.claims),
-                      "stage_stops": spec.engine.stage_stops, "head_stops": spec.engine.head_stops,
-                      "defer_tokens": spec.engine.defer_tokens, "rehearse_us": spec.engine.rehearse_us,
-                      "rehearse_launch": spec.engine.rehearse_launch, "varlen_prefill": spec.engine.varlen_prefill,
-                      "lean_attention": spec.engine.lean_attention, "start_checks": spec.engine.start_checks, "host_cpu": placement.loop,
-                      "trace_starts": spec.engine.trace_starts,
-                      "pool_prewarm_gib": spec.engine.pool_prewarm_gib, "host_probe_ms": 1e3 * host_probe_s,
+                      **spec.engine.recorded(), "graphs": engine.graphs,
+                      "num_graphs": engine.runner.num_graphs if engine.runner else 0, "lane": lane.enabled,
+                      "urgent_batches": len(lane.claims), "host_cpu": placement.loop, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}
     return table, summary

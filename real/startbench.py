@@ -54,23 +54,32 @@ def _start(engine: Engine, seqs: list[Sequence], varlen: bool):
     return engine.start(seqs)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m real.startbench", description=__doc__.split("\n\n")[0])
+def bench_parser(prog: str, doc: str, counts: list[int], repeats: int) -> argparse.ArgumentParser:
+    """The arguments of a one-layer host bench (this one, real.prefillbench)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-mixtral")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--counts", type=int, nargs="+", default=[1, 4, 8, 16, 32])
-    parser.add_argument("--repeats", type=int, default=300)
-    args = parser.parse_args(argv)
+    parser.add_argument("--counts", type=int, nargs="+", default=counts)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    return parser
+
+
+def one_layer(args: argparse.Namespace) -> tuple[torch.nn.Module, KVPool]:
+    """`bench_parser`'s model with one decoder layer and a KV pool of a slot per prompt; bad arguments exit."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but no CUDA device is available")
     if min(args.counts) < 1:
         raise SystemExit("error: --counts must be >= 1")
-    device = torch.device(args.device)
-    config = preset_config(args.model, num_hidden_layers=1)  # a start runs the embedding only
+    config = preset_config(args.model, num_hidden_layers=1)
     model = build_model(config, args.device, DTYPES[args.dtype])
-    pool = KVPool.allocate_for(config, max(args.counts), 1024, device, DTYPES[args.dtype])
-    engine = Engine(model, pool)
+    return model, KVPool.allocate_for(config, max(args.counts), 1024, torch.device(args.device), DTYPES[args.dtype])
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = bench_parser("python -m real.startbench", __doc__, [1, 4, 8, 16, 32], 300).parse_args(argv)
+    device = torch.device(args.device)
+    engine = Engine(*one_layer(args))  # a start runs the embedding only
     rng = np.random.default_rng(0)
     rows = []
     with torch.inference_mode():
