@@ -7,8 +7,9 @@ Between advances it may leave a batch paused (it keeps all its state: nothing to
 resume it (advance it again), `merge` a paused batch into the running one at the same position or
 `split` one (real.batch); `release` frees a sequence's KV slot.
 
-With `graphs=True`, decode batches at layer boundaries run whole layers as CUDA graphs (real.graphs)
-and everything else (prefill, mixed batches, expert-level stepping) stage by stage."""
+With `graphs=True`, decode batches at layer boundaries run whole layers as CUDA graphs (real.graphs), with
+`pass_graphs` prefill and mixed batches too (real.passgraphs), and everything else (expert-level stepping, batches
+on an urgent stream) stage by stage."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from real.batch import BatchState, MoEState
 from real.graphs import KEY_STEP, DecodeRunner
 from real.kv import KVPool
 from real.layout import PinnedStaging, build_layout
+from real.passgraphs import PassRunner
 from real.pending import HostRing, PendingTokens
 from real.pending import fill as fill_pending
 from real.pending import input_ids as pending_ids
@@ -45,7 +47,11 @@ class Engine:
     # floats in about a third fewer torch calls (a Qwen3 prefill layer's host path, 1.8-2.8 ms on an H100, is its
     # cost below ~2k tokens); not measured on a GPU yet, so off by default
     lean_attention: bool = False
+    # layers of batches with prompt tokens (prefill, mixed) as CUDA graphs too (real.passgraphs), on the main stream;
+    # the runner is built with the decode one, so a server may switch this between runs
+    pass_graphs: bool = False
     runner: DecodeRunner | None = field(init=False, default=None)
+    pass_runner: PassRunner | None = field(init=False, default=None)
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
     token_ring: HostRing | None = field(init=False, default=None)  # pinned buffers for sampled ids (GPU only)
     stand_ins: tuple[list[Sequence], ...] = field(init=False, default=())  # `rehearse`'s batches
@@ -62,6 +68,9 @@ class Engine:
         if self.graphs:
             self.runner = DecodeRunner(self.model, self.pool, self.experts_for, capture=on_cuda,
                                        key_step=self.graph_key_step)
+            flash = on_cuda and self.model.dtype in (torch.float16, torch.bfloat16)  # else attention syncs: eager
+            self.pass_runner = PassRunner(self.model, self.pool, self.experts_for, capture=flash, staging=self.staging,
+                                          stream=torch.cuda.current_stream(self.device) if on_cuda else None)
 
     @classmethod
     def for_device(cls, model, pool: KVPool) -> Engine:
@@ -79,6 +88,7 @@ class Engine:
         switch between runs."""
         if self.runner is not None:
             self.runner.prepare(max_batch)
+            self.pass_runner.prepare()
         chosen = self.varlen_prefill, self.lean_attention
         ways = ((False, False), (True, True)) if self.device.type == "cuda" else (chosen,)
         try:
@@ -208,6 +218,8 @@ class Engine:
         while True:
             if self.graphed(batch, granularity):
                 self.runner.run_layer(batch)
+            elif self.pass_graphed(batch, granularity):
+                self.pass_runner.run_layer(batch)
             else:
                 self.step(batch, one_expert=granularity >= Granularity.EXPERT)
             if batch.position.layer >= self.num_layers:
@@ -220,6 +232,11 @@ class Engine:
     def graphed(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
         """Whether `advance` runs the batch's next layer as a CUDA graph (the runner's static buffers)."""
         return self.runner is not None and granularity <= Granularity.LAYER and self.runner.fits(batch)
+
+    def pass_graphed(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
+        """Whether `advance` runs the batch's next layer through the pass runner (not a pure decode batch's)."""
+        return (self.pass_graphs and self.pass_runner is not None and granularity <= Granularity.LAYER
+                and self.pass_runner.fits(batch))
 
     @torch.inference_mode()
     def step(self, batch: BatchState, one_expert: bool = False) -> None:

@@ -5,7 +5,7 @@ Replaying a graph costs one launch, so the engine can return to the scheduler af
 
 A bucket owns static buffers (hidden [Bb, D], positions [Bb], slots [Bb]) that its graphs read and
 write. A batch running in a bucket keeps its residual stream *in* the bucket (a view) between layers;
-when another batch needs the bucket, the first one's rows are copied out (`_evict`), so pausing costs
+when another batch needs the bucket, the first one's rows are copied out (`evict`), so pausing costs
 nothing until the bucket is actually shared. Padding rows have position 0 and the pool's scratch slot:
 they never touch a real sequence's KV. On CPU the same code runs eagerly (tests check it).
 
@@ -138,11 +138,7 @@ class DecodeRunner:
     def _load(self, bucket: Bucket, batch: BatchState) -> None:
         """Put the batch's residual stream and metadata into the bucket unless they are there already."""
         num = len(batch.seqs)
-        if bucket.holder is not batch or batch.hidden.data_ptr() != bucket.hidden.data_ptr():
-            self._evict(bucket)
-            bucket.hidden[:num].copy_(batch.hidden)
-            bucket.hidden[num:].zero_()
-            batch.hidden, bucket.holder = bucket.hidden[:num], batch
+        hold(bucket, batch)
         if bucket.loaded is not batch.layout:
             static = bucket.layout
             static.positions[:num].copy_(batch.layout.positions)
@@ -151,10 +147,22 @@ class DecodeRunner:
             static.slots[num:].fill_(self.pool.scratch_slot)
             bucket.loaded = batch.layout
 
-    @staticmethod
-    def _evict(bucket: Bucket) -> None:
-        """The holder keeps its rows: copy them out before another batch overwrites the buffer."""
-        holder = bucket.holder
-        if holder is not None and holder.hidden.data_ptr() == bucket.hidden.data_ptr():
-            holder.hidden = holder.hidden.clone()
-        bucket.holder = None
+
+
+def hold(bucket, batch: BatchState) -> None:
+    """The batch's residual stream into the first rows of `bucket.hidden` (the rest zeroed), unless it lives there
+    already; the bucket's previous holder keeps its rows (`evict`). `bucket`: any with `hidden` and `holder`."""
+    if bucket.holder is not batch or batch.hidden.data_ptr() != bucket.hidden.data_ptr():
+        evict(bucket)
+        num = batch.hidden.shape[0]
+        bucket.hidden[:num].copy_(batch.hidden)
+        bucket.hidden[num:].zero_()
+        batch.hidden, bucket.holder = bucket.hidden[:num], batch
+
+
+def evict(bucket) -> None:
+    """The holder keeps its rows: copy them out before another batch overwrites the buffer."""
+    holder = bucket.holder
+    if holder is not None and holder.hidden.data_ptr() == bucket.hidden.data_ptr():
+        holder.hidden = holder.hidden.clone()
+    bucket.holder = None

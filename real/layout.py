@@ -216,15 +216,30 @@ class PinnedStaging:
 
     def send(self, host: list[np.ndarray], total: int) -> torch.Tensor:
         """The arrays, concatenated as int64, on the device (asynchronously, on the current stream)."""
-        i, self.next = self.next, (self.next + 1) % len(self.buffers)
-        if self.copied[i] is not None:
-            self.copied[i].synchronize()  # the buffer's last copy has run (16 copies ago: at once, in practice)
+        i = self._take()
         np.concatenate([np.ravel(a) for a in host], out=self.views[i][:total], casting="unsafe")
         out = self.buffers[i][:total].to(self.device, non_blocking=True)
+        self._copied(i)
+        return out
+
+    def send_into(self, host: np.ndarray, out: torch.Tensor) -> None:
+        """One int64 array into the device tensor `out` of its size (asynchronously, on the current stream)."""
+        i = self._take()
+        self.views[i][: host.size] = host
+        out.copy_(self.buffers[i][: host.size], non_blocking=True)
+        self._copied(i)
+
+    def _take(self) -> int:
+        """The next buffer, once the copy that last read it has run (16 copies ago: at once, in practice)."""
+        i, self.next = self.next, (self.next + 1) % len(self.buffers)
+        if self.copied[i] is not None:
+            self.copied[i].synchronize()
+        return i
+
+    def _copied(self, i: int) -> None:
         if self.copied[i] is None:
             self.copied[i] = torch.cuda.Event()
         self.copied[i].record()
-        return out
 
     def rehearse(self, host: list[np.ndarray], total: int) -> torch.Tensor:
         """`send`'s host work without the copy: the arrays into the host scratch, and the device scratch's first

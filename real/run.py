@@ -72,6 +72,9 @@ class EngineSettings:
     # stepped attention with the pass's rotary tables made once and q, k rotated together (Engine.lean_attention:
     # the same floats in fewer host calls); not measured on a GPU yet
     lean_attention: bool = field(default=False, compare=False)
+    # layers of batches with prompt tokens as CUDA graphs too (Engine.pass_graphs, real.passgraphs; always captured
+    # with the decode graphs, so runs of one process may differ in it)
+    pass_graphs: bool = field(default=False, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
     host_cpu: int | None = field(default=None, compare=False)
     # stamps on each batch start's host path, written as starts.parquet (real.starttrace; a replay's)
@@ -94,7 +97,8 @@ class EngineSettings:
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
-                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention"):
+                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention",
+                     "pass_graphs"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
 
@@ -104,7 +108,8 @@ class EngineSettings:
         --by`, `real.starttrace --by` and `sim.validate` read them back); replay and HTTP serving alike."""
         return {name: getattr(self, name) for name in (
             "graph_key_step", "run_ahead", "priority_stream", "pass_overlap", "stage_stops", "head_stops",
-            "defer_tokens", "rehearse_us", "rehearse_launch", "varlen_prefill", "lean_attention", "start_checks",
+            "defer_tokens", "rehearse_us", "rehearse_launch", "varlen_prefill", "lean_attention", "pass_graphs",
+            "start_checks",
             "trace_starts", "pool_prewarm_gib")}
 
 
@@ -206,6 +211,7 @@ def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state:
                 prompt_ids) -> ReplayServer:
     """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
     engine.varlen_prefill, engine.lean_attention = settings.varlen_prefill, settings.lean_attention
+    engine.pass_graphs = settings.pass_graphs
     rehearse_s = settings.rehearse_us * 1e-6
     if settings.rehearse_launch and rehearse_s > 0:
         for _ in range(4):  # the rehearsals' stream, pinned ring and allocator pool, before any timed work

@@ -19,6 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from real.kv import KVPool
 from real.layout import Layout, PackedGroup
+from real.spans import PoolSpans
 
 
 def embed(model, token_ids: torch.Tensor) -> torch.Tensor:
@@ -104,16 +105,9 @@ def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool:
     each sequence's slot, then attends group by group over the slots (a gather by slot index).
     `rope_tables`: the pass's `pass_rope` (the engine's `lean_attention`): the rotary tables are not remade in
     every layer and q, k are rotated in fewer calls (a stepped layer's host path is its cost below ~2k tokens)."""
-    layer = model.model.layers[layer_idx]
-    attn = layer.self_attn
-    x = layer.input_layernorm(hidden)  # [T, D]
-    if rope_tables is None:
-        q, k, v = qkv(attn, x, *rope(model, x, layout.positions))
-    else:
-        q, k, v = qkv(attn, x, *rope_tables, lean=True)
+    attn = model.model.layers[layer_idx].self_attn
+    q, k, v = _project_and_store(model, layer_idx, hidden, layout.positions, layout.slots, pool, rope_tables)
     k_pool, v_pool = pool.k[layer_idx], pool.v[layer_idx]  # [S, L, KVH, Dh]
-    k_pool[layout.slots, layout.positions] = _stored(k, k_pool)
-    v_pool[layout.slots, layout.positions] = _stored(v, v_pool)
     whole = layout.groups[0] if len(layout.groups) == 1 and isinstance(layout.groups[0], PackedGroup) else None
     if whole is not None and whole.span == (0, layout.num_tokens):  # fresh prompts only (an LS start, mostly)
         out = attend_packed(q, _as_stored(k, k_pool), _as_stored(v, v_pool), whole, attn.scaling)
@@ -129,6 +123,58 @@ def attention(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool:
         o = attend(q[g.rows], keys.to(q.dtype), values.to(q.dtype), g.positions, attn.scaling)  # [B, Q, H, Dh]
         out[g.valid_rows] = o.flatten(0, 1)[g.valid_flat]
     return hidden + attn.o_proj(out.flatten(1))
+
+
+def _project_and_store(model, layer_idx: int, hidden: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                       pool: KVPool, rope_tables: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Input norm, q/k/v with rotary, and the new keys and values written to their slots: q [T, H, Dh],
+    k, v [T, KVH, Dh] (as computed, before rounding to the pool's dtype)."""
+    layer = model.model.layers[layer_idx]
+    x = layer.input_layernorm(hidden)  # [T, D]
+    if rope_tables is None:
+        q, k, v = qkv(layer.self_attn, x, *rope(model, x, positions))
+    else:
+        q, k, v = qkv(layer.self_attn, x, *rope_tables, lean=True)
+    k_pool, v_pool = pool.k[layer_idx], pool.v[layer_idx]  # [S, L, KVH, Dh]
+    k_pool[slots, positions] = _stored(k, k_pool)
+    v_pool[slots, positions] = _stored(v, v_pool)
+    return q, k, v
+
+
+def attention_pooled(model, layer_idx: int, hidden: torch.Tensor, spans: PoolSpans, pool: KVPool) -> torch.Tensor:
+    """`attention` for any mix of prompts and decodes in one call and static shapes (real.passgraphs captures it):
+    each sequence's queries attend its keys in the pool, read in place (`attend_pool`)."""
+    attn = model.model.layers[layer_idx].self_attn
+    q, _, _ = _project_and_store(model, layer_idx, hidden, spans.positions, spans.slots, pool)
+    out = attend_pool(q, pool.k[layer_idx], pool.v[layer_idx], spans, attn.scaling)
+    return hidden + attn.o_proj(out.flatten(1))
+
+
+def attend_pool(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, spans: PoolSpans,
+                scale: float) -> torch.Tensor:
+    """Causal attention of each sequence's queries q [T, H, Dh] over the first `used[b]` keys of its slot in the
+    pool k, v [S, L, KVH, Dh] -> [T, H, Dh]; rows of no sequence (zero length, padding) come out 0. On a GPU in
+    16-bit floats, flash attention's variable-length kernel over the pool as one [S * L] key axis: sequence b's
+    keys start at `key_starts[b]` (its slot's first row) and `used[b]` of them are read (`seqused_k`). The
+    causal mask aligns queries to the last keys, which is where a sequence's new tokens are. Elsewhere `attend`
+    on each sequence alone (reads the lengths on the host)."""
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        keys, values = k_pool.flatten(0, 1), v_pool.flatten(0, 1)  # [S * L, KVH, Dh], views
+        return torch.ops.aten._flash_attention_forward(q, keys, values, spans.cu_queries, spans.key_starts,
+                                                       spans.max_queries, k_pool.shape[1], 0.0, True, False,
+                                                       scale=scale, seqused_k=spans.used)[0]
+    out = torch.zeros_like(q)
+    length = k_pool.shape[1]
+    bounds, starts, used = spans.cu_queries.tolist(), spans.key_starts.tolist(), spans.used.tolist()
+    for b, num_keys in enumerate(used):
+        lo, hi = bounds[b], bounds[b + 1]
+        if hi == lo or num_keys == 0:
+            continue
+        slot = starts[b] // length
+        keys, values = k_pool[slot, None, :num_keys].to(q.dtype), v_pool[slot, None, :num_keys].to(q.dtype)
+        positions = torch.arange(num_keys - (hi - lo), num_keys, device=q.device)[None]
+        out[lo:hi] = attend(q[None, lo:hi], keys, values, positions, scale)[0]
+    return out
 
 
 def _stored(x: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
@@ -228,6 +274,17 @@ def layer(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool: KVP
     x, weights, experts = router(model, layer_idx, hidden)
     out = torch.zeros_like(hidden)
     run_experts(model, layer_idx, x, weights, experts, torch.ones_like(experts, dtype=torch.bool), out)
+    return hidden + out
+
+
+def layer_pooled(model, layer_idx: int, hidden: torch.Tensor, spans: PoolSpans, pool: KVPool, run_experts,
+                 queued: torch.Tensor) -> torch.Tensor:
+    """`layer` with `attention_pooled`, and only the rows where `queued` [T, k] through the experts (padding rows
+    are not): static shapes for any batch of up to T tokens."""
+    hidden = attention_pooled(model, layer_idx, hidden, spans, pool)
+    x, weights, experts = router(model, layer_idx, hidden)
+    out = torch.zeros_like(hidden)
+    run_experts(model, layer_idx, x, weights, experts, queued, out)
     return hidden + out
 
 

@@ -27,10 +27,12 @@ FAMILIES = ["tiny-mixtral", "tiny-qwen3-moe", "tiny-olmoe"]
 # eager: HF's expert loop; grouped: sync-free experts (grouped_mm, dense GEMMs from 2 tokens);
 # graphs: decode layers through the static-bucket runner (CUDA graphs on a GPU) with dense experts;
 # varlen: fresh prompts attended as one unpadded group (real.layout.PackedGroup); lean: with the pass's rotary
-# tables made once and q, k rotated together (Engine.lean_attention)
+# tables made once and q, k rotated together (Engine.lean_attention); passgraphs: prefill and mixed layers through
+# the static-bucket pass runner too (real.passgraphs: attention over the KV pool in place, padded rows)
 KINDS = {"eager": {}, "grouped": {"grouped_experts": True, "dense_tokens": (2, 64)},
          "graphs": {"grouped_experts": True, "graphs": True, "dense_tokens": (1, 64)},
-         "varlen": {"varlen_prefill": True}, "lean": {"varlen_prefill": True, "lean_attention": True}}
+         "varlen": {"varlen_prefill": True}, "lean": {"varlen_prefill": True, "lean_attention": True},
+         "passgraphs": {"grouped_experts": True, "graphs": True, "dense_tokens": (1, 64), "pass_graphs": True}}
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
