@@ -51,7 +51,7 @@ class Engine:
     # the runner is built with the decode one, so a server may switch this between runs
     pass_graphs: bool = False
     runner: DecodeRunner | None = field(init=False, default=None)
-    pass_runner: PassRunner | None = field(init=False, default=None)
+    pass_runners: dict[int, PassRunner] = field(init=False, default_factory=dict)  # by stream (`stream_key`)
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
     token_ring: HostRing | None = field(init=False, default=None)  # pinned buffers for sampled ids (GPU only)
     stand_ins: tuple[list[Sequence], ...] = field(init=False, default=())  # `rehearse`'s batches
@@ -68,9 +68,7 @@ class Engine:
         if self.graphs:
             self.runner = DecodeRunner(self.model, self.pool, self.experts_for, capture=on_cuda,
                                        key_step=self.graph_key_step)
-            flash = on_cuda and self.model.dtype in (torch.float16, torch.bfloat16)  # else attention syncs: eager
-            self.pass_runner = PassRunner(self.model, self.pool, self.experts_for, capture=flash, staging=self.staging,
-                                          stream=torch.cuda.current_stream(self.device) if on_cuda else None)
+            self._add_pass_runner()
 
     @classmethod
     def for_device(cls, model, pool: KVPool) -> Engine:
@@ -88,7 +86,7 @@ class Engine:
         switch between runs."""
         if self.runner is not None:
             self.runner.prepare(max_batch)
-            self.pass_runner.prepare()
+            (self.pass_runner or self._add_pass_runner()).prepare()
         chosen = self.varlen_prefill, self.lean_attention
         ways = ((False, False), (True, True)) if self.device.type == "cuda" else (chosen,)
         try:
@@ -109,6 +107,26 @@ class Engine:
             self.run_pass(seqs)  # decode
             for seq in seqs:
                 self.release(seq)
+
+    @property
+    def pass_runner(self) -> PassRunner | None:
+        """The current stream's pass runner (one per stream the engine was warmed up on: real.passgraphs)."""
+        return self.pass_runners.get(self.stream_key())
+
+    def stream_key(self) -> int:
+        return torch.cuda.current_stream(self.device).cuda_stream if self.device.type == "cuda" else 0
+
+    def _add_pass_runner(self) -> PassRunner:
+        flash = self.device.type == "cuda" and self.model.dtype in (torch.float16, torch.bfloat16)  # else: eager
+        runner = PassRunner(self.model, self.pool, self.experts_for, capture=flash, staging=self.staging)
+        self.pass_runners[self.stream_key()] = runner
+        return runner
+
+    def release_rows(self, batch: BatchState) -> None:
+        """Before a batch leaves the current stream (an urgent one: real.lanes), its rows out of this stream's pass
+        buckets, so that the stream's next batch cannot overwrite them while another stream reads them."""
+        if (runner := self.pass_runner) is not None:
+            runner.release(batch)
 
     @property
     def num_layers(self) -> int:
@@ -235,8 +253,8 @@ class Engine:
 
     def pass_graphed(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
         """Whether `advance` runs the batch's next layer through the pass runner (not a pure decode batch's)."""
-        return (self.pass_graphs and self.pass_runner is not None and granularity <= Granularity.LAYER
-                and self.pass_runner.fits(batch))
+        return (self.pass_graphs and granularity <= Granularity.LAYER and (runner := self.pass_runner) is not None
+                and runner.fits(batch))
 
     @torch.inference_mode()
     def step(self, batch: BatchState, one_expert: bool = False) -> None:

@@ -7,8 +7,9 @@ Any mix of prompts and decodes fits one static shape: attention reads each seque
 (real.spans, `stages.attend_pool`), so nothing in a layer's shapes depends on prompt lengths or context. A batch
 keeps its residual stream in the bucket between layers, as decode batches do (real.graphs: `hold`, `evict`).
 
-Graphs share one memory pool, which admits one replay at a time, so only batches on the stream the runner was built
-on use it (an urgent batch on a priority stream runs stage by stage: real.lanes). On the CPU the same code runs
+A runner's graphs share one memory pool, which admits one replay at a time, so each stream a batch may run on (the
+main one, and the urgent ones of real.lanes) has a runner of its own (`Engine.pass_runners`), and a batch that
+leaves an urgent stream takes its rows out of that runner's buckets first (`release`). On the CPU the same code runs
 eagerly (tests check it against Hugging Face).
 
 Shapes: R = bucket rows, N = bucket sequences, D = hidden, k = experts per token.
@@ -25,12 +26,12 @@ import torch
 from policies import Position, Stage
 from real import stages
 from real.batch import BatchState
-from real.graphs import hold
+from real.graphs import evict, hold
 from real.kv import KVPool
 from real.layout import Layout, PinnedStaging
 from real.spans import PoolSpans, block_size, host_spans
 
-ROW_SIZES = (32, 64, 128, 256, 512, 768, 1024, 1536, 2048, 3072, 4096)
+ROW_SIZES = (32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
 SEQ_SIZES = (4, 16, 64)  # flash attention's grid spans every bucket sequence, so few-sequence batches get small ones
 
 
@@ -54,7 +55,6 @@ class PassRunner:
     experts_for: Callable[[int], Callable]  # bucket rows -> experts stage function
     capture: bool  # CUDA graphs (on CUDA) or the same static-shape code run eagerly
     staging: PinnedStaging | None = None  # the engine's pinned buffers (GPU)
-    stream: torch.cuda.Stream | None = None  # the stream whose batches may use the graphs (None: CPU, any)
     buckets: dict[tuple[int, int], PassBucket] = field(default_factory=dict)
     mempool: object = None
 
@@ -63,10 +63,16 @@ class PassRunner:
         return sum(len(b.graphs) for b in self.buckets.values())
 
     def fits(self, batch: BatchState) -> bool:
-        """At a layer boundary, on the runner's stream, within the largest bucket."""
+        """At a layer boundary, within the largest bucket."""
         return (batch.position.stage == Stage.ATTENTION and batch.layout.num_tokens <= ROW_SIZES[-1]
-                and len(batch.seqs) <= SEQ_SIZES[-1]
-                and (self.stream is None or torch.cuda.current_stream(self.stream.device) == self.stream))
+                and len(batch.seqs) <= SEQ_SIZES[-1])
+
+    def release(self, batch: BatchState) -> None:
+        """The batch's rows out of any bucket holding them (a copy on the current stream), so that the bucket may be
+        overwritten by this runner's next batch while the batch goes on elsewhere."""
+        for bucket in self.buckets.values():
+            if bucket.holder is batch:
+                evict(bucket)
 
     @torch.inference_mode()
     def prepare(self) -> int:

@@ -311,7 +311,11 @@ class ReplayServer:
     def _leave_lane(self, keep: int | None = None) -> None:
         """Join the urgent stream back unless batch `keep` holds it."""
         if self.lane.batch_id is not None and self.lane.batch_id != keep:
-            self.lane.join(self.batches.get(self.lane.batch_id))
+            batch = self.batches.get(self.lane.batch_id)
+            if batch is not None:
+                with self.lane.issue(self.lane.batch_id):
+                    self.engine.release_rows(batch)  # the lane's next batch may take its pass bucket
+            self.lane.join(batch)
 
     def _sequence(self, request: Request) -> Sequence:
         if request.request_id not in self.seqs:

@@ -61,6 +61,26 @@ def test_serve_twice_keeps_the_engine_and_logs_every_step(tmp_path):
     assert not real_run._built
 
 
+@pytest.mark.parametrize("policy", [QLLM(max_batch_size=4), FCFS(max_batch_size=4)])
+def test_serving_with_pass_graphs_loses_nothing(tmp_path, monkeypatch, policy):
+    """engine.pass_graphs: prefill and mixed layers through the pass runner (eagerly, on the CPU); every request
+    finishes once with the tokens asked, and the runner ran layers."""
+    from real.passgraphs import PassRunner
+    real_run.release_engine()
+    base = spec(300.0)
+    settings = dataclasses.replace(base.engine, pass_graphs=True)
+    run = dataclasses.replace(base, policy=policy, policy_name=type(policy).__name__.lower(), engine=settings)
+    layers, runner_layer = [], PassRunner.run_layer
+    monkeypatch.setattr(PassRunner, "run_layer", lambda self, batch: (layers.append(batch.layout.num_tokens),
+                                                                       runner_layer(self, batch)))
+    table, summary = real_run.serve(run, tmp_path)
+    engine = real_run._built[0].engine
+    assert summary["run"]["pass_graphs"] and len(layers) >= engine.num_layers
+    assert len(table) == 12 and table.request_id.is_unique and (table.generated_tokens == 3).all()
+    assert engine.pool.num_free == engine.pool.num_slots
+    real_run.release_engine()
+
+
 def test_a_too_short_kv_slot_is_an_error(tmp_path):
     short = spec(100.0)
     short = real_run.ServeSpec(short.policy, "qllm", short.workload,
