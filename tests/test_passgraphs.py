@@ -160,3 +160,27 @@ def test_the_runner_is_built_with_the_decode_one_and_not_captured_on_the_cpu(mod
     engine = new_engine(model)
     assert isinstance(engine.pass_runner, PassRunner) and not engine.pass_runner.capture
     assert Engine(model, KVPool.allocate_for(model.config, 4, 32, "cpu", torch.float32)).pass_runner is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_each_stream_replays_its_own_runner_on_the_gpu():
+    """An engine warmed up on a second stream builds a runner for it; a batch run there replays that runner's graphs
+    and computes the rows the main stream's runner computes (to the experts' accumulation order)."""
+    model, engine, batches = gpu_prompt_batches()
+    side = torch.cuda.Stream(priority=-1)
+    engine.warm_up(4)
+    with torch.cuda.stream(side):
+        engine.warm_up(4)
+    assert len(engine.pass_runners) == 2 and all(r.num_graphs for r in engine.pass_runners.values())
+    engine.pass_graphs = True
+    outs = []
+    for stream in (torch.cuda.current_stream(), side):
+        with torch.cuda.stream(stream):
+            batch = engine.start(batches[1])
+            for _ in range(2):
+                engine.advance(batch)
+            engine.release_rows(batch)
+        torch.cuda.current_stream().wait_stream(stream)
+        outs.append(batch.hidden.float())
+    assert (outs[0] - outs[1]).abs().max() <= 2**-7 * outs[0].abs().max()
