@@ -164,5 +164,5 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path, host_cpu: int 
     mode = "http" if spec.frontend == "process" else f"http-{spec.frontend}"
     summary["run"] = {"policy": spec.policy_name, "mode": mode, "frontend": spec.frontend, "rate": rate, "seed": 0, "engine": spec.engine.model,
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
-                      "num_consults": outcome.num_consults, **spec.engine.recorded(), "host_cpu": host_cpu}
+                      "num_consults": outcome.num_consults, **spec.engine.recorded(spec.policy), "host_cpu": host_cpu}
     return table, summary

@@ -2,7 +2,7 @@
 paper's metrics, each policy against a baseline on the same traces, and the preemption reaction time
 (LS arrival -> its first batch starts on the device) in milliseconds and in layer times.
 
-`python -m real.report results/real/h200_round9 [--baseline fcfs] [--out table.csv]`
+`python -m real.report results/real/h200_round9 [--baseline fcfs] [--out table.csv] [--by SETTING]`
 `python -m real.report results/real/h200_round9 --reaction [--by rehearse_us]`: where each LS request's reaction went
 (from the step log), per policy (and per value of a run setting)."""
 
@@ -25,13 +25,14 @@ def layer_ms(steps: pd.DataFrame) -> float:
     return float(((advanced.end_s - advanced.begin_s) / (advanced.to_layer - advanced.from_layer)).median() * 1e3)
 
 
-def run_row(run_dir: Path, slo_s: float) -> dict:
-    """One run's metrics."""
+def run_row(run_dir: Path, slo_s: float, by: str | None = None) -> dict:
+    """One run's metrics (`by`: a setting of its summary.json's run, kept as a column of that name)."""
     requests = pd.read_parquet(run_dir / "requests.parquet")
     info = json.loads((run_dir / "summary.json").read_text())["run"]
     ls = requests[requests.priority == "LS"]
     reaction_ms = 1e3 * (ls.scheduled_s - ls.arrival_s)
     row = {"policy": info["policy"], "rate": info["rate"], "seed": info["seed"],
+           **({by: str(info.get(by))} if by else {}),
            **serving_metrics(requests, slo_s),
            "reaction p50 ms": reaction_ms.median(), "reaction p99 ms": reaction_ms.quantile(0.99),
            "gc max pause ms": info.get("gc", {}).get("max_pause_ms", float("nan"))}
@@ -50,8 +51,8 @@ def run_dirs(root: Path) -> list[Path]:
     return runs
 
 
-def runs_table(root: Path, slo_s: float = 3.0) -> pd.DataFrame:
-    return pd.DataFrame([run_row(r, slo_s) for r in run_dirs(root)])
+def runs_table(root: Path, slo_s: float = 3.0, by: str | None = None) -> pd.DataFrame:
+    return pd.DataFrame([run_row(r, slo_s, by) for r in run_dirs(root)])
 
 
 PARTS = ("reaction", "notice", "host", "device", "in-flight layers")
@@ -149,17 +150,23 @@ def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def compare(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def compare(table: pd.DataFrame, baseline: str, by: str | None = None) -> pd.DataFrame:
     """Means over seeds, with the LS TTFT reduction and tokens/s ratio against `baseline` (per seed,
-    then averaged; the lowest per-seed ratio beside it)."""
+    then averaged; the lowest per-seed ratio beside it). `by`: a setting column (`run_row`); each run is compared
+    with the baseline's run of the same setting, and means are per setting too."""
     is_base = table.policy == baseline
     if not is_base.any():
         raise SystemExit(f"error: no {baseline} runs to compare against")
-    table = table.assign(**{"LS TTFT reduction": 1 / ratio_to(table, is_base, "LS TTFT mean s"),
-                            "tokens/s ratio": ratio_to(table, is_base, "tokens/s")})
-    means = table.drop(columns="seed").groupby(["rate", "policy"]).mean()
-    means["tokens/s ratio min"] = table.groupby(["rate", "policy"])["tokens/s ratio"].min()
-    means["seeds"] = table.groupby(["rate", "policy"]).seed.nunique()
+    keys = ["rate", "seed", *([by] if by else [])]
+    if table[is_base].duplicated(keys).any():
+        raise SystemExit(f"error: several {baseline} runs of one rate and seed: tell them apart with --by SETTING "
+                         "(a setting of their summary.json's run, e.g. pass_graphs)")
+    table = table.assign(**{"LS TTFT reduction": 1 / ratio_to(table, is_base, "LS TTFT mean s", keys),
+                            "tokens/s ratio": ratio_to(table, is_base, "tokens/s", keys)})
+    groups = ["rate", "policy", *([by] if by else [])]
+    means = table.drop(columns="seed").groupby(groups).mean()
+    means["tokens/s ratio min"] = table.groupby(groups)["tokens/s ratio"].min()
+    means["seeds"] = table.groupby(groups).seed.nunique()
     return means.reset_index()
 
 
@@ -170,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slo", type=float, default=3.0)
     parser.add_argument("--out", type=Path, default=None, help="CSV of the per-run rows (with --reaction: of its table)")
     parser.add_argument("--reaction", action="store_true", help="split each LS reaction into notice / host / device")
-    parser.add_argument("--by", default=None, help="with --reaction: pool runs per value of this setting of their "
-                        "summary.json's run (e.g. rehearse_us)")
+    parser.add_argument("--by", default=None, help="pool runs per value of this setting of their summary.json's run "
+                        "(e.g. rehearse_us); without --reaction, each run is compared with the baseline's of its value")
     args = parser.parse_args(argv)
     if args.reaction:
         reactions = reaction_table(args.runs, args.by)
@@ -179,10 +186,10 @@ def main(argv: list[str] | None = None) -> None:
             reactions.to_csv(args.out, index=False)
         print(markdown(reactions))
         return
-    table = runs_table(args.runs, args.slo)
+    table = runs_table(args.runs, args.slo, args.by)
     if args.out:
         table.to_csv(args.out, index=False)
-    print(markdown(compare(table, args.baseline)))
+    print(markdown(compare(table, args.baseline, args.by)))
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ class EngineSettings:
     # the same floats in fewer host calls); not measured on a GPU yet
     lean_attention: bool = field(default=False, compare=False)
     # layers of batches with prompt tokens as CUDA graphs too (Engine.pass_graphs, real.passgraphs; always captured
-    # with the decode graphs, so runs of one process may differ in it)
-    pass_graphs: bool = field(default=False, compare=False)
+    # with the decode graphs, so runs of one process may differ in it); None: `pass_graphs_for` the policy
+    pass_graphs: bool | None = field(default=None, compare=False)
     # the serving loop's thread on this CPU alone (-1: the highest allowed; real.hostcpu); None: wherever
     host_cpu: int | None = field(default=None, compare=False)
     # stamps on each batch start's host path, written as starts.parquet (real.starttrace; a replay's)
@@ -97,20 +97,21 @@ class EngineSettings:
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
-                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention",
-                     "pass_graphs"):
+                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
+        if self.pass_graphs is not None and not isinstance(self.pass_graphs, bool):
+            raise ValueError(f"engine.pass_graphs must be true, false or null, got {self.pass_graphs!r}")
 
 
-    def recorded(self) -> dict:
-        """The switches of how the server drove the engine, as a run's summary.json records them (`real.report
-        --by`, `real.starttrace --by` and `sim.validate` read them back); replay and HTTP serving alike."""
-        return {name: getattr(self, name) for name in (
+    def recorded(self, policy: Policy) -> dict:
+        """The switches of how the server drove the engine for `policy`, as a run's summary.json records them
+        (`real.report --by`, `real.starttrace --by` and `sim.validate` read them back); replay and HTTP serving
+        alike. `pass_graphs` as it was resolved for the policy (`pass_graphs_for`)."""
+        return {"pass_graphs": pass_graphs_for(policy, self), **{name: getattr(self, name) for name in (
             "graph_key_step", "run_ahead", "priority_stream", "pass_overlap", "stage_stops", "head_stops",
-            "defer_tokens", "rehearse_us", "rehearse_launch", "varlen_prefill", "lean_attention", "pass_graphs",
-            "start_checks",
-            "trace_starts", "pool_prewarm_gib")}
+            "defer_tokens", "rehearse_us", "rehearse_launch", "varlen_prefill", "lean_attention", "start_checks",
+            "trace_starts", "pool_prewarm_gib")}}
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,18 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
         prewarm_pools(engine.device, settings.pool_prewarm_gib, streams)
     _built.append(_Built(settings, max_len, max_batch, engine))
     return engine
+
+
+def pass_graphs_for(policy: Policy, settings: EngineSettings) -> bool:
+    """`engine.pass_graphs`, or where it is null: on for a policy that stops between layers. Such a policy steps its
+    prefill and mixed layers one at a time, each a host path of about 60 torch calls without graphs (H100,
+    Qwen3-30B-A3B, qllm_catchup at 28 req/s, seeds 17-19: tokens/s x1.035-1.107 with them). An iteration-level
+    policy issues whole passes back to back; with graphs its prefill passes end sooner and so admit fewer prompts
+    each (fcfs: 3.1 against 4.9), more passes for the same prompts: tokens/s x0.907-0.976 (BENCHMARKS.md, session
+    19)."""
+    if settings.pass_graphs is not None:
+        return settings.pass_graphs
+    return policy.granularity >= Granularity.LAYER
 
 
 def lane_for(policy: Policy, settings: EngineSettings) -> bool:
@@ -211,7 +224,7 @@ def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state:
                 prompt_ids) -> ReplayServer:
     """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
     engine.varlen_prefill, engine.lean_attention = settings.varlen_prefill, settings.lean_attention
-    engine.pass_graphs = settings.pass_graphs
+    engine.pass_graphs = pass_graphs_for(policy, settings)
     rehearse_s = settings.rehearse_us * 1e-6
     if settings.rehearse_launch and rehearse_s > 0:
         for _ in range(4):  # the rehearsals' stream, pinned ring and allocator pool, before any timed work
@@ -277,7 +290,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     summary["run"] = {"policy": spec.policy_name, "mode": "replay", "rate": spec.workload.rate, "seed": spec.seed,
                       "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults,
-                      **spec.engine.recorded(), "graphs": engine.graphs,
+                      **spec.engine.recorded(spec.policy), "graphs": engine.graphs,
                       "num_graphs": engine.runner.num_graphs if engine.runner else 0, "lane": lane.enabled,
                       "urgent_batches": len(lane.claims), "host_cpu": placement.loop, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),

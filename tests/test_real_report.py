@@ -14,9 +14,9 @@ from sim.results import REQUEST_COLUMNS, with_latencies
 
 
 def write_run(root, policy: str, seed: int, ls_ttft_s: float, finish_s: float, reaction_s: float,
-              layer_s: float) -> None:
-    """Two LS and two BE requests of 10 tokens each, arriving at 0 and 1 s."""
-    folder = root / f"{policy}_seed{seed}"
+              layer_s: float, **settings) -> None:
+    """Two LS and two BE requests of 10 tokens each, arriving at 0 and 1 s (`settings`: the run's switches)."""
+    folder = root / f"{policy}_seed{seed}{''.join(f'_{k}{v}' for k, v in settings.items())}"
     folder.mkdir()
     rows = []
     for i, (priority, arrival) in enumerate([("LS", 0.0), ("LS", 1.0), ("BE", 0.0), ("BE", 1.0)]):
@@ -24,7 +24,8 @@ def write_run(root, policy: str, seed: int, ls_ttft_s: float, finish_s: float, r
         rows.append(("real", policy, 8.0, seed, i, priority, arrival, arrival + reaction_s, arrival + ttft,
                      finish_s if arrival else finish_s - 1.0, 20, 10, 10, 0))
     with_latencies(pd.DataFrame(rows, columns=REQUEST_COLUMNS)).to_parquet(folder / "requests.parquet")
-    (folder / "summary.json").write_text(json.dumps({"run": {"policy": policy, "rate": 8.0, "seed": seed}}))
+    (folder / "summary.json").write_text(json.dumps({"run": {"policy": policy, "rate": 8.0, "seed": seed,
+                                                              **settings}}))
     steps = pd.DataFrame({"kind": ["advance", "advance", "finish"], "from_layer": [0, 2, 4], "to_layer": [2, 4, 4],
                           "begin_s": [0.0, 1.0, 2.0], "end_s": [2 * layer_s, 1.0 + 2 * layer_s, 2.1]})
     steps.to_parquet(folder / "steps.parquet")
@@ -41,6 +42,19 @@ def test_ratios_against_the_baseline_and_reaction_in_layers(tmp_path):
     assert table.loc["qllm", "reaction p50 layers"] == pytest.approx(2.0)
     assert table.loc["fcfs", "reaction p50 ms"] == pytest.approx(500.0)
     assert markdown(table.reset_index()).count("\n") == 3  # header, rule, two rows
+
+
+def test_an_ab_in_one_folder_is_compared_per_setting(tmp_path):
+    """--by: each run against the baseline's run of the same setting; without it, two baselines of one rate and
+    seed are an error that names the way out, not a traceback."""
+    for graphs, fcfs_s, qllm_s in ((False, 4.0, 5.0), (True, 5.0, 4.0)):
+        write_run(tmp_path, "fcfs", 2, 1.0, fcfs_s, 0.5, 0.001, pass_graphs=graphs)
+        write_run(tmp_path, "qllm", 2, 0.25, qllm_s, 0.002, 0.001, pass_graphs=graphs)
+    table = compare(runs_table(tmp_path, by="pass_graphs"), "fcfs", "pass_graphs")
+    ratios = table.set_index(["policy", "pass_graphs"])["tokens/s ratio"]
+    assert ratios[("qllm", "False")] == pytest.approx(4.0 / 5.0) and ratios[("qllm", "True")] == pytest.approx(1.25)
+    with pytest.raises(SystemExit, match="--by SETTING"):
+        main([str(tmp_path)])
 
 
 def test_a_missing_baseline_is_an_error(tmp_path):

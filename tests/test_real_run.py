@@ -113,6 +113,17 @@ def test_only_preempting_policies_take_the_urgent_stream_unless_passes_may_overl
     assert real_run.lane_for(policy, real_run.EngineSettings(**settings)) is lane
 
 
+@pytest.mark.parametrize("policy, setting, graphs", [
+    (FCFS(), None, False), (QLLM(), None, True), (QLLM(granularity=Granularity.EXPERT), None, True),
+    (FCFS(), True, True), (QLLM(), False, False)])
+def test_pass_graphs_follow_the_policy_unless_set(policy, setting, graphs):
+    settings = real_run.EngineSettings(pass_graphs=setting)
+    assert real_run.pass_graphs_for(policy, settings) is graphs
+    assert settings.recorded(policy)["pass_graphs"] is graphs  # summary.json: as resolved
+    with pytest.raises(ValueError, match="pass_graphs"):
+        real_run.EngineSettings(pass_graphs="yes")
+
+
 def test_an_fcfs_serve_runs_without_the_lane(tmp_path):
     fcfs = dataclasses.replace(spec(100.0), policy=FCFS(max_batch_size=4), policy_name="fcfs")
     table, summary = real_run.serve(fcfs, tmp_path)
