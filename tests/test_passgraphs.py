@@ -184,3 +184,9 @@ def test_each_stream_replays_its_own_runner_on_the_gpu():
         torch.cuda.current_stream().wait_stream(stream)
         outs.append(batch.hidden.float())
     assert (outs[0] - outs[1]).abs().max() <= 2**-7 * outs[0].abs().max()
+
+
+def test_the_simulator_knows_the_largest_bucket():
+    from real.passgraphs import ROW_SIZES, SEQ_SIZES
+    from sim.profile.measured import PASS_GRAPH_SEQS, PASS_GRAPH_TOKENS
+    assert (PASS_GRAPH_TOKENS, PASS_GRAPH_SEQS) == (ROW_SIZES[-1], SEQ_SIZES[-1])

@@ -369,3 +369,22 @@ def test_host_scale_multiplies_every_host_side_cost(tmp_path):
     assert graphs.pass_paths(load) == pytest.approx(fast.pass_paths(load))  # its stepped layers scale too
     with pytest.raises(MeasuredProfileError, match="host_scale"):
         MeasuredProfile(directory, host_scale=0.0)
+
+
+def test_pass_graphs_price_a_mixed_layer_at_its_gpu_path_unpadded(tmp_path):
+    """engine.pass_graphs (engine-graphs): a layer with prompts is a replay, one attention call over the KV pool at
+    each sequence's own length (prompts at their root-mean-square length, decodes at their mean context) on the GPU
+    clock, with no host path; beyond the runner's largest bucket it is stepped as before."""
+    directory = synthetic(tmp_path)
+    mixed = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=100, prefill_sq_tokens=2 * 50**2,
+                          prefill_max_tokens=90, num_decode_seqs=4, decode_ctx_tokens=1300, decode_max_ctx=1000)
+    stepped = MeasuredProfile(directory, impl="engine-graphs")
+    graphed = MeasuredProfile(directory, impl="engine-graphs", pass_graphs=True)
+    gpu = graphed.curves
+    assert graphed.attention_s(mixed) == pytest.approx(gpu["attention_prefill"](2, 50) + gpu["attention_decode"](4, 325))
+    assert graphed.attention_s(mixed) < stepped.attention_s(mixed)
+    assert graphed.pass_paths(mixed)[0] == 0.0 < stepped.pass_paths(mixed)[0]
+    large = AttentionLoad(num_prefill_seqs=10, num_prefill_tokens=5000, prefill_sq_tokens=10 * 500**2,
+                          prefill_max_tokens=500)
+    assert not graphed.replays(large) and graphed.attention_s(large) == stepped.attention_s(large)
+    assert not MeasuredProfile(directory, pass_graphs=True).replays(mixed)  # stage by stage: no graphs at all

@@ -31,6 +31,8 @@ VARLEN = "attention_prefill_varlen"
 REQUIRED = {"attention_decode", "attention_prefill", "router", "experts_layer", "lm_head"}
 COLUMNS = ["stage", "x1", "x2", "split", "repeat", "time_s"]
 CLOCKS = ("time_s", "latency_s", "host_s", "gpu_s")
+# real.passgraphs' largest bucket (ROW_SIZES[-1], SEQ_SIZES[-1]): larger batches with prompts run stage by stage
+PASS_GRAPH_TOKENS, PASS_GRAPH_SEQS = 4096, 64
 SERVED = ("engine", "engine-graphs")  # the implementations real.run serves with (calibrate.serving)
 PASS_IMPL = {"engine": "engine", "engine-graphs": "engine-graphs", "hf": "hf-grouped_mm"}  # stage set -> the passes that check it
 
@@ -181,6 +183,9 @@ class MeasuredProfile:
     # the engine attends fresh prompts unpadded (engine.varlen_prefill): a prefill group is priced at the
     # profile's attention_prefill_varlen curve for its packed tokens, without padding
     varlen_prefill: bool = False
+    # engine-graphs only: prefill and mixed layers replayed as graphs too (engine.pass_graphs, real.passgraphs): one
+    # attention call over the KV pool, unpadded, and no host path, for batches within the runner's largest bucket
+    pass_graphs: bool = False
     # the server's host work per stepped layer (events' server_layer), as quantiles of its distribution
     server_layer: tuple[float, ...] = field(init=False, default=())
     # share of a padded prefill attention call's excess over its packed equivalent that the device pays
@@ -264,6 +269,8 @@ class MeasuredProfile:
     def attention_s(self, load: AttentionLoad, decode_charge: float | None = None) -> float:
         """`decode_charge`: the share of a padded decode group's excess to charge; None = the profile's."""
         if self._stepped is not None and load.num_prefill_seqs:
+            if self.replays(load):  # flash attention over the pool: each sequence at its own length
+                return _attention(self.curves, load, varlen=self.varlen_prefill)
             return self._stepped.attention_s(load, decode_charge)
         decode = self.decode_padding_charge if decode_charge is None else decode_charge
         if self._graph_fix is not None and load.num_decode_seqs:
@@ -277,6 +284,11 @@ class MeasuredProfile:
         tokens = max(load.num_tokens, 1)
         others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
         return self._pipelined(host_path, gpu_path) - others  # >= the attention's own GPU time
+
+    def replays(self, load: AttentionLoad) -> bool:
+        """Whether a layer with prompt tokens is a graph replay (`pass_graphs`, within the largest bucket)."""
+        return (self.pass_graphs and self._stepped is not None and load.num_tokens <= PASS_GRAPH_TOKENS
+                and load.num_prefill_seqs + load.num_decode_seqs <= PASS_GRAPH_SEQS)
 
     def _pipelined(self, host_path: float, gpu_path: float) -> float:
         """max(host, GPU) of a stepped layer, in expectation over the server's own per-layer work: that
@@ -313,7 +325,8 @@ class MeasuredProfile:
         `server_layer`: the server does not stop between a whole pass's layers."""
         tokens = max(load.num_tokens, 1)
         stepped = self._stepped or self
-        if (self._stepped is not None and not load.num_prefill_seqs) or "host_s" not in stepped.clocks:
+        replayed = self._stepped is not None and (not load.num_prefill_seqs or self.replays(load))
+        if replayed or "host_s" not in stepped.clocks:
             return 0.0, self.attention_s(load) + self.router_s(tokens)  # no host path: a replay, or one clock
         host, gpu = stepped.layer_paths(load)
         return max(host + stepped.pass_layer_s, 0.0), gpu - stepped.device_curves["experts_layer"](tokens)
