@@ -17,6 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -120,20 +121,11 @@ class DecodeRunner:
         bucket.hidden.copy_(out)
 
     def _capture(self, bucket: Bucket) -> None:
-        """Warm up once on a side stream (library workspaces), then capture each layer. All graphs share
-        one memory pool: they only ever run one at a time, on one stream."""
+        """All graphs share one memory pool: they only ever run one at a time, on one stream."""
         if self.mempool is None:
             self.mempool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._layer(bucket, 0)  # buffers hold padding only: writes go to the scratch slot
-        torch.cuda.current_stream().wait_stream(side)
-        for layer in range(self.model.config.num_hidden_layers):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.mempool):
-                self._layer(bucket, layer)
-            bucket.graphs.append(graph)
+        # the buckets' buffers hold padding only: the warm-up's writes go to the scratch slot
+        bucket.graphs = capture_layers(partial(self._layer, bucket), self.model.config.num_hidden_layers, self.mempool)
 
     def _load(self, bucket: Bucket, batch: BatchState) -> None:
         """Put the batch's residual stream and metadata into the bucket unless they are there already."""
@@ -147,6 +139,23 @@ class DecodeRunner:
             static.slots[num:].fill_(self.pool.scratch_slot)
             bucket.loaded = batch.layout
 
+
+
+def capture_layers(run_layer: Callable[[int], None], num_layers: int, mempool) -> list:
+    """One CUDA graph per layer of `run_layer(layer)`, in `mempool`, after one warm-up run of layer 0 on a side
+    stream (library workspaces, kernel choices)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run_layer(0)
+    torch.cuda.current_stream().wait_stream(side)
+    graphs = []
+    for layer in range(num_layers):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=mempool):
+            run_layer(layer)
+        graphs.append(graph)
+    return graphs
 
 
 def hold(bucket, batch: BatchState) -> None:

@@ -11,7 +11,6 @@ medians). The runner's time includes putting the batch's residual stream into it
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 
 from policies import Position
@@ -20,8 +19,7 @@ from real.kv import KVPool
 from real.passgraphs import ROW_SIZES, SEQ_SIZES
 from real.prefillbench import times
 from real.sequence import Sequence
-from real.startbench import bench_parser, one_layer, prompts
-from sim.results import markdown
+from real.startbench import bench_parser, one_layer, print_table, prompts
 
 NUM_DECODES = 24
 
@@ -69,12 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             for seqs in (fresh, fresh + decodes(NUM_DECODES, count, rng)):
                 if sum(s.num_new for s in seqs) <= ROW_SIZES[-1]:
                     rows.append(compare(engine, seqs, args.repeats))
-    table = pd.DataFrame(rows)
-    print(f"One layer stepped, or replayed from the pass runner's graph ({args.model}, {args.device}, {args.dtype}), "
-          f"medians of {args.repeats}")
-    print(markdown(table))
-    if args.out:
-        table.to_csv(args.out, index=False)
+    print_table(rows, f"One layer stepped, or replayed from the pass runner's graph ({args.model}, {args.device}, "
+                f"{args.dtype}), medians of {args.repeats}", args.out)
 
 
 if __name__ == "__main__":

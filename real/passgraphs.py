@@ -20,13 +20,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from policies import Position, Stage
 from real import stages
 from real.batch import BatchState
-from real.graphs import evict, hold
+from real.graphs import capture_layers, evict, hold
 from real.kv import KVPool
 from real.layout import Layout, PinnedStaging
 from real.spans import PoolSpans, block_size, host_spans
@@ -118,19 +119,11 @@ class PassRunner:
         bucket.hidden.copy_(out)
 
     def _capture(self, bucket: PassBucket) -> None:
-        """Warm up once on a side stream, then capture each layer, all graphs in one memory pool."""
+        """All the runner's graphs in one memory pool (a new bucket's rows are all padding: the warm-up's writes go
+        to the scratch slot)."""
         if self.mempool is None:
             self.mempool = torch.cuda.graph_pool_handle()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self._layer(bucket, 0)  # all rows are padding: writes go to the scratch slot
-        torch.cuda.current_stream().wait_stream(side)
-        for layer in range(self.model.config.num_hidden_layers):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.mempool):
-                self._layer(bucket, layer)
-            bucket.graphs.append(graph)
+        bucket.graphs = capture_layers(partial(self._layer, bucket), self.model.config.num_hidden_layers, self.mempool)
 
     def _load(self, bucket: PassBucket, batch: BatchState) -> None:
         """The batch's residual stream and spans into the bucket unless they are there already."""

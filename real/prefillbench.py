@@ -18,8 +18,7 @@ import torch
 from calibrate.timing import measure
 from real import stages
 from real.engine import Engine
-from real.startbench import bench_parser, median_us, one_layer, prompts
-from sim.results import markdown
+from real.startbench import bench_parser, median_us, one_layer, print_table, prompts
 
 
 def times(fn, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -61,13 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     with torch.inference_mode():
         rows = [compare(engine, count, rng, args.repeats) for count in args.counts]
-    table = pd.DataFrame(rows)
-    print(f"Fresh prompts' attention: padded, unpadded (varlen), unpadded with the pass's rotary tables (lean) "
-          f"({args.model}, {args.device}, {args.dtype}, one layer), "
-          f"medians of {args.repeats}")
-    print(markdown(table))
-    if args.out:
-        table.to_csv(args.out, index=False)
+    print_table(rows, f"Fresh prompts' attention: padded, unpadded (varlen), unpadded with the pass's rotary tables "
+                f"(lean) ({args.model}, {args.device}, {args.dtype}, one layer), medians of {args.repeats}", args.out)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,15 @@ def bench_parser(prog: str, doc: str, counts: list[int], repeats: int) -> argpar
     return parser
 
 
+def print_table(rows: list[dict], title: str, out: str | None = None) -> None:
+    """A bench's table, printed under its title, and written as CSV where `out` says."""
+    table = pd.DataFrame(rows)
+    print(title)
+    print(markdown(table))
+    if out:
+        table.to_csv(out, index=False)
+
+
 def one_layer(args: argparse.Namespace) -> tuple[torch.nn.Module, KVPool]:
     """`bench_parser`'s model with one decoder layer and a KV pool of a slot per prompt; bad arguments exit."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
