@@ -227,16 +227,20 @@ class Engine:
 
     @torch.inference_mode()
     def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER,
-                stop: Callable[[Position], bool] | None = None) -> bool:
+                stop: Callable[[Position], bool] | None = None, merge_at: tuple[Position, ...] = ()) -> bool:
         """Run stages up to the next scheduling point of `granularity`, or to an earlier stage boundary
         where `stop(position)` says so; True once only the LM head is left (at once for a batch paused
-        there: the server's `head_stops`)."""
+        there: the server's `head_stops`). `merge_at`: positions of paused batches this one may absorb; a layer
+        holding one past its attention runs stage by stage, not as a graph, so that the batch can stop there (a
+        replayed layer has no stage boundaries: an LS prefill paused inside it would wait for a resume)."""
         if batch.position.layer >= self.num_layers:
             return True
         while True:
-            if self.graphed(batch, granularity):
+            layer = batch.position.layer
+            stepped = any(p.layer == layer and p.stage != Stage.ATTENTION for p in merge_at)
+            if not stepped and self.graphed(batch, granularity):
                 self.runner.run_layer(batch)
-            elif self.pass_graphed(batch, granularity):
+            elif not stepped and self.pass_graphed(batch, granularity):
                 self.pass_runner.run_layer(batch)
             else:
                 self.step(batch, one_expert=granularity >= Granularity.EXPERT)

@@ -184,7 +184,8 @@ class ReplayServer:
             done = batch.position.layer >= self.engine.num_layers  # paused before its LM head (_head_wait)
             if not done:
                 start, begin = batch.position, self.timeline.mark()
-                done = self.engine.advance(batch, self.policy.granularity, self._stop(interrupt))
+                done = self.engine.advance(batch, self.policy.granularity, self._stop(interrupt),
+                                           tuple(b.position for b in self.state.paused))
                 whole = start.stage == Stage.ATTENTION and (done or batch.position.stage == Stage.ATTENTION)
                 self._log(running.batch_id, batch, shape, start.layer, "advance", issued_s, begin,
                           self.timeline.mark(throttle=not done, interrupt=interrupt), whole)

@@ -190,3 +190,27 @@ def test_the_simulator_knows_the_largest_bucket():
     from real.passgraphs import ROW_SIZES, SEQ_SIZES
     from sim.profile.measured import PASS_GRAPH_SEQS, PASS_GRAPH_TOKENS
     assert (PASS_GRAPH_TOKENS, PASS_GRAPH_SEQS) == (ROW_SIZES[-1], SEQ_SIZES[-1])
+
+
+@pytest.mark.parametrize("pass_graphs", [False, True])
+def test_a_batch_stops_where_a_paused_one_waits_inside_a_layer(model, pass_graphs):
+    """An LS prefill paused between stages of layer 1 (a catch-up): the next prefill batch, told where it waits
+    (`merge_at`), steps that layer instead of replaying it, stops there, absorbs it, and both compute what HF
+    computes. Replayed, the layer would pass the paused batch by."""
+    from real.batch import merge
+    engine = new_engine(model, pass_graphs)
+    seen = counting(engine)
+    first, second = (engine.add_sequence(i, p) for i, p in enumerate(prompts(2, 13)))
+    paused = engine.start([first])
+    run_to(engine, paused, Position(1, Stage.EXPERTS, 0), Granularity.EXPERT)
+    running = engine.start([second])
+    assert not engine.advance(running, Granularity.LAYER, lambda p: p.can_absorb(paused.position), (paused.position,))
+    assert engine.pass_graphed(running) == pass_graphs and running.position == Position(1, Stage.ATTENTION)
+    assert not engine.advance(running, Granularity.LAYER, lambda p: p.can_absorb(paused.position), (paused.position,))
+    assert running.position.can_absorb(paused.position)
+    assert len(seen) == (1 if pass_graphs else 0)  # layer 0 replayed, layer 1 stepped
+    both = merge(running, paused)
+    while not engine.advance(both):
+        pass
+    logits, _ = engine.finish(both)
+    check_against_hf(model, both.seqs, logits)
