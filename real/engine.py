@@ -8,8 +8,8 @@ resume it (advance it again), `merge` a paused batch into the running one at the
 `split` one (real.batch); `release` frees a sequence's KV slot.
 
 With `graphs=True`, decode batches at layer boundaries run whole layers as CUDA graphs (real.graphs), with
-`pass_graphs` prefill and mixed batches too (real.passgraphs), and everything else (expert-level stepping, batches
-on an urgent stream) stage by stage."""
+`pass_graphs` prefill and mixed batches too (real.passgraphs), and everything else (expert-level stepping, a layer
+in which a paused batch waits between stages, a stream the engine was not warmed up on) stage by stage."""
 
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ class Engine:
     # floats in about a third fewer torch calls (a Qwen3 prefill layer's host path, 1.8-2.8 ms on an H100, is its
     # cost below ~2k tokens); not measured on a GPU yet, so off by default
     lean_attention: bool = False
-    # layers of batches with prompt tokens (prefill, mixed) as CUDA graphs too (real.passgraphs), on the main stream;
-    # the runner is built with the decode one, so a server may switch this between runs
+    # layers of batches with prompt tokens (prefill, mixed) as CUDA graphs too (real.passgraphs; a runner per stream
+    # the engine is warmed up on, built with the decode runner, so a server may switch this between runs)
     pass_graphs: bool = False
     runner: DecodeRunner | None = field(init=False, default=None)
     pass_runners: dict[int, PassRunner] = field(init=False, default_factory=dict)  # by stream (`stream_key`)
