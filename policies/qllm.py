@@ -25,6 +25,8 @@ class QLLM:
     `ls_catch_up_layers` > 0: then a waiting LS prefill also pauses an LS prefill batch that has run
     fewer than that many layers, and merges with it on reaching its layer (the new request catches
     up instead of waiting for the whole pass; past half the layers, waiting costs the pair less);
+    A paused batch holding an LS prefill (a catch-up's, not absorbed when the pass that paused it ended) is
+    resumed before any batch but a waiting LS prefill's: behind LS decodes it could wait for seconds.
     `ls_kv_reserve` keeps that fraction of the KV cache out of reach of BE prefills (unless the cache
     is empty), so a new LS request is not kept waiting for memory held by BE requests admitted before it.
     `be_prefill_room=True` runs waiting BE prefills (oldest first) before a decode batch while fewer than
@@ -74,6 +76,9 @@ class QLLM:
             return RunBatch(batch) if any(map(wanted, batch)) else CONTINUE
         if view.paused and not view.queues.has_ls:
             return Resume(view.paused[0].batch_id)
+        held = next((b for b in view.paused if any(map(_is_ls_prefill, b.requests))), None)
+        if held is not None and not view.queues.ls_prefill:
+            return Resume(held.batch_id)  # an LS prefill a catch-up paused, which no batch absorbed: before decodes
         batch = self.next_batch(view)
         if batch:
             return RunBatch(batch)

@@ -272,6 +272,20 @@ def test_idle_engine_starts_ls_batch_over_paused_one():
     assert ids(QLLM().schedule(state.view(0.0))) == [0]
 
 
+@pytest.mark.parametrize("waiting_ls_prefill", [False, True])
+def test_a_paused_ls_prefill_goes_before_ls_decodes(waiting_ls_prefill):
+    """A catch-up's paused LS prefill that no batch absorbed: the idle engine resumes it ahead of LS and BE decodes
+    (and of an older paused BE batch); only a waiting LS prefill goes first, which will catch up with it."""
+    state = state_with(1 if waiting_ls_prefill else 0, 3, 1, 2)
+    state.paused.append(Batch(6, [Request(700, 0.0, 10, 5)], Position(9, Stage.ATTENTION)))
+    state.paused.append(Batch(7, [Request(800, 0.0, 10, 5, Priority.LS)], Position(3, Stage.EXPERTS, 0)))
+    decision = QLLM(max_batch_size=B, ls_catch_up_layers=16).schedule(state.view(0.0))
+    if waiting_ls_prefill:
+        assert isinstance(decision, RunBatch) and ids(decision)[0] == 0
+    else:
+        assert decision == Resume(7)
+
+
 FCFS_CASES = [
     # (name, queue sizes, expected ids) -- arrival order decides, priority does not
     ("prefill newcomers first, oldest first", (1, 0, 2, 0), [0, 200, 201]),
