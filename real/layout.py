@@ -140,8 +140,23 @@ def _single(seq: Sequence, varlen: bool = False) -> tuple[list[np.ndarray], list
     return [*head, *group[:-1]], [group], new
 
 
-def _packed(seqs: list[Sequence], varlen: bool = False) -> tuple[list[np.ndarray], list, int]:
-    """Host arrays (positions, slots, last rows, then each group's), the groups, and the token count."""
+@dataclass(slots=True)
+class PackedRows:
+    """Host arrays of a batch's packed new tokens, sequence by sequence (S = sequences, T = tokens)."""
+
+    new: np.ndarray  # [S] new tokens of each sequence
+    cached: np.ndarray  # [S] its tokens already in the KV pool
+    slot: np.ndarray  # [S] its KV slot
+    ends: np.ndarray  # [S] one past its last packed row
+    offsets: np.ndarray  # [S] its first packed row
+    total: int  # T
+    positions: np.ndarray  # [T] each token's position
+    slots: np.ndarray  # [T] each token's KV slot
+
+
+def packed_rows(seqs: list[Sequence]) -> PackedRows:
+    """Every sequence's `num_new` tokens in batch order (a layout's rows; real.spans' too). On the start path of
+    every pass: a plain dataclass, a few numpy calls."""
     meta = np.array([(len(s.token_ids), s.num_cached, s.slot) for s in seqs], dtype=np.int64).reshape(-1, 3)
     cached, slot = meta[:, 1], meta[:, 2]
     new = meta[:, 0] - cached
@@ -149,11 +164,16 @@ def _packed(seqs: list[Sequence], varlen: bool = False) -> tuple[list[np.ndarray
     offsets = ends - new
     total = int(ends[-1]) if len(ends) else 0
     if len(seqs) == total:  # decode only: one new token each
-        positions, token_slots = cached, slot
-    else:
-        positions = np.repeat(cached - offsets, new) + np.arange(total)  # cached_i + (row - offset_i)
-        token_slots = np.repeat(slot, new)
-    host = [positions, token_slots, ends - 1]
+        return PackedRows(new, cached, slot, ends, offsets, total, cached, slot)
+    positions = np.repeat(cached - offsets, new) + np.arange(total)  # cached_i + (row - offset_i)
+    return PackedRows(new, cached, slot, ends, offsets, total, positions, np.repeat(slot, new))
+
+
+def _packed(seqs: list[Sequence], varlen: bool = False) -> tuple[list[np.ndarray], list, int]:
+    """Host arrays (positions, slots, last rows, then each group's), the groups, and the token count."""
+    rows = packed_rows(seqs)
+    new, cached, slot, offsets, total = rows.new, rows.cached, rows.slot, rows.offsets, rows.total
+    host = [rows.positions, rows.slots, rows.ends - 1]
     groups = []
     decode = new == 1
     for prefill, members in ((False, decode), (True, ~decode)):

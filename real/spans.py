@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from real.layout import packed_rows
 from real.sequence import Sequence
 
 
@@ -49,23 +50,20 @@ def block_size(num_rows: int, num_seqs: int) -> int:
 def host_spans(seqs: list[Sequence], num_rows: int, num_seqs: int, max_len: int, scratch_slot: int) -> np.ndarray:
     """The block of `PoolSpans.over` for `seqs` (rows in their order, each its `num_new` tokens) padded to the
     bucket, built on the host for one copy."""
-    meta = np.array([(len(s.token_ids), s.num_cached, s.slot) for s in seqs], dtype=np.int64).reshape(-1, 3)
-    cached, slot = meta[:, 1], meta[:, 2]
-    new = meta[:, 0] - cached
-    total, count = int(new.sum()), len(seqs)
+    rows = packed_rows(seqs)
+    total, count = rows.total, len(seqs)
     if total > num_rows or count > num_seqs:
         raise ValueError(f"{count} sequences of {total} tokens exceed a bucket of {num_seqs} and {num_rows}")
     block = np.zeros(block_size(num_rows, num_seqs), dtype=np.int64)
-    offsets = np.cumsum(new) - new
-    block[:total] = np.repeat(cached - offsets, new) + np.arange(total)  # cached_b + (row - offset_b)
-    block[num_rows: num_rows + total] = np.repeat(slot, new)
+    block[:total] = rows.positions
+    block[num_rows: num_rows + total] = rows.slots
     block[num_rows + total: 2 * num_rows] = scratch_slot
     small = block[2 * num_rows:].view(np.int32)
     n = num_seqs + 2
-    small[:count] = offsets
+    small[:count] = rows.offsets
     small[count: n - 1] = total  # empty sequences and the padding's start
     small[n - 1] = num_rows
-    small[n: n + count] = slot * max_len
+    small[n: n + count] = rows.slot * max_len
     small[n + count: 2 * n] = scratch_slot * max_len
-    small[2 * n: 2 * n + count] = cached + new
+    small[2 * n: 2 * n + count] = rows.cached + rows.new
     return block

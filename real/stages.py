@@ -270,20 +270,21 @@ def experts_dense(model, layer_idx: int, x, weights, experts, queued, out) -> No
 
 def layer(model, layer_idx: int, hidden: torch.Tensor, layout: Layout, pool: KVPool, run_experts) -> torch.Tensor:
     """A whole decoder layer (attention, router, all experts): hidden [T, D] -> [T, D]."""
-    hidden = attention(model, layer_idx, hidden, layout, pool)
-    x, weights, experts = router(model, layer_idx, hidden)
-    out = torch.zeros_like(hidden)
-    run_experts(model, layer_idx, x, weights, experts, torch.ones_like(experts, dtype=torch.bool), out)
-    return hidden + out
+    return _moe(model, layer_idx, attention(model, layer_idx, hidden, layout, pool), run_experts)
 
 
 def layer_pooled(model, layer_idx: int, hidden: torch.Tensor, spans: PoolSpans, pool: KVPool, run_experts,
                  queued: torch.Tensor) -> torch.Tensor:
     """`layer` with `attention_pooled`, and only the rows where `queued` [T, k] through the experts (padding rows
     are not): static shapes for any batch of up to T tokens."""
-    hidden = attention_pooled(model, layer_idx, hidden, spans, pool)
+    return _moe(model, layer_idx, attention_pooled(model, layer_idx, hidden, spans, pool), run_experts, queued)
+
+
+def _moe(model, layer_idx: int, hidden: torch.Tensor, run_experts, queued: torch.Tensor | None = None) -> torch.Tensor:
+    """Router and experts with their residual; `queued` [T, k]: the (token, expert) pairs to run (None: all)."""
     x, weights, experts = router(model, layer_idx, hidden)
     out = torch.zeros_like(hidden)
+    queued = torch.ones_like(experts, dtype=torch.bool) if queued is None else queued
     run_experts(model, layer_idx, x, weights, experts, queued, out)
     return hidden + out
 
