@@ -180,7 +180,7 @@ class SimEngine:
         o = self.costs.profile.overheads
         cost = 0.0
         if t.started is not None:
-            loads, expert_s = self.costs.draw(t.started.num_tokens)
+            loads, expert_s = self.costs.draw(self.costs.expert_tokens(t.started))
             self._work[t.started.batch_id] = BatchWork(loads, self.costs.durations(t.started, expert_s))
         if t.paused is not None:
             cost += o.pause_s

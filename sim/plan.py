@@ -88,6 +88,12 @@ class CostModel:
     router: ExpertRouter
     _pools: dict[int, list] = field(default_factory=dict, repr=False)
 
+    def expert_tokens(self, batch: Batch) -> int:
+        """Tokens the batch's router and experts run for (the profile's `expert_tokens`: an engine that pads
+        a batch to a graph bucket runs the padding too); the batch's own tokens for profiles without it."""
+        tokens = getattr(self.profile, "expert_tokens", None)
+        return batch.num_tokens if tokens is None else tokens(attention_load(batch))
+
     def draw(self, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """Expert loads [L, E] for a new pass of `num_tokens` tokens, and their expert times."""
         pool = self._pools.get(num_tokens)
@@ -107,7 +113,7 @@ class CostModel:
         stage = p.overheads.stage_s
         table = np.empty((self.model.num_layers, 2 + self.model.num_experts))
         table[:, 0] = p.attention_s(attention_load(batch)) + stage
-        table[:, 1] = p.router_s(batch.num_tokens) + stage
+        table[:, 1] = p.router_s(self.expert_tokens(batch)) + stage
         table[:, 2:] = expert_s
         head = p.lm_head_s(batch.num_requests) + p.overheads.iteration_s
         return np.append(table.ravel(), head)

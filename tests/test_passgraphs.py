@@ -192,6 +192,12 @@ def test_the_simulator_knows_the_largest_bucket():
     assert (PASS_GRAPH_TOKENS, PASS_GRAPH_SEQS) == (ROW_SIZES[-1], SEQ_SIZES[-1])
 
 
+def test_the_simulator_knows_the_decode_buckets():
+    from real.graphs import BUCKET_SIZES
+    from sim.profile.measured import DECODE_GRAPH_BUCKETS
+    assert DECODE_GRAPH_BUCKETS == BUCKET_SIZES
+
+
 @pytest.mark.parametrize("pass_graphs", [False, True])
 def test_a_batch_stops_where_a_paused_one_waits_inside_a_layer(model, pass_graphs):
     """An LS prefill paused between stages of layer 1 (a catch-up): the next prefill batch, told where it waits

@@ -388,3 +388,41 @@ def test_pass_graphs_price_a_mixed_layer_at_its_gpu_path_unpadded(tmp_path):
                           prefill_max_tokens=500)
     assert not graphed.replays(large) and graphed.attention_s(large) == stepped.attention_s(large)
     assert not MeasuredProfile(directory, pass_graphs=True).replays(mixed)  # stage by stage: no graphs at all
+
+
+@pytest.mark.parametrize("impl, prefill, decode, tokens", [
+    ("engine-graphs", 0, 1, 1),
+    ("engine-graphs", 0, 3, 4),
+    ("engine-graphs", 0, 8, 8),
+    ("engine-graphs", 0, 10, 16),  # bucket 16: padding rows run the router and experts too
+    ("engine-graphs", 0, 17, 24),
+    ("engine-graphs", 0, 64, 64),
+    ("engine-graphs", 0, 65, 65),  # past the largest bucket: stepped, unpadded
+    ("engine-graphs", 1, 3, 103),  # a layer with a prompt: the pass runner keeps padding rows out of the experts
+    ("engine", 0, 10, 10),  # stage by stage: no buckets
+])
+def test_replayed_decode_layers_run_their_experts_on_the_whole_bucket(tmp_path, impl, prefill, decode, tokens):
+    profile = MeasuredProfile(synthetic(tmp_path), impl=impl)
+    load = AttentionLoad(num_prefill_seqs=prefill, num_prefill_tokens=100 * prefill, prefill_sq_tokens=10_000 * prefill,
+                         num_decode_seqs=decode, decode_ctx_tokens=200 * decode)
+    assert profile.expert_tokens(load) == tokens
+
+
+def test_a_cost_model_draws_a_replayed_decode_batch_at_its_bucket(tmp_path):
+    """The simulator's pass of 10 decodes on engine-graphs routes 16 tokens per layer and prices its router at 16."""
+    from policies import Batch
+    from sim.plan import CostModel
+    from sim.routing import ExpertRouter
+    from tests.conftest import TOY_MODEL, request
+
+    profile = MeasuredProfile(synthetic(tmp_path), top_k=TOY_MODEL.top_k, impl="engine-graphs")
+    costs = CostModel(TOY_MODEL, profile, ExpertRouter(TOY_MODEL.num_layers, TOY_MODEL.num_experts, TOY_MODEL.top_k))
+    requests = [request(i, 0.0, 20, 8) for i in range(10)]
+    for r in requests:
+        r.num_generated_tokens = 1
+    batch = Batch(0, requests)
+    assert costs.expert_tokens(batch) == 16
+    loads, _ = costs.draw(costs.expert_tokens(batch))
+    assert (loads.sum(axis=1) == 16 * TOY_MODEL.top_k).all()
+    layers = costs.durations(batch, profile.experts_s(loads))[:-1].reshape(TOY_MODEL.num_layers, -1)
+    assert layers[0, 1] == pytest.approx(profile.router_s(16))
