@@ -83,6 +83,9 @@ def grids_for(num_experts: int, top_k: int) -> dict:
 GRIDS = grids_for(8, 2)  # Mixtral-8x7B's
 
 PASS_BATCHES = (1, 8, 32)  # decode passes (whole model and 1-/2-layer) at this context
+# the calibration model's graph passes also at the dense buckets the engine pads 9-24 sequences to (real.graphs):
+# the simulator's replayed-layer fix interpolates between these batches (serving, H100 Qwen3: bucket 16 priced 7% low)
+GRAPH_PASS_BATCHES = (1, 8, 16, 24, 32)
 PASS_CONTEXT = 512
 PASS_DEPTHS = (1, 2, 4)  # decoder layers of the calibration passes (overheads from the 2- and 4-layer ones)
 

@@ -29,7 +29,16 @@ import torch
 
 from calibrate import hostpin, passes
 from calibrate.benches import BENCHES
-from calibrate.grid import GRIDS, PASS_BATCHES, PASS_CONTEXT, PASS_DEPTHS, grids_for, largest, small
+from calibrate.grid import (
+    GRAPH_PASS_BATCHES,
+    GRIDS,
+    PASS_BATCHES,
+    PASS_CONTEXT,
+    PASS_DEPTHS,
+    grids_for,
+    largest,
+    small,
+)
 from calibrate.timing import measure as time_point
 from real.kv import KVPool
 from real.model import PRESETS, build_model, preset_config
@@ -169,8 +178,9 @@ def run_grids(args, dtype, writer: Writer) -> None:
         for impl in impls:
             writer.probe(f"{impl} passes {depth}")
             with passes.layers(model, depth):
-                _guarded(lambda impl=impl: writer.add("passes", passes.decode_passes(
-                    model, pool, [impl], PASS_BATCHES, PASS_CONTEXT, args.pass_repeats)), label=f"{impl} passes")
+                batches = GRAPH_PASS_BATCHES if impl == "engine-graphs" else PASS_BATCHES
+                _guarded(lambda impl=impl, batches=batches: writer.add("passes", passes.decode_passes(
+                    model, pool, [impl], batches, PASS_CONTEXT, args.pass_repeats)), label=f"{impl} passes")
     engine = passes.make_engine(model, pool, "engine")
     _guarded(lambda: writer.add("events", passes.preemption_events(engine, model.config.vocab_size,
                                                                    args.pass_repeats)), label="events")
