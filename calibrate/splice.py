@@ -6,7 +6,11 @@ passes must come from one run (the check predicts one from the other), while the
 serving events fitted against them, which a new engine calibration would have to refit.
 
 `--stage S` splices only stage S's rows of `--impl`: a stage the engine gained since the profile was measured,
-timed alone by `calibrate.measure --impls engine --stages S`. Everything else stays."""
+timed alone by `calibrate.measure --impls engine --stages S`. Everything else stays.
+
+`--passes P` splices only the passes of implementation P (e.g. `engine-graphs`, timed at batch sizes the profile
+lacks by `calibrate.measure --impls engine --passes-only`): the simulator reads the replayed graph layer's time
+from them on the GPU clock, which leases agree on within a few percent, so no stage row need change with them."""
 
 from __future__ import annotations
 
@@ -91,6 +95,22 @@ def _splice_stage(run: Path, profile: Path, impl: str, stage: str, host_referenc
     return {"stages": len(taken)}
 
 
+def splice_passes(run: Path, profile: Path, impl: str) -> dict[str, int]:
+    """Replace the profile's passes of `impl` (an exact name: `engine-graphs`) by the run's; nothing else changes."""
+    run_meta, meta = _metas(run, profile)
+    new, old = (pd.read_csv(d / "passes.csv") for d in (run, profile))
+    taken = new[new.impl == impl]
+    if taken.empty:
+        raise ValueError(f"{run / 'passes.csv'} has no {impl} passes")
+    pd.concat([old[old.impl != impl], taken], ignore_index=True).to_csv(profile / "passes.csv", index=False)
+    batches = ", ".join(str(b) for b in sorted(taken.batch.unique()))
+    meta.setdefault("other_sources", {})[f"passes.csv impl={impl}"] = (
+        f"python -m calibrate.splice --passes: calibrate.measure run of {run_meta.get('date')} at "
+        f"{run_meta.get('git_revision')} on {run_meta.get('gpu')} (batches {batches})")
+    (profile / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return {"passes": len(taken)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m calibrate.splice", description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="a calibrate.measure output folder")
@@ -100,11 +120,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host-reference", default=None,
                         help="with --stage: a stage both hold, whose host-time ratio (profile / run) rescales the "
                              "spliced host times (e.g. attention_prefill)")
+    parser.add_argument("--passes", default=None, metavar="IMPL",
+                        help="only the passes of this implementation (e.g. engine-graphs); stages stay")
     args = parser.parse_args(argv)
     if args.host_reference and not args.stage:
         parser.error("--host-reference needs --stage")
+    if args.passes and args.stage:
+        parser.error("--passes and --stage splice different tables: one at a time")
     try:
-        counts = splice(args.run, args.profile, args.impl, args.stage, args.host_reference)
+        counts = (splice_passes(args.run, args.profile, args.passes) if args.passes else
+                  splice(args.run, args.profile, args.impl, args.stage, args.host_reference))
     except (ValueError, FileNotFoundError, KeyError) as error:
         sys.exit(f"error: {error}")
     print(", ".join(f"{table}: {n} rows" for table, n in counts.items()), f"-> {args.profile}")

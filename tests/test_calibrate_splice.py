@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from calibrate.splice import splice
+from calibrate.splice import main, splice, splice_passes
 
 META = {"model": "mixtral-8x7b", "dtype": "bfloat16", "gpu": "NVIDIA H200"}
 
@@ -96,3 +96,30 @@ def test_a_spliced_stage_goes_on_the_profiles_host_clock_by_a_reference_stage(tm
     assert varlen.host_s.tolist() == pytest.approx([0.4]) and varlen.gpu_s.tolist() == [0.1]
     assert stages[stages.stage == "attention_prefill"].host_s.tolist() == [1.0, 2.0]
     assert any("x 0.800" in v for v in json.loads((profile / "meta.json").read_text())["other_sources"].values())
+
+
+def test_splice_of_one_pass_impl_replaces_those_passes_only(tmp_path):
+    """`--passes engine-graphs`: graph passes at more batch sizes from another lease; the engine's stepped passes,
+    HF's passes and every stage row stay."""
+    profile, run = tmp_path / "profile", tmp_path / "run"
+    write(profile, [("engine", "router", 1.0)],
+          [("engine", 1, 0.1), ("engine-graphs", 1, 0.2), ("engine-graphs", 32, 0.3), ("hf-eager", 1, 0.4)], META)
+    write(run, [("engine", "router", 9.0)],
+          [("engine", 1, 0.9), ("engine-graphs", 1, 0.21), ("engine-graphs", 16, 0.25), ("engine-graphs", 32, 0.31)],
+          {**META, "date": "2026-12-07"})
+    assert splice_passes(run, profile, "engine-graphs") == {"passes": 3}
+    passes = pd.read_csv(profile / "passes.csv")
+    assert sorted(map(tuple, passes[["impl", "batch", "time_s"]].values.tolist())) == [
+        ("engine", 1, 0.1), ("engine-graphs", 1, 0.21), ("engine-graphs", 16, 0.25), ("engine-graphs", 32, 0.31),
+        ("hf-eager", 1, 0.4)]
+    assert pd.read_csv(profile / "stages.csv").time_s.tolist() == [1.0]
+    sources = json.loads((profile / "meta.json").read_text())["other_sources"]
+    assert "batches 1, 16, 32" in sources["passes.csv impl=engine-graphs"]
+    with pytest.raises(ValueError, match="no hf-grouped_mm passes"):
+        splice_passes(run, profile, "hf-grouped_mm")
+
+
+def test_splice_cli_refuses_passes_with_a_stage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), str(tmp_path), "--passes", "engine-graphs", "--stage", "router"])
+    assert exit_.value.code == 2 and "one at a time" in capsys.readouterr().err
