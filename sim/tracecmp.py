@@ -20,7 +20,9 @@ from pathlib import Path
 import pandas as pd
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
+from tqdm import tqdm
 
+from sim.gridnotes import gathered
 from sim.results import markdown, ratio_to, serving_metrics
 from sim.validate import run_key, simulate_like
 
@@ -43,12 +45,15 @@ class Variant:
 def compare(run_dirs: list[Path], variants: list[Variant], hardware: str, model: str) -> pd.DataFrame:
     """One row per (run, variant), with the tokens/s ratio to the first variant on the same trace."""
     rows = []
-    for run in run_dirs:
-        info = json.loads((run / "summary.json").read_text())["run"]
-        for v in variants:
-            table = simulate_like(run, hardware, model, v.policy, v.overrides)
-            rows.append({"rate": info["rate"], "seed": info["seed"], "variant": v.label,
-                         **serving_metrics(table, 3.0)})
+    with gathered(len(run_dirs) * len(variants)), tqdm(total=len(run_dirs) * len(variants), desc="simulating",
+                                                        unit="run", leave=False) as bar:
+        for run in run_dirs:
+            info = json.loads((run / "summary.json").read_text())["run"]
+            for v in variants:
+                table = simulate_like(run, hardware, model, v.policy, v.overrides)
+                rows.append({"rate": info["rate"], "seed": info["seed"], "variant": v.label,
+                             **serving_metrics(table, 3.0)})
+                bar.update()
     table = pd.DataFrame(rows)
     return table.assign(**{"tokens/s ratio": ratio_to(table, table.variant == variants[0].label, "tokens/s")})
 

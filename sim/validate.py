@@ -17,11 +17,13 @@ from pathlib import Path
 import pandas as pd
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from tqdm import tqdm
 
 from calibrate.hostspeed import reference_s
 from policies import Policy
 from sim.cli import CONF_DIR
 from sim.compose import compose_spec
+from sim.gridnotes import gathered
 from sim.pipeline import ran_ahead
 from sim.plan import CostModel
 from sim.profile.select import ProfileError, build_profile, measured_directory
@@ -174,7 +176,9 @@ def main() -> None:
         references = {run: pd.read_parquet(other / "requests.parquet") for run, other in paired_runs(runs, args.against)}
     else:
         try:
-            references = {run: simulate_like(run, args.hardware, args.model, host_scale=host_scale) for run in runs}
+            with gathered(len(runs)):
+                references = {run: simulate_like(run, args.hardware, args.model, host_scale=host_scale)
+                              for run in tqdm(runs, desc="simulating", unit="run", leave=False)}
         except ProfileError as error:  # e.g. a run with unpadded prompts against a profile without their curve
             raise SystemExit(f"error: {error}") from None
     rows = []

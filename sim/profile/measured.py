@@ -44,6 +44,16 @@ class MeasuredProfileError(ValueError):
     """Missing or malformed profile files."""
 
 
+class GridWarning(UserWarning):
+    """A lookup outside a stage's measured grid: below it the first point's time is used, above it the last two
+    points' slope carries on. `stage` and `value` let a caller of many simulations sum them up (sim.gridnotes)."""
+
+    def __init__(self, stage: str, value: float, above: bool):
+        how = "extrapolating" if above else "using its first point"
+        super().__init__(f"profile stage {stage}: {value:g} is outside the measured grid; {how}")
+        self.stage, self.value, self.above = stage, value, above
+
+
 @dataclass(frozen=True)
 class Curve:
     """time(x1[, x2]) on a rectangular grid of medians: [len(x1), len(x2)] seconds."""
@@ -64,15 +74,15 @@ class Curve:
 
     def _line(self, xs: np.ndarray, ys: np.ndarray, x):
         if np.any(x < xs[0]) or np.any(x > xs[-1]):
-            self._warn(float(np.max(x)) if np.any(x > xs[-1]) else float(np.min(x)))
+            above = bool(np.any(x > xs[-1]))
+            self._warn(float(np.max(x)) if above else float(np.min(x)), above)
         slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0) if len(xs) > 1 else 0.0
         return np.interp(x, xs, ys) + slope * np.maximum(np.asarray(x, dtype=float) - xs[-1], 0.0)
 
-    def _warn(self, value: float) -> None:
+    def _warn(self, value: float, above: bool) -> None:
         if self.stage not in self.warned:
             self.warned.add(self.stage)
-            warnings.warn(f"profile stage {self.stage}: {value:g} is outside the measured grid; extrapolating",
-                          stacklevel=4)
+            warnings.warn(GridWarning(self.stage, value, above), stacklevel=4)
 
 
 def load_table(directory: Path, name: str = "stages.csv", columns: list[str] = COLUMNS) -> pd.DataFrame:
