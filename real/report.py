@@ -128,7 +128,10 @@ def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
         label = info["policy"] if by is None else f"{info['policy']} {by}={info.get(by)}"
         parts.append(found.assign(policy=label, run=f"rate {info['rate']:g} seed {info['seed']}"))
     if not parts:
-        raise SystemExit(f"error: no step logs with decided_s and level under {root} (runs before serving round 4)")
+        saved = sorted(str(path) for path in root.glob("*reaction*.csv"))
+        raise SystemExit(f"error: no step logs (steps.parquet with decided_s and level) under {root}: runs before "
+                         "serving round 4 have none, and committed results may leave them out for size"
+                         + (f"; the reaction table saved with them: {', '.join(saved)}" if saved else ""))
     table = pd.concat(parts, ignore_index=True)
     pooled = [table.assign(run="all")] + [table[table.found == f].assign(run=f"all, found {f}") for f in FOUND]
     pooled.append(table[(table.found == "BE") & ~table.held].assign(run="all, found BE, not held"))

@@ -150,3 +150,14 @@ def test_an_arrival_during_an_lm_head_is_pooled_apart(tmp_path):
     table = reaction_table(tmp_path).set_index("run")
     assert table.loc["all, host in LM head", "LS"] == 1
     assert table.loc["all, host in LM head", "reaction p50 ms"] == pytest.approx(5.2)
+
+
+def test_reaction_table_without_step_logs_names_the_saved_reaction_table(tmp_path):
+    """Committed results may drop their step logs for size: the error says so and points at the table kept."""
+    write_run(tmp_path, "qllm", 1, 0.1, 3.0, 0.001, 0.001)  # its step log lacks decided_s and level
+    with pytest.raises(SystemExit, match="no step logs") as error:
+        reaction_table(tmp_path)
+    assert "reaction table saved" not in str(error.value)
+    (tmp_path / "reaction.csv").write_text("policy\n")
+    with pytest.raises(SystemExit, match=r"left out for size; the reaction table saved with them: .*reaction\.csv"):
+        reaction_table(tmp_path)
