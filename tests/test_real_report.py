@@ -159,5 +159,5 @@ def test_reaction_table_without_step_logs_names_the_saved_reaction_table(tmp_pat
         reaction_table(tmp_path)
     assert "reaction table saved" not in str(error.value)
     (tmp_path / "reaction.csv").write_text("policy\n")
-    with pytest.raises(SystemExit, match=r"left out for size; the reaction table saved with them: .*reaction\.csv"):
+    with pytest.raises(SystemExit, match=r"leave them out for size; the reaction table saved with them: .*reaction\.csv"):
         reaction_table(tmp_path)
