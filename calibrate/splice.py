@@ -47,11 +47,10 @@ def splice(run: Path, profile: Path, impl: str, stage: str | None = None,
     if impl == "hf" and (run / "hf_steps.csv").exists():
         (profile / "hf_steps.csv").write_text((run / "hf_steps.csv").read_text())
         counts["hf_steps"] = len(pd.read_csv(run / "hf_steps.csv"))
-    sources = meta.setdefault("other_sources", {})
-    sources[f"stages.csv impl={impl}, passes.csv {impl}-*" + (", hf_steps.csv" if "hf_steps" in counts else "")] = (
-        f"python -m calibrate.splice: calibrate.measure run of {run_meta.get('date')} at "
-        f"{run_meta.get('git_revision')} (repeats {run_meta.get('repeats')}, sweeps {run_meta.get('sweeps')})")
-    (profile / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _name_source(profile, meta, f"stages.csv impl={impl}, passes.csv {impl}-*"
+                 + (", hf_steps.csv" if "hf_steps" in counts else ""),
+                 f"python -m calibrate.splice: calibrate.measure run of {run_meta.get('date')} at "
+                 f"{run_meta.get('git_revision')} (repeats {run_meta.get('repeats')}, sweeps {run_meta.get('sweeps')})")
     return counts
 
 
@@ -62,6 +61,12 @@ def _metas(run: Path, profile: Path) -> tuple[dict, dict]:
         if run_meta.get(key) != meta.get(key):
             raise ValueError(f"{key}: the run has {run_meta.get(key)!r}, the profile {meta.get(key)!r}")
     return run_meta, meta
+
+
+def _name_source(profile: Path, meta: dict, rows: str, source: str) -> None:
+    """Write the profile's meta.json with `rows` (which rows were spliced) named as coming from `source`."""
+    meta.setdefault("other_sources", {})[rows] = source
+    (profile / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def host_ratio(run_rows: pd.DataFrame, profile_rows: pd.DataFrame) -> float:
@@ -87,11 +92,10 @@ def _splice_stage(run: Path, profile: Path, impl: str, stage: str, host_referenc
         note = f"; host_s x {ratio:.3f}, the median ratio of {host_reference}'s host times, profile over run"
     kept = old[~((old.impl == impl) & (old.stage == stage))]
     pd.concat([kept, taken], ignore_index=True).to_csv(profile / "stages.csv", index=False)
-    meta.setdefault("other_sources", {})[f"stages.csv impl={impl} stage={stage}"] = (
-        f"python -m calibrate.splice --stage: calibrate.measure run of {run_meta.get('date')} at "
-        f"{run_meta.get('git_revision')} on {run_meta.get('gpu')} (repeats {run_meta.get('repeats')}, "
-        f"sweeps {run_meta.get('sweeps')}){note}")
-    (profile / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _name_source(profile, meta, f"stages.csv impl={impl} stage={stage}",
+                 f"python -m calibrate.splice --stage: calibrate.measure run of {run_meta.get('date')} at "
+                 f"{run_meta.get('git_revision')} on {run_meta.get('gpu')} (repeats {run_meta.get('repeats')}, "
+                 f"sweeps {run_meta.get('sweeps')}){note}")
     return {"stages": len(taken)}
 
 
@@ -104,10 +108,9 @@ def splice_passes(run: Path, profile: Path, impl: str) -> dict[str, int]:
         raise ValueError(f"{run / 'passes.csv'} has no {impl} passes")
     pd.concat([old[old.impl != impl], taken], ignore_index=True).to_csv(profile / "passes.csv", index=False)
     batches = ", ".join(str(b) for b in sorted(taken.batch.unique()))
-    meta.setdefault("other_sources", {})[f"passes.csv impl={impl}"] = (
-        f"python -m calibrate.splice --passes: calibrate.measure run of {run_meta.get('date')} at "
-        f"{run_meta.get('git_revision')} on {run_meta.get('gpu')} (batches {batches})")
-    (profile / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _name_source(profile, meta, f"passes.csv impl={impl}",
+                 f"python -m calibrate.splice --passes: calibrate.measure run of {run_meta.get('date')} at "
+                 f"{run_meta.get('git_revision')} on {run_meta.get('gpu')} (batches {batches})")
     return {"passes": len(taken)}
 
 

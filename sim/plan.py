@@ -10,6 +10,7 @@ from policies import Batch, Granularity, Position, Stage
 from sim.model import ModelSpec
 from sim.pipeline import LaunchQueue, PassPaths
 from sim.profile import AttentionLoad, Profile
+from sim.profile.base import expert_tokens
 from sim.routing import ExpertRouter
 
 
@@ -89,10 +90,8 @@ class CostModel:
     _pools: dict[int, list] = field(default_factory=dict, repr=False)
 
     def expert_tokens(self, batch: Batch) -> int:
-        """Tokens the batch's router and experts run for (the profile's `expert_tokens`: an engine that pads
-        a batch to a graph bucket runs the padding too); the batch's own tokens for profiles without it."""
-        tokens = getattr(self.profile, "expert_tokens", None)
-        return batch.num_tokens if tokens is None else tokens(attention_load(batch))
+        """Tokens the batch's router and experts run for (sim.profile.base.expert_tokens)."""
+        return expert_tokens(self.profile, attention_load(batch))
 
     def draw(self, num_tokens: int) -> tuple[np.ndarray, np.ndarray]:
         """Expert loads [L, E] for a new pass of `num_tokens` tokens, and their expert times."""

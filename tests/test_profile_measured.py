@@ -426,3 +426,16 @@ def test_a_cost_model_draws_a_replayed_decode_batch_at_its_bucket(tmp_path):
     assert (loads.sum(axis=1) == 16 * TOY_MODEL.top_k).all()
     layers = costs.durations(batch, profile.experts_s(loads))[:-1].reshape(TOY_MODEL.num_layers, -1)
     assert layers[0, 1] == pytest.approx(profile.router_s(16))
+
+
+def test_a_scaled_profile_keeps_its_bases_decode_buckets(tmp_path):
+    """A speed factor over an engine-graphs profile still runs 10 replayed decodes' experts on bucket 16; a
+    profile with no buckets (the analytic one, the tests' constant one) runs the load's own tokens."""
+    from sim.profile.base import expert_tokens
+    from sim.profile.select import ScaledProfile
+    from tests.conftest import ConstantProfile
+
+    load = AttentionLoad(num_decode_seqs=10, decode_ctx_tokens=2000)
+    scaled = ScaledProfile(MeasuredProfile(synthetic(tmp_path), impl="engine-graphs"), 2.0)
+    assert scaled.expert_tokens(load) == expert_tokens(scaled, load) == 16
+    assert expert_tokens(ConstantProfile(), load) == 10

@@ -57,3 +57,10 @@ class Profile(Protocol):
     def lm_head_s(self, num_seqs: int) -> float:
         """Embedding, final norm, LM head on the last token of each sequence, and sampling."""
         ...
+
+
+def expert_tokens(profile: Profile, load: AttentionLoad) -> int:
+    """Tokens a layer of this load runs its router and experts for: the profile's `expert_tokens` where it has
+    one (an engine that pads a replayed decode layer to its graph bucket runs the padding too), else its own."""
+    tokens = getattr(profile, "expert_tokens", None)
+    return load.num_tokens if tokens is None else tokens(load)

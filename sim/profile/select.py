@@ -12,7 +12,7 @@ import numpy as np
 from sim.hardware import HardwareSpec
 from sim.model import ModelSpec
 from sim.profile.analytic import AnalyticProfile
-from sim.profile.base import AttentionLoad, Overheads, Profile
+from sim.profile.base import AttentionLoad, Overheads, Profile, expert_tokens
 from sim.profile.derive import decode_step_s
 
 KINDS = ("analytic", "derated", "measured", "scaled")
@@ -138,6 +138,9 @@ class ScaledProfile:
 
     def router_s(self, num_tokens: int) -> float:
         return self.factor * self.base.router_s(num_tokens)
+
+    def expert_tokens(self, load: AttentionLoad) -> int:
+        return expert_tokens(self.base, load)  # a speed factor pads no differently
 
     def experts_s(self, loads: np.ndarray) -> np.ndarray:
         return self.factor * self.base.experts_s(loads)
