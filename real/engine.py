@@ -22,6 +22,7 @@ import torch
 from policies import Granularity, Position, Stage
 from real import stages, starttrace
 from real.batch import BatchState, MoEState
+from real.carry import DecodeCarry
 from real.graphs import KEY_STEP, DecodeRunner
 from real.kv import KVPool
 from real.layout import PinnedStaging, build_layout
@@ -30,6 +31,8 @@ from real.pending import HostRing, PendingTokens
 from real.pending import fill as fill_pending
 from real.pending import input_ids as pending_ids
 from real.sequence import Sequence
+
+MAX_CARRIES = 8  # decode passes whose next pass `start` may derive (batches decoding side by side: a few)
 
 
 @dataclass
@@ -50,6 +53,10 @@ class Engine:
     # layers of batches with prompt tokens (prefill, mixed) as CUDA graphs too (real.passgraphs; a runner per stream
     # the engine is warmed up on, built with the decode runner, so a server may switch this between runs)
     pass_graphs: bool = False
+    # a pure-decode batch's next pass derived on the device from its last one (real.carry): one add and the
+    # embedding instead of host arrays, a copy and the sampled ids filled in
+    carry_decode: bool = False
+    carries: list[DecodeCarry] = field(init=False, default_factory=list)  # the latest decode passes', newest first
     runner: DecodeRunner | None = field(init=False, default=None)
     pass_runners: dict[int, PassRunner] = field(init=False, default_factory=dict)  # by stream (`stream_key`)
     staging: PinnedStaging | None = field(init=False, default=None)  # pinned buffers for layouts (GPU only)
@@ -185,6 +192,12 @@ class Engine:
     def start(self, seqs: list[Sequence]) -> BatchState:
         """A new pass at layer 0 for the tokens each sequence has not yet fed through the model (a token
         still on its way to the host is read on the device: real.pending)."""
+        if self.carry_decode and (carry := self._carry_for(seqs)) is not None:
+            starttrace.stamp("ids")
+            layout = carry.next_layout()
+            hidden = stages.embed(self.model, layout.token_ids)
+            starttrace.stamp("embed")
+            return BatchState(list(seqs), hidden, layout, Position())
         ids, pendings = pending_ids(seqs)
         starttrace.stamp("ids")
         layout = build_layout(seqs, self.device, ids, staging=self.staging, varlen=self.varlen_prefill)
@@ -308,7 +321,18 @@ class Engine:
         if batch.position.layer < self.num_layers:
             raise ValueError(f"pass not complete: batch is at {batch.position}")
         logits = stages.lm_head(self.model, batch.hidden[batch.layout.last_rows])
-        return logits, PendingTokens.issue(logits.argmax(dim=-1), batch.seqs, self.token_ring)
+        tokens = PendingTokens.issue(logits.argmax(dim=-1), batch.seqs, self.token_ring)
+        if self.carry_decode and (carry := DecodeCarry.of(batch.seqs, batch.layout, tokens)) is not None:
+            self.carries = [carry, *self.carries[:MAX_CARRIES - 1]]
+        return logits, tokens
+
+    def _carry_for(self, seqs: list[Sequence]) -> DecodeCarry | None:
+        """The carry whose pass this one continues (taken: a pass has one next pass), if any."""
+        for i, carry in enumerate(self.carries):
+            if carry.matches(seqs):
+                del self.carries[i]
+                return carry
+        return None
 
     def run_pass(self, seqs: list[Sequence], granularity: Granularity = Granularity.LAYER):
         """One uninterrupted pass (prefill or decode) for `seqs`."""

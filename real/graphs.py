@@ -132,11 +132,13 @@ class DecodeRunner:
         num = len(batch.seqs)
         hold(bucket, batch)
         if bucket.loaded is not batch.layout:
-            static = bucket.layout
+            static, before = bucket.layout, bucket.loaded
             static.positions[:num].copy_(batch.layout.positions)
-            static.positions[num:].zero_()
-            static.slots[:num].copy_(batch.layout.slots)
-            static.slots[num:].fill_(self.pool.scratch_slot)
+            # a pass carried on from the one loaded (real.carry) has its slots, so the same rows and padding
+            if before is None or before.slots is not batch.layout.slots:
+                static.positions[num:].zero_()
+                static.slots[:num].copy_(batch.layout.slots)
+                static.slots[num:].fill_(self.pool.scratch_slot)
             bucket.loaded = batch.layout
 
 

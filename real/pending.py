@@ -108,13 +108,20 @@ def fill(ids: torch.Tensor, pendings: list[PendingTokens]) -> torch.Tensor:
     stream first waits (on the device) for the LM heads that wrote them."""
     if not pendings:
         return ids
+    tables = [on_this_stream(pending) for pending in pendings]
+    table = tables[0] if len(tables) == 1 else torch.cat(tables)
+    return torch.where(ids >= 0, ids, table[(-1 - ids).clamp(min=0)])
+
+
+def on_this_stream(pending: PendingTokens) -> torch.Tensor:
+    """The sampled ids on the device, for the current stream to read: it first waits (on the device) for the LM
+    head that wrote them."""
+    ids = pending.device_ids
     if ids.device.type == "cuda":
         stream = torch.cuda.current_stream(ids.device)
-        for pending in pendings:
-            stream.wait_event(pending.ready)
-            pending.device_ids.record_stream(stream)  # read here: not to be reused by its own stream before
-    table = pendings[0].device_ids if len(pendings) == 1 else torch.cat([p.device_ids for p in pendings])
-    return torch.where(ids >= 0, ids, table[(-1 - ids).clamp(min=0)])
+        stream.wait_event(pending.ready)
+        ids.record_stream(stream)  # read here: not to be reused by its own stream before
+    return ids
 
 
 @dataclass

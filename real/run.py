@@ -72,6 +72,9 @@ class EngineSettings:
     # stepped attention with the pass's rotary tables made once and q, k rotated together (Engine.lean_attention:
     # the same floats in fewer host calls); not measured on a GPU yet
     lean_attention: bool = field(default=False, compare=False)
+    # a pure-decode batch's next pass derived on the device from its last one (Engine.carry_decode, real.carry: no
+    # host arrays, no copy, no placeholder fill at its start)
+    carry_decode: bool = field(default=False, compare=False)
     # layers of batches with prompt tokens as CUDA graphs too (Engine.pass_graphs, real.passgraphs; always captured
     # with the decode graphs, so runs of one process may differ in it); None: `pass_graphs_for` the policy
     pass_graphs: bool | None = field(default=None, compare=False)
@@ -97,7 +100,8 @@ class EngineSettings:
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
-                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention"):
+                     "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention",
+                     "carry_decode"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
         if self.pass_graphs is not None and not isinstance(self.pass_graphs, bool):
@@ -111,7 +115,7 @@ class EngineSettings:
         return {"pass_graphs": pass_graphs_for(policy, self), **{name: getattr(self, name) for name in (
             "graph_key_step", "run_ahead", "priority_stream", "pass_overlap", "stage_stops", "head_stops",
             "defer_tokens", "rehearse_us", "rehearse_launch", "varlen_prefill", "lean_attention", "start_checks",
-            "trace_starts", "pool_prewarm_gib")}}
+            "trace_starts", "pool_prewarm_gib", "carry_decode")}}
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,7 @@ def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state:
                 prompt_ids) -> ReplayServer:
     """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
     engine.varlen_prefill, engine.lean_attention = settings.varlen_prefill, settings.lean_attention
+    engine.carry_decode, engine.carries = settings.carry_decode, []
     engine.pass_graphs = pass_graphs_for(policy, settings)
     rehearse_s = settings.rehearse_us * 1e-6
     if settings.rehearse_launch and rehearse_s > 0:
