@@ -4,6 +4,8 @@ An LS request's reaction includes the host's `Engine.start` of its batch, which 
 BE prefills: this prints the median time of the start's host pieces (packing the ids, the layout's host arrays,
 the whole layout with its copy, the start with its embedding) for 1 to 32 prompts of 50-900 tokens, in a hot loop;
 the layout and the start also with `varlen` (fresh prompts as one unpadded group: real.layout.PackedGroup).
+Then decode starts of 1 to 32 sequences whose last tokens are still on the device, built on the host (ids with
+placeholders, layout, copy, the ids filled in) against carried from their last pass (real.carry).
 A diagnostic of the code's cost per prompt; the serving host runs these cold and 2-3x slower (BENCHMARKS.md)."""
 
 from __future__ import annotations
@@ -108,6 +110,29 @@ def main(argv: list[str] | None = None) -> None:
                             for label, varlen in (("", False), ("varlen ", True))}})
     print(f"Engine.start's host pieces ({args.model}, {args.device}), medians of {args.repeats} hot calls")
     print(markdown(pd.DataFrame(rows)))
+    decode = [decode_row(engine, count, rng, args.repeats) for count in args.counts]
+    print(f"\ndecode starts, built on the host vs carried from the last pass (real.carry), µs, medians of {args.repeats}")
+    print(markdown(pd.DataFrame(decode)))
+
+
+def decode_row(engine: Engine, count: int, rng: np.random.Generator, repeats: int) -> dict:
+    """Host time of the next decode start of `count` sequences whose last pass's tokens are still on the device."""
+    seqs = prompts(engine, count, rng)
+    with torch.inference_mode():
+        engine.carry_decode = False
+        engine.run_pass(seqs)  # prefill
+        batch = engine.start(seqs)
+        while not engine.advance(batch):
+            pass
+        engine.carry_decode = True
+        engine.finish_async(batch)  # not polled: each sequence holds a placeholder, and the carry is kept
+        carry = engine.carries.pop(0)
+        engine.carry_decode = False
+        built = median_us(lambda: engine.start(seqs), repeats, engine.device)
+        engine.carry_decode = True
+        carried = median_us(lambda: engine.carries.insert(0, carry) or engine.start(seqs), repeats, engine.device)
+    engine.carry_decode, engine.carries = False, []
+    return {"sequences": count, "built us": built, "carried us": carried, "carried / built": carried / built}
 
 
 if __name__ == "__main__":

@@ -281,7 +281,8 @@ def test_startbench_prints_its_table(capsys):
     from real.startbench import main
     main(["--counts", "1", "3", "--repeats", "3"])
     out = capsys.readouterr().out
-    assert "| prompts |" in out and out.count("\n| 1 |") == 1 and out.count("\n| 3 |") == 1
+    assert "| prompts |" in out and "| sequences | built us | carried us |" in out  # prefill starts, decode starts
+    assert out.count("\n| 1 |") == 2 and out.count("\n| 3 |") == 2
 
 
 def test_fresh_prompts_form_one_packed_group_with_their_rows():
