@@ -32,7 +32,8 @@ def model(request):
 
 def graphed_engine(model, key_step: int = graphs.KEY_STEP) -> Engine:
     pool = KVPool.allocate_for(model.config, 16, 96, DEVICE, torch.float32)
-    return Engine(model, pool, grouped_experts=True, graphs=True, dense_tokens=(4, 64), graph_key_step=key_step,
+    dense = (1, 64) if DEVICE == "cuda" else (4, 64)  # a captured graph's experts must be dense (fp32 grouped syncs)
+    return Engine(model, pool, grouped_experts=True, graphs=True, dense_tokens=dense, graph_key_step=key_step,
                   carry_decode=True)
 
 
@@ -132,8 +133,9 @@ def test_a_replay_with_carried_passes_serves_the_same_tokens(policy):
 
 def test_a_carried_start_issues_a_fraction_of_the_torch_calls(model):
     """The point of it: each torch call of a start costs a GPU's serving host 20-30 µs (real.starttrace). A carried
-    decode start issues three (the positions' add, their [B, 1] view for the group, the embedding), the host-built one over three times
-    as many (arrays sent in one copy and viewed per field, the placeholders filled in: 10 on the CPU, more on a GPU)."""
+    decode start issues three (the positions' add, their [B, 1] view for the group, the embedding; on a GPU also the ids'
+    `record_stream`), the host-built one three times as many or more (arrays sent in one copy and viewed per field,
+    the placeholders filled in: 10 on the CPU, 13 on an H100)."""
     from torch.overrides import TorchFunctionMode
 
     class Calls(TorchFunctionMode):
@@ -154,4 +156,4 @@ def test_a_carried_start_issues_a_fraction_of_the_torch_calls(model):
         with Calls():
             engine.start(seqs)
         counts.append(Calls.count)
-    assert counts[1] <= 3 and counts[0] >= 3 * counts[1], counts
+    assert counts[1] <= (4 if DEVICE == "cuda" else 3) and counts[0] >= 3 * counts[1], counts
