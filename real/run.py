@@ -73,7 +73,7 @@ class EngineSettings:
     # the same floats in fewer host calls); not measured on a GPU yet
     lean_attention: bool = field(default=False, compare=False)
     # a pure-decode batch's next pass derived on the device from its last one (Engine.carry_decode, real.carry: no
-    # host arrays, no copy, no placeholder fill at its start)
+    # host arrays, no copy, no placeholder fill at its start). Experimental: 2 of 5 H100 runs with it stalled (session 22)
     carry_decode: bool = field(default=False, compare=False)
     # layers of batches with prompt tokens as CUDA graphs too (Engine.pass_graphs, real.passgraphs; always captured
     # with the decode graphs, so runs of one process may differ in it); None: `pass_graphs_for` the policy
