@@ -18,7 +18,7 @@ from real.model import build_model, preset_config
 from real.run import prompt_token_ids
 from real.server import ReplayServer
 from real.stagecheck import tensors
-from tests.test_real_engine import DEVICE
+from tests.test_real_engine import DEVICE, torch_calls
 from tests.test_real_graphs import check_against_hf, decoding
 from tests.test_real_serve import StepClock, overload
 
@@ -136,24 +136,11 @@ def test_a_carried_start_issues_a_fraction_of_the_torch_calls(model):
     decode start issues three (the positions' add, their [B, 1] view for the group, the embedding; on a GPU also the ids'
     `record_stream`), the host-built one three times as many or more (arrays sent in one copy and viewed per field,
     the placeholders filled in: 10 on the CPU, 13 on an H100)."""
-    from torch.overrides import TorchFunctionMode
-
-    class Calls(TorchFunctionMode):
-        count = 0
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            if getattr(func, "__name__", "") != "__get__":
-                Calls.count += 1
-            return func(*args, **(kwargs or {}))
-
     engine = graphed_engine(model)
     seqs = decoding(engine, 0, 4, seed=6)
     decode_pass(engine, seqs)
     counts = []
     for carry in (False, True):
         engine.carry_decode = carry
-        Calls.count = 0
-        with Calls():
-            engine.start(seqs)
-        counts.append(Calls.count)
+        counts.append(torch_calls(lambda: engine.start(seqs)))
     assert counts[1] <= (4 if DEVICE == "cuda" else 3) and counts[0] >= 3 * counts[1], counts
