@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +24,11 @@ from sim.results import format_summary
 from sim.workload import WorkloadConfig, replayed_workload
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+# A replay that stops making progress (session 22: two H100 runs stalled, silently, until a timeout killed them)
+# tells where it is: `kill -USR1 PID` (or `timeout -s USR1 -k 10 T ...`) prints every thread's stack and lets it run on.
+if hasattr(signal, "SIGUSR1"):
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 def build_spec(cfg: DictConfig, policy_name: str, overrides: Sequence[str] = ("rate=",)) -> ServeSpec:

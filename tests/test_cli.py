@@ -89,3 +89,14 @@ def test_a_missing_engine_package_is_one_line_and_exit_2(capsys):
         raise ModuleNotFoundError("No module named 'nosuch'", name="nosuch")
     with pytest.raises(ModuleNotFoundError):  # anything else is a bug, not a missing extra
         needs_engine(other)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGUSR1"), reason="needs SIGUSR1")
+def test_a_real_replay_prints_its_stacks_on_sigusr1_and_runs_on():
+    """`kill -USR1` on a `python -m real run` process (a stalled replay, say) prints where every thread is and does not
+    stop it."""
+    pytest.importorskip("torch")
+    code = "import os, signal, real.cli; os.kill(os.getpid(), signal.SIGUSR1); print('ran on')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ran on"
+    assert "most recent call first" in done.stderr and "<string>" in done.stderr
