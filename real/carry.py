@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import torch
+
 from real.layout import AttentionGroup, Layout
 from real.pending import PendingTokens, on_this_stream
 from real.sequence import Sequence
@@ -45,6 +47,13 @@ class DecodeCarry:
     def next_layout(self) -> Layout:
         """The next pass's layout on the device: positions one further, one more key, the sampled ids as its
         tokens (the current stream waits for the LM head that wrote them); slots and rows are the last pass's."""
+        if self.layout.positions.is_cuda:
+            # allocated on the stream that started an earlier pass, now read on this one: the caching allocator
+            # must not hand their memory out again before this stream is done with them (positions, and the one
+            # block of slots, rows and group arrays that real.layout.to_device sent)
+            stream = torch.cuda.current_stream(self.layout.positions.device)
+            self.layout.positions.record_stream(stream)
+            self.layout.slots.record_stream(stream)
         positions = self.layout.positions + 1
         group = self.layout.groups[0]
         groups = (replace(group, positions=positions[:, None], num_keys=group.num_keys + 1),)
