@@ -109,7 +109,14 @@ def test_a_prefill_pass_leaves_no_carry(model):
 def carried_replay(model, policy, carry: bool) -> tuple[ReplayServer, int]:
     engine = Engine(model, KVPool.allocate_for(model.config, 6, MAX_LEN, "cpu", torch.float32), carry_decode=carry)
     taken, take = [], engine._carry_for
-    engine._carry_for = lambda seqs: (found := take(seqs)) is not None and taken.append(found) or found
+
+    def counted(seqs):
+        found = take(seqs)
+        if found is not None:
+            taken.append(found)
+        return found
+
+    engine._carry_for = counted
     server = ReplayServer(engine, policy, SchedulerState(kv_capacity_tokens=6 * MAX_LEN, max_batch_size=4),
                           prompt_token_ids(0, model.config.vocab_size), clock=StepClock())
     server.run(overload(12, 6))
