@@ -124,6 +124,14 @@ def on_this_stream(pending: PendingTokens) -> torch.Tensor:
     return ids
 
 
+def wait_for(pendings: list[PendingTokens]) -> None:
+    """The current stream waits (on the device, the host goes on) for the passes whose LM heads sampled `pendings`:
+    what follows reuses memory those passes read (a KV slot: real.server's `slot_fences`). Nothing on the CPU."""
+    for pending in pendings:
+        if pending.ready is not None:
+            torch.cuda.current_stream(pending.device_ids.device).wait_event(pending.ready)
+
+
 @dataclass
 class HostRing:
     """Pinned host buffers for `PendingTokens.host`, reused in turn: pinning a new one cost 47 µs to 3.5 ms

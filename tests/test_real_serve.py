@@ -270,3 +270,61 @@ def test_start_checks_decide_on_an_arrival_before_the_started_batch_runs_a_layer
                                  min_new_tokens=r.num_output_tokens, do_sample=False)
         assert server.outputs[r.request_id] == ref[0, r.num_prompt_tokens:].tolist()
     assert engine.pool.num_free == 4
+
+
+RETIRE, WAIT_FOR = ReplayServer._retire, real.server.wait_for
+
+
+class HeldTokens:
+    """Passes' tokens as on a busy GPU: polling never finds them arrived, only a wait on the host does (on the CPU
+    they exist once issued), so finished requests hold their KV slots until a `_retire(wait=True)`."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.waits: list[bool] = []  # per `_retire(wait=True)`: whether it came before the end of serving
+        self.fenced: list[list] = []  # per start that waited on the device: (resolved, slots) of each pass waited for
+        retire, wait_for = RETIRE, WAIT_FOR
+
+        def held_retire(server, wait: bool = False) -> None:
+            if wait:
+                self.waits.append(bool(server.state.queues.num_waiting or server.state.running))
+            retire(server, wait)
+
+        def recorded_wait_for(pendings) -> None:
+            if pendings:
+                self.fenced.append([(p.resolved, [s.slot for s in p.seqs]) for p in pendings])
+            wait_for(pendings)
+
+        monkeypatch.setattr(real.pending.PendingTokens, "poll", lambda tokens: tokens.resolved)
+        monkeypatch.setattr(ReplayServer, "_retire", held_retire)
+        monkeypatch.setattr(real.server, "wait_for", recorded_wait_for)
+
+
+@pytest.mark.parametrize("policy", [FCFS(max_batch_size=4), QLLM(max_batch_size=4),
+                                    QLLM(max_batch_size=4, preempt_ls_decode=True, ls_catch_up_layers=32)],
+                         ids=["fcfs", "qllm", "qllm-catchup"])
+def test_slot_fences_reuse_a_finished_requests_slot_without_a_host_wait_and_change_no_token(model, policy,
+                                                                                           monkeypatch):
+    """With every slot held by finished requests whose last pass is unresolved, a start waits on the host for
+    them; with `slot_fences` it takes their slots at once, its stream waiting for their pass instead, and every
+    request still gets exactly the tokens it gets without (and its trace's count), every slot coming back."""
+    runs = {}
+    for fences in (False, True):
+        held = HeldTokens(monkeypatch)
+        requests = overload(num_be=12, num_ls=6)
+        engine = Engine(model, KVPool.allocate_for(model.config, 4, MAX_LEN, "cpu", torch.float32))
+        state = SchedulerState(kv_capacity_tokens=4 * MAX_LEN, max_batch_size=4)
+        server = ReplayServer(engine, policy, state, prompt_token_ids(0, model.config.vocab_size), clock=StepClock(),
+                              slot_fences=fences)
+        server.run(requests)
+        assert sorted(server.outputs) == [r.request_id for r in requests]
+        for r in requests:
+            assert r.num_generated_tokens == r.num_output_tokens == len(server.outputs[r.request_id])
+        assert engine.pool.num_free == 4 and not server.fences and not server.retiring
+        assert server.slot_waits["device"] == sum(map(len, held.fenced)) and server.slot_waits["host"] == sum(held.waits)
+        runs[fences] = server.outputs, held
+    (plain, waited), (fenced, held) = runs[False], runs[True]
+    assert fenced == plain
+    assert sum(waited.waits) > 0 and not waited.fenced  # the host waited for passes mid-replay
+    assert sum(held.waits) == 0 and held.fenced  # never with fences: starts waited on the device
+    for passes in held.fenced:  # each start waited only for passes still running, whose finished gave up slots
+        assert all(not resolved and -1 in slots for resolved, slots in passes)
