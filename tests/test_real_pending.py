@@ -113,11 +113,11 @@ def test_a_replay_with_deferred_tokens_serves_the_same_tokens(policy, monkeypatc
     cpu_model = build_model(preset_config("tiny-mixtral"), seed=3)
     fills, fill = [], pending_mod.fill
     monkeypatch.setattr("real.engine.fill_pending", lambda ids, p: fills.append(len(p)) or fill(ids, p))
-    slot_waits, retire = [], ReplayServer._retire
-    def counted(self, wait=False):
-        slot_waits.append(wait and self.engine.pool.num_free == 0)
-        return retire(self, wait)
-    monkeypatch.setattr(ReplayServer, "_retire", counted)
+    slot_waits, free_slot = [], ReplayServer._free_slot
+    def counted(self):
+        slot_waits.append(self.engine.pool.num_free == 0)  # every slot held, some by finished requests
+        return free_slot(self)
+    monkeypatch.setattr(ReplayServer, "_free_slot", counted)
     deferred = replay(cpu_model, policy, overload(12, 6))
     assert any(slot_waits) or isinstance(policy, FCFS)  # FCFS's passes never need the slot of the one in flight
     waited = replay(cpu_model, policy, overload(12, 6), defer_tokens=False)
