@@ -73,7 +73,8 @@ class EngineSettings:
     # the same floats in fewer host calls); not measured on a GPU yet
     lean_attention: bool = field(default=False, compare=False)
     # a pure-decode batch's next pass derived on the device from its last one (Engine.carry_decode, real.carry: no
-    # host arrays, no copy, no placeholder fill at its start). Experimental: 2 of 5 H100 runs with it stalled (session 22)
+    # host arrays, no copy, no placeholder fill at its start). Experimental: 2 of 5 H100 runs with it stalled (session 22);
+    # so did one without it in session 23 (BENCHMARKS.md)
     carry_decode: bool = field(default=False, compare=False)
     # a new sequence takes a finished request's KV slot while that request's last pass is still on the device, its
     # batch's stream waiting for the pass on the device instead of the host (ReplayServer.slot_fences)
