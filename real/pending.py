@@ -118,9 +118,8 @@ def on_this_stream(pending: PendingTokens) -> torch.Tensor:
     head that wrote them."""
     ids = pending.device_ids
     if ids.device.type == "cuda":
-        stream = torch.cuda.current_stream(ids.device)
-        stream.wait_event(pending.ready)
-        ids.record_stream(stream)  # read here: not to be reused by its own stream before
+        wait_for([pending])
+        ids.record_stream(torch.cuda.current_stream(ids.device))  # read here: not to be reused by its own stream before
     return ids
 
 

@@ -302,7 +302,8 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       "num_consults": outcome.num_consults,
                       **spec.engine.recorded(spec.policy), "graphs": engine.graphs,
                       "num_graphs": engine.runner.num_graphs if engine.runner else 0, "lane": lane.enabled,
-                      "urgent_batches": len(lane.claims), "slot_waits": dict(server.slot_waits), "host_cpu": placement.loop, "host_probe_ms": 1e3 * host_probe_s,
+                      "urgent_batches": len(lane.claims), "slot_waits": dict(server.slot_waits),
+                      "host_cpu": placement.loop, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}
     return table, summary
