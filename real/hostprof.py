@@ -31,7 +31,7 @@ WRAPPED = [(real.server.ReplayServer, "_consult", "consult"), (real.server.Repla
            (stages, "embed", "embed"), (real.engine.Engine, "add_sequence", "add_sequence"),
            (real.timeline.DeviceTimeline, "busy_streams", "busy_streams"),
            (real.timeline.DeviceTimeline, "mark", "mark"), (real.lanes.PriorityLane, "claim", "lane.claim"),
-           (real.lanes.PriorityLane, "join", "lane.join"), (real.server.ReplayServer, "_retire", "retire"),
+           (real.server.ReplayServer, "_rejoin", "lane.join"), (real.server.ReplayServer, "_retire", "retire"),
            (policies.state.SchedulerState, "view", "view"), (policies.state.SchedulerState, "apply", "apply"),
            (policies.QLLM, "schedule", "qllm.schedule"), (real.server.ReplayServer, "_advance", "advance")]
 

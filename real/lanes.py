@@ -95,17 +95,48 @@ class PriorityLane:
 
     def join(self, batch: BatchState | None) -> None:
         """The lane's batch goes back to the main stream (`batch`: its state, None once it is gone)."""
+        if (held := self.detach()) is not None:
+            held.rejoin(batch)
+
+    def detach(self) -> Join | None:
+        """Give the lane up, its batch's join left to the caller (`Join.rejoin`); None if nobody held it. Called
+        outside `issue`, so the stream current then is the main one."""
         if self.batch_id is None:
-            return
+            return None
         stream = self.stream
+        held = Join(self.batch_id, stream, torch.cuda.current_stream(stream.device) if stream is not None else None)
         self.batch_id, self.level = None, 0
-        if stream is None:
+        return held
+
+
+@dataclass(frozen=True)
+class Join:
+    """A batch that has given the lane up and goes on on the main stream, once `rejoin` has run: the server may do
+    that after the next batch's first layer is issued (`engine.defer_joins`), off the preempting start's path."""
+
+    batch_id: int
+    stream: torch.cuda.Stream | None  # its urgent stream (None: bookkeeping only)
+    main: torch.cuda.Stream | None  # the stream it goes back to
+
+    def rejoin(self, batch: BatchState | None) -> None:
+        """The main stream waits for the urgent one, and the batch's memory is marked as used on it: the caching
+        allocator would otherwise hand that memory to the urgent stream's next batch while the main stream reads it."""
+        if self.stream is None:
             return
-        main = torch.cuda.current_stream(stream.device)
-        main.wait_stream(stream)
+        self.main.wait_stream(self.stream)
         if batch is not None:
-            for tensor in _tensors(batch):
-                tensor.record_stream(main)
+            for tensor in _storages(batch):
+                tensor.record_stream(self.main)
+
+
+def _storages(state) -> Iterator[torch.Tensor]:
+    """One tensor per memory block of a batch's tensors: the allocator marks a block used on a stream, so a view
+    marks its whole storage, and a layout's fields are views of one copied buffer (real.layout)."""
+    seen = set()
+    for tensor in _tensors(state):
+        if (ptr := tensor.untyped_storage().data_ptr()) not in seen:
+            seen.add(ptr)
+            yield tensor
 
 
 def _tensors(state) -> Iterator[torch.Tensor]:

@@ -79,6 +79,9 @@ class EngineSettings:
     # a new sequence takes a finished request's KV slot while that request's last pass is still on the device, its
     # batch's stream waiting for the pass on the device instead of the host (ReplayServer.slot_fences)
     slot_fences: bool = field(default=False, compare=False)
+    # a batch that gives the urgent lane up to a starting batch joins the main stream once that batch's first layer is
+    # issued, not on its start path (ReplayServer.defer_joins, real.lanes.Join)
+    defer_joins: bool = field(default=False, compare=False)
     # layers of batches with prompt tokens as CUDA graphs too (Engine.pass_graphs, real.passgraphs; always captured
     # with the decode graphs, so runs of one process may differ in it); None: `pass_graphs_for` the policy
     pass_graphs: bool | None = field(default=None, compare=False)
@@ -105,7 +108,7 @@ class EngineSettings:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
                      "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention",
-                     "carry_decode", "slot_fences"):
+                     "carry_decode", "slot_fences", "defer_joins"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
         if self.pass_graphs is not None and not isinstance(self.pass_graphs, bool):
@@ -119,7 +122,7 @@ class EngineSettings:
         return {"pass_graphs": pass_graphs_for(policy, self), **{name: getattr(self, name) for name in (
             "graph_key_step", "run_ahead", "priority_stream", "pass_overlap", "stage_stops", "head_stops",
             "defer_tokens", "rehearse_us", "rehearse_launch", "varlen_prefill", "lean_attention", "start_checks",
-            "trace_starts", "pool_prewarm_gib", "carry_decode", "slot_fences")}}
+            "trace_starts", "pool_prewarm_gib", "carry_decode", "slot_fences", "defer_joins")}}
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state:
     return ReplayServer(engine, policy, state, prompt_ids, timeline=timeline, lane=lane,
                         stage_stops=settings.stage_stops, head_stops=settings.head_stops,
                         defer_tokens=settings.defer_tokens, start_checks=settings.start_checks,
-                        slot_fences=settings.slot_fences)
+                        slot_fences=settings.slot_fences, defer_joins=settings.defer_joins)
 
 
 def prompt_token_ids(seed: int, vocab_size: int):
@@ -303,6 +306,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
                       **spec.engine.recorded(spec.policy), "graphs": engine.graphs,
                       "num_graphs": engine.runner.num_graphs if engine.runner else 0, "lane": lane.enabled,
                       "urgent_batches": len(lane.claims), "slot_waits": dict(server.slot_waits),
+                      "start_joins": server.start_joins,
                       "host_cpu": placement.loop, "host_probe_ms": 1e3 * host_probe_s,
                       "gc": collections.summary(),
                       "allocator": allocator}

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from itertools import takewhile
 
 import numpy as np
+import torch
 
 from policies import Granularity, Policy, Position, Request, SchedulerState, Stage, Transition
 from real import starttrace
 from real.arrivals import Arrivals, TraceArrivals
 from real.batch import BatchState, merge
 from real.engine import Engine
-from real.lanes import PriorityLane
+from real.lanes import Join, PriorityLane
 from real.pending import PLACEHOLDER, PendingTokens, wait_for
 from real.sequence import Sequence
 from real.timeline import DeviceTimeline
@@ -77,6 +79,11 @@ class ReplayServer:
     slot_fences: bool = False
     fences: list[PendingTokens] = field(default_factory=list)  # passes the next started batch's stream waits for
     slot_waits: dict[str, int] = field(default_factory=lambda: {"host": 0, "device": 0})  # by `_free_slot`, per kind
+    # a batch that gives the urgent lane up to a starting batch is joined back (real.lanes.Join) once that batch's first
+    # layer is issued (_finish_joins), not before its start: a stream wait, its blocks marked, its pass rows copied out
+    defer_joins: bool = False
+    deferred: list[Join] = field(default_factory=list)  # joins not yet done (`defer_joins`)
+    start_joins: int = 0  # batch starts that found the lane held by a batch no longer running (joined or deferred)
     merge_offered: int | None = None  # batch last offered a merge before its LM head (_head_wait)
     batches: dict[int, BatchState] = field(default_factory=dict)  # by policies' batch_id
     seqs: dict[int, Sequence] = field(default_factory=dict)  # by request_id
@@ -114,6 +121,7 @@ class ReplayServer:
             admitted = self._loop(arrivals, now)
         finally:
             self.timeline.idle = own_idle
+        self._finish_joins()
         self._retire(wait=True)
         wall_s = now()
         return ServeOutcome(admitted, self.busy_s, wall_s, self.num_consults, self._resolve(admitted))
@@ -183,6 +191,7 @@ class ReplayServer:
         batch = self.batches[running.batch_id]
         starttrace.end(batch_id=running.batch_id, num_seqs=len(batch.seqs), num_tokens=batch.layout.num_tokens,
                        level=self.lane.level if running.batch_id == self.lane.batch_id else 0)
+        self._finish_joins(running.batch_id)  # it goes on now, on the main stream unless it holds the lane
         self._leave_lane(keep=running.batch_id)
         with self.lane.issue(running.batch_id):
             shape = _shape(batch)  # before the LM head appends a token to every sequence
@@ -191,6 +200,7 @@ class ReplayServer:
                 start, begin = batch.position, self.timeline.mark()
                 done = self.engine.advance(batch, self.policy.granularity, self._stop(interrupt),
                                            tuple(b.position for b in self.state.paused))
+                self._finish_joins()  # while the device runs what was just issued
                 whole = start.stage == Stage.ATTENTION and (done or batch.position.stage == Stage.ATTENTION)
                 self._log(running.batch_id, batch, shape, start.layer, "advance", issued_s, begin,
                           self.timeline.mark(throttle=not done, interrupt=interrupt), whole)
@@ -208,6 +218,7 @@ class ReplayServer:
                 if not self.defer_tokens:
                     tokens.resolve()  # waits for the pass's last layer and its LM head
                 self._log(running.batch_id, batch, shape, batch.position.layer, "finish", finish_s, begin, end)
+        self._finish_joins()
         finished = []
         if done:
             self._leave_lane()
@@ -294,7 +305,10 @@ class ReplayServer:
     def _bookkeep(self, t: Transition) -> None:
         starttrace.stamp("policy")
         running = self.state.running
-        self._leave_lane(keep=None if t.merged or running is None else running.batch_id)  # merges: main stream
+        if self._leave_lane(keep=None if t.merged or running is None else running.batch_id,  # merges: main stream
+                            defer=self.defer_joins and t.started is not None and not t.merged) and t.started:
+            self.start_joins += 1
+        starttrace.stamp("join")
         if t.started is not None:
             batch_id = t.started.batch_id
             seqs = [self._sequence(r) for r in t.started.requests]
@@ -312,19 +326,45 @@ class ReplayServer:
                 self.first_starts.setdefault(request.request_id, mark)
             if urgent and self.engine.graphed(batch, self.policy.granularity):
                 self._leave_lane()  # graph replays stay on the main stream
+        if t.merged:
+            self._finish_joins()  # the merge reads the paused batches on the main stream
         for paused in t.merged:
             running_id = self.state.running.batch_id
             self.batches[running_id] = merge(self.batches[running_id], self.batches.pop(paused.batch_id),
                                              self.engine.staging)
 
-    def _leave_lane(self, keep: int | None = None) -> None:
-        """Join the urgent stream back unless batch `keep` holds it."""
-        if self.lane.batch_id is not None and self.lane.batch_id != keep:
-            batch = self.batches.get(self.lane.batch_id)
-            if batch is not None:
-                with self.lane.issue(self.lane.batch_id):
-                    self.engine.release_rows(batch)  # the lane's next batch may take its pass bucket
-            self.lane.join(batch)
+    def _leave_lane(self, keep: int | None = None, defer: bool = False) -> bool:
+        """Join the urgent stream back unless batch `keep` holds it (True if another did); with `defer`, give the
+        lane up now and join later (`_finish_joins`)."""
+        if self.lane.batch_id is None or self.lane.batch_id == keep:
+            return False
+        held = self.lane.detach()
+        if defer:
+            self.deferred.append(held)
+        else:
+            self._rejoin(held)
+        return True
+
+    def _rejoin(self, held: Join) -> None:
+        batch = self.batches.get(held.batch_id)
+        if batch is not None:
+            with torch.cuda.stream(held.stream) if held.stream is not None else nullcontext():
+                self.engine.release_rows(batch)  # the urgent stream's next batch may take its pass bucket
+        held.rejoin(batch)
+
+    def _finish_joins(self, batch_id: int | None = None) -> None:
+        """The deferred joins (`defer_joins`), or batch `batch_id`'s alone. Before a batch runs on or is merged,
+        and after the start that deferred its join has issued a layer: on the same urgent stream that layer's
+        bucket load already copied out the rows it took (real.graphs.hold), in order."""
+        if not self.deferred:
+            return
+        keep = []
+        for held in self.deferred:
+            if batch_id is None or held.batch_id == batch_id:
+                self._rejoin(held)
+            else:
+                keep.append(held)
+        self.deferred = keep
 
     def _sequence(self, request: Request) -> Sequence:
         if request.request_id not in self.seqs:

@@ -5,8 +5,9 @@ table: `python -m real.starttrace RUN_DIR [RUN_DIR ...]`.
 An LS request's reaction ends when its batch's embedding has run on the device (real.report): the host's part is
 the consult up to the `mark` recorded after the embedding is issued. `real.report` gives that part as one number per
 start; these stamps split it into `SEGMENTS`, each the time since the stamp before it:
-`policy` (the policy's decision and its bookkeeping, up to the engine's part of a transition), `sequences` (a KV slot
-per new request; its Sequence was made at admission), `lane` (which streams are busy, the urgent stream claimed), `ids` (the new token
+`policy` (the policy's decision and its bookkeeping, up to the engine's part of a transition), `join` (the urgent
+stream's batch, if one is no longer running, back on the main stream: real.lanes), `sequences` (a KV slot
+per new request; its Sequence was made at admission; before session 24 it held `join` too, absent from older runs), `lane` (which streams are busy, the urgent stream claimed), `ids` (the new token
 ids packed), `layout` (the layout's host arrays), `copy` (into the pinned ring and one host-to-device copy, the
 device views), `embed` (the embedding launched), `mark` (its event recorded); after the last mark, not part of
 the reaction: `consulted` (the policy asked again until it has nothing to change) and `issue` (the loop's other work
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-SEGMENTS = ("policy", "sequences", "lane", "ids", "layout", "copy", "embed", "mark", "consulted", "issue")
+SEGMENTS = ("policy", "join", "sequences", "lane", "ids", "layout", "copy", "embed", "mark", "consulted", "issue")
 REACTION_SEGMENTS = SEGMENTS[:SEGMENTS.index("mark") + 1]  # the host part of a reaction ends at the mark
 SEQS_BINS = (0, 1, 4, 8, 64)
 
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     if not files:
         raise SystemExit("error: no starts.parquet under " + ", ".join(map(str, args.runs))
                          + " (runs with engine.trace_starts=true write it)")
+    segments = [f"{s} us" for s in SEGMENTS]  # runs older than a segment lack its column: NaN, not 0
     frames = [pd.read_parquet(f) for f in files]
+    frames = [frame.assign(**{c: float("nan") for c in segments if c not in frame}) for frame in frames]
     if args.by:
         frames = [frame.assign(**{args.by: _setting(f.parent, args.by)}) for f, frame in zip(files, frames)]
     result = table(pd.concat(frames, ignore_index=True), args.by)

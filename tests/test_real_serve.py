@@ -130,6 +130,48 @@ def test_urgent_lane_is_held_by_one_batch_at_a_time_and_changes_no_token(model, 
     assert server.outputs == reference.outputs
 
 
+@pytest.mark.parametrize("policy", [QLLM(max_batch_size=4, preempt_ls_decode=True, ls_catch_up_layers=32),
+                                    QLLM(max_batch_size=4, granularity=Granularity.EXPERT)],
+                         ids=["qllm-catchup", "qllm-expert"])
+def test_deferred_joins_wait_for_the_starts_first_layer_and_come_before_the_batch_goes_on(model, policy):
+    """`defer_joins`: a batch that gave the lane up to a start is joined after that start's first layer is issued,
+    and always before it is advanced or merged again; nothing else changes (claims, tokens)."""
+    def serve(defer_joins: bool) -> tuple[ReplayServer, list[bool]]:
+        engine = Engine(model, KVPool.allocate_for(model.config, 6, MAX_LEN, "cpu", torch.float32))
+        clock = StepClock()
+        server = ReplayServer(engine, policy, SchedulerState(kv_capacity_tokens=6 * MAX_LEN, max_batch_size=4),
+                              prompt_token_ids(0, model.config.vocab_size), clock=clock,
+                              timeline=BusyTimeline(engine.device, clock), lane=PriorityLane(enabled=True),
+                              defer_joins=defer_joins)
+        pending_at_issue, advance, merge_ = [], engine.advance, real.server.merge
+
+        def checked_advance(batch, *args, **kwargs):
+            batch_id = next(i for i, b in server.batches.items() if b is batch)
+            assert batch_id not in {held.batch_id for held in server.deferred}  # joined before it goes on
+            assert server.lane.batch_id in (None, batch_id)
+            pending_at_issue.append(bool(server.deferred))
+            return advance(batch, *args, **kwargs)
+
+        def checked_merge(*args, **kwargs):
+            assert not server.deferred  # a merge reads both batches on the main stream
+            return merge_(*args, **kwargs)
+
+        engine.advance = checked_advance
+        real.server.merge = checked_merge
+        try:
+            server.run(overload())
+        finally:
+            real.server.merge = merge_
+        return server, pending_at_issue
+
+    joined, _ = serve(False)
+    deferred, pending_at_issue = serve(True)
+    assert joined.start_joins == deferred.start_joins > 0  # starts that found the lane held by a batch not running
+    assert sum(pending_at_issue) == deferred.start_joins  # each deferred join was pending at one layer's issue
+    assert not deferred.deferred and deferred.lane.batch_id is None
+    assert deferred.lane.claims == joined.lane.claims and deferred.outputs == joined.outputs
+
+
 @pytest.mark.parametrize("busy, level", [(set(), None), ({0}, 1), ({0, 1}, 2), ({1}, 2), ({2}, 3), ({0, 3}, 3), ({3}, 3)])
 def test_a_preempting_batch_claims_the_level_above_the_busiest(busy, level):
     lane = PriorityLane()
@@ -140,6 +182,24 @@ def test_a_preempting_batch_claims_the_level_above_the_busiest(busy, level):
             lane.claim(8, busy)
         lane.join(None)
         assert lane.batch_id is None and lane.level == 0
+
+
+def test_a_join_marks_each_memory_block_of_the_batch_once(model):
+    """`record_stream` marks a tensor's whole block, so the join marks one tensor per storage: the layout's views
+    of one buffer once, and every block the batch holds (its residual stream, its expert queues) still."""
+    from dataclasses import replace as with_fields
+
+    from real.batch import MoEState
+    from real.lanes import _storages, _tensors
+    engine = Engine(model, KVPool.allocate_for(model.config, 4, MAX_LEN, "cpu", torch.float32))
+    batch = engine.start([engine.place(engine.new_sequence(i, list(range(1, 4 + i)))) for i in range(3)])
+    queues = torch.zeros(5, 4)
+    batch = with_fields(batch, moe=MoEState(*(queues[i] for i in range(5))))
+    tensors, marked = list(_tensors(batch)), list(_storages(batch))
+    blocks = {t.untyped_storage().data_ptr() for t in tensors}
+    assert [t.untyped_storage().data_ptr() for t in marked] == list(dict.fromkeys(
+        t.untyped_storage().data_ptr() for t in tensors))  # each block once, in the walk's order
+    assert len(blocks) < len(tensors) and len(marked) == len(blocks) >= 3  # hidden, layout buffer, queues
 
 
 def test_a_switched_off_lane_never_claims():
