@@ -56,19 +56,22 @@ def test_a_faster_host_shortens_the_simulated_host_bound_work(tmp_path, monkeypa
 
 
 def test_a_run_with_unpadded_prompts_is_priced_so_or_refused_with_a_message(tmp_path, monkeypatch, capsys):
-    """A run's `varlen_prefill` picks the profile's unpadded prefill curve (the H100 Qwen3 profile has it: its
-    prefills cost less than padded ones); the H200 profiles lack it, and sim.validate says how to add it."""
+    """A run's `varlen_prefill` picks the profile's unpadded prefill curve (the H100 Qwen3 and H200 Mixtral profiles
+    have it: their prefills cost less than padded ones); the H200 Qwen3 profile lacks it, and sim.validate says how
+    to add it."""
     trace = generate_trace(WorkloadConfig(rate=6.0, num_requests=30, output_mode="fixed", fixed_output_tokens=4), 3)
     write_trace(trace, tmp_path / "trace.csv")
     slot = int((trace.prompt_tokens + trace.output_tokens).max())
     run = {"policy": "fcfs", "rate": 6.0, "seed": 3, "num_slots": 40, "kv_slot_tokens": slot, "defer_tokens": True}
-    times = {}
-    for varlen in (False, True):
-        (tmp_path / "summary.json").write_text(json.dumps({"run": {**run, "varlen_prefill": varlen}}))
-        times[varlen] = simulate_like(tmp_path, "h100-measured", "qwen3-moe-30b-a3b").ttft_s.sum()
-    assert times[True] < times[False]
+    for hardware, model in (("h100-measured", "qwen3-moe-30b-a3b"), ("h200-measured", "mixtral-8x7b")):
+        times = {}
+        for varlen in (False, True):
+            (tmp_path / "summary.json").write_text(json.dumps({"run": {**run, "varlen_prefill": varlen}}))
+            times[varlen] = simulate_like(tmp_path, hardware, model).ttft_s.sum()
+        assert times[True] < times[False], hardware
     pd.DataFrame({"request_id": [0]}).to_parquet(tmp_path / "requests.parquet")
-    monkeypatch.setattr("sys.argv", ["validate", str(tmp_path), "--hardware", "h200-measured"])
+    monkeypatch.setattr("sys.argv", ["validate", str(tmp_path), "--hardware", "h200-measured",
+                                     "--model", "qwen3-moe-30b-a3b"])
     with pytest.raises(SystemExit, match="no engine measurements for attention_prefill_varlen.*calibrate.splice"):
         sim.validate.main()
 
