@@ -23,6 +23,7 @@ from real.lanes import warm_up as warm_up_lanes
 from real.model import build_model, preset_config
 from real.prompts import prompt_ids
 from real.server import ReplayServer
+from real.stallwatch import StallWatch
 from real.steplog import write_steps
 from real.timeline import DeviceTimeline, every
 from sim.results import requests_table, summarize
@@ -89,6 +90,9 @@ class EngineSettings:
     host_cpu: int | None = field(default=None, compare=False)
     # stamps on each batch start's host path, written as starts.parquet (real.starttrace; a replay's)
     trace_starts: bool = field(default=False, compare=False)
+    # a replay with a batch in flight and no progress for this long ends with a message and exit status 3
+    # (real.stallwatch); 0: it waits forever
+    stall_timeout_s: float = field(default=60.0, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -104,6 +108,9 @@ class EngineSettings:
             raise ValueError(f"engine.host_cpu must be a CPU number, -1 (the last) or null, got {self.host_cpu!r}")
         if isinstance(self.graph_key_step, bool) or not isinstance(self.graph_key_step, int) or self.graph_key_step < 1:
             raise ValueError(f"engine.graph_key_step must be a whole number >= 1, got {self.graph_key_step!r}")
+        if isinstance(self.stall_timeout_s, bool) or not isinstance(self.stall_timeout_s, int | float) \
+                or self.stall_timeout_s < 0:
+            raise ValueError(f"engine.stall_timeout_s must be a number of seconds >= 0, got {self.stall_timeout_s!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
@@ -287,7 +294,9 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     placement = hostcpu.Placement.of(spec.engine.host_cpu)
     try:
         with placement.loop_thread(), GCWatch() as collections, \
-                (starttrace.recording() if spec.engine.trace_starts else nullcontext()) as starts:
+                (starttrace.recording() if spec.engine.trace_starts else nullcontext()) as starts, \
+                StallWatch(lambda: len(server.steps) + server.num_consults, lambda: server.state.running is not None,
+                           spec.engine.stall_timeout_s):
             outcome = server.run(requests)
     finally:
         gc.enable()
