@@ -4,8 +4,8 @@ under a stall watchdog, for GPU sessions that hunt the engine stall (BENCHMARKS.
 A job that runs longer than `--limit` s (the first: plus `--build`, the engine's build) counts as stalled: the
 replay's Python stacks (SIGUSR1, real.cli), the kernels on the GPU (`cuda-gdb` attached: `info cuda kernels`) and
 `nvidia-smi` go to `DIR/stall_<job>.txt`, the process is killed, and the sweep's remaining jobs run one process each.
-Pass `engine.stall_timeout_s=0` in `--fixed`, or the replay's own watch (real.stallwatch) ends it before cuda-gdb can
-attach. Job folders are named as Hydra names a sweep's (`<n>_<policy>_rate<r>_seed<s>`) or, for single runs,
+Each job gets `engine.stall_timeout_s=0` unless `--fixed` sets it: the replay's own watch (real.stallwatch) would
+otherwise end a stalled job before cuda-gdb can attach. Job folders are named as Hydra names a sweep's (`<n>_<policy>_rate<r>_seed<s>`) or, for single runs,
 `<n>_<key><value>...`."""
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if any("=" not in s or not s.split("=", 1)[1] for s in args.sweep):
         raise SystemExit("error: --sweep takes KEY=V1,V2 ...")
-    sweep = Sweep(args.out, args.sweep, args.fixed, args.limit, args.build, args.gdb_timeout)
+    fixed = args.fixed + ([] if any(f.startswith("engine.stall_timeout_s=") for f in args.fixed)
+                          else ["engine.stall_timeout_s=0"])
+    sweep = Sweep(args.out, args.sweep, fixed, args.limit, args.build, args.gdb_timeout)
     args.out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
     job = sweep.run_jobs(0, multirun=True)

@@ -10,7 +10,7 @@ pytest.importorskip("transformers")
 
 from real.sweepwatch import main  # noqa: E402
 
-FIXED = ["num_requests=6", "workload.output_mode=fixed", "workload.fixed_output_tokens=2", "engine.stall_timeout_s=0"]
+FIXED = ["num_requests=6", "workload.output_mode=fixed", "workload.fixed_output_tokens=2"]  # sweepwatch adds timeout 0
 
 
 @pytest.mark.slow
