@@ -23,6 +23,7 @@ from policies import Granularity, Position, Stage
 from real import stages, starttrace
 from real.batch import BatchState, MoEState
 from real.carry import DecodeCarry
+from real.devicetrail import DeviceTrail
 from real.graphs import KEY_STEP, DecodeRunner
 from real.kv import KVPool
 from real.layout import PinnedStaging, build_layout
@@ -64,6 +65,8 @@ class Engine:
     stand_ins: tuple[list[Sequence], ...] = field(init=False, default=())  # `rehearse`'s batches
     # `rehearse(launch=True)`'s own stream and pinned ring (GPU only): its copies never hold up a real start's
     rehearsal: tuple[torch.cuda.Stream, PinnedStaging] | None = field(init=False, default=None)
+    # an event after each piece of device work, for the stall watch's report (real.devicetrail; a run sets it)
+    trail: DeviceTrail | None = field(init=False, default=None)
 
     def __post_init__(self):
         on_cuda = self.device.type == "cuda"
@@ -197,6 +200,7 @@ class Engine:
             layout = carry.next_layout()
             hidden = stages.embed(self.model, layout.token_ids)
             starttrace.stamp("embed")
+            self._mark(lambda: f"start (carried) of {len(seqs)} seqs")
             return BatchState(list(seqs), hidden, layout, Position())
         ids, pendings = pending_ids(seqs)
         starttrace.stamp("ids")
@@ -205,7 +209,13 @@ class Engine:
             layout = replace(layout, token_ids=fill_pending(layout.token_ids, pendings))
         hidden = stages.embed(self.model, layout.token_ids)
         starttrace.stamp("embed")
+        self._mark(lambda: f"start of {len(seqs)} seqs, {layout.token_ids.shape[0]} tokens")
         return BatchState(list(seqs), hidden, layout, Position())
+
+    def _mark(self, label: Callable[[], str]) -> None:
+        """A trail mark (a label made only when the trail is on: the hot path pays one check)."""
+        if self.trail is not None:
+            self.trail.mark(label())
 
     @torch.inference_mode()
     def rehearse(self, launch: bool = False) -> None:
@@ -237,6 +247,7 @@ class Engine:
             layout = build_layout(seqs, self.device, ids, staging=staging, varlen=self.varlen_prefill)
             stages.embed(self.model, layout.token_ids)
             torch.cuda.Event(enable_timing=True).record()
+            self._mark(lambda: "rehearsal")
 
     @torch.inference_mode()
     def advance(self, batch: BatchState, granularity: Granularity = Granularity.LAYER,
@@ -251,12 +262,18 @@ class Engine:
         while True:
             layer = batch.position.layer
             stepped = any(p.layer == layer and p.stage != Stage.ATTENTION for p in merge_at)
+            at = batch.position
             if not stepped and self.graphed(batch, granularity):
                 self.runner.run_layer(batch)
+                self._mark(lambda: f"decode graph, layer {layer}, {batch.hidden.shape[0]} tokens")
             elif not stepped and self.pass_graphed(batch, granularity):
                 self.pass_runner.run_layer(batch)
+                self._mark(lambda: f"pass graph, layer {layer}, {batch.hidden.shape[0]} tokens")
             else:
                 self.step(batch, one_expert=granularity >= Granularity.EXPERT)
+                self._mark(lambda: f"{at.stage.name.lower()} layer {layer}"
+                           + (f" expert {at.expert}" if at.stage == Stage.EXPERTS else "")
+                           + f", {batch.hidden.shape[0]} tokens")
             if batch.position.layer >= self.num_layers:
                 return True
             if batch.position.is_scheduling_point(granularity):
@@ -322,6 +339,7 @@ class Engine:
             raise ValueError(f"pass not complete: batch is at {batch.position}")
         logits = stages.lm_head(self.model, batch.hidden[batch.layout.last_rows])
         tokens = PendingTokens.issue(logits.argmax(dim=-1), batch.seqs, self.token_ring)
+        self._mark(lambda: f"LM head of {len(batch.seqs)} seqs")
         if self.carry_decode and (carry := DecodeCarry.of(batch.seqs, batch.layout, tokens)) is not None:
             self.carries = [carry, *self.carries[:MAX_CARRIES - 1]]
         return logits, tokens

@@ -14,6 +14,7 @@ import torch
 from calibrate.hostspeed import probe_s
 from policies import Granularity, Policy, Request, SchedulerState
 from real import hostcpu, starttrace
+from real.devicetrail import DeviceTrail
 from real.engine import Engine
 from real.gcwatch import GCWatch
 from real.graphs import KEY_STEP
@@ -93,6 +94,12 @@ class EngineSettings:
     # a replay with a batch in flight and no progress for this long ends with a message and exit status 3
     # (real.stallwatch); 0: it waits forever
     stall_timeout_s: float = field(default=60.0, compare=False)
+    # a stalled process stays this long after the watch's report before it ends (time for cuda-gdb to attach:
+    # real.sweepwatch)
+    stall_hold_s: float = field(default=0.0, compare=False)
+    # an event after each piece of device work the engine issues, so that a stall's report says, per stream, where
+    # the device stopped (real.devicetrail; a few µs of host time per layer, so off by default)
+    device_trail: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -111,11 +118,13 @@ class EngineSettings:
         if isinstance(self.stall_timeout_s, bool) or not isinstance(self.stall_timeout_s, int | float) \
                 or self.stall_timeout_s < 0:
             raise ValueError(f"engine.stall_timeout_s must be a number of seconds >= 0, got {self.stall_timeout_s!r}")
+        if isinstance(self.stall_hold_s, bool) or not isinstance(self.stall_hold_s, int | float) or self.stall_hold_s < 0:
+            raise ValueError(f"engine.stall_hold_s must be a number of seconds >= 0, got {self.stall_hold_s!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
                      "start_checks", "trace_starts", "rehearse_launch", "varlen_prefill", "lean_attention",
-                     "carry_decode", "slot_fences", "defer_joins"):
+                     "carry_decode", "slot_fences", "defer_joins", "device_trail"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"engine.{name} must be true or false, got {getattr(self, name)!r}")
         if self.pass_graphs is not None and not isinstance(self.pass_graphs, bool):
@@ -129,7 +138,7 @@ class EngineSettings:
         return {"pass_graphs": pass_graphs_for(policy, self), **{name: getattr(self, name) for name in (
             "graph_key_step", "run_ahead", "priority_stream", "pass_overlap", "stage_stops", "head_stops",
             "defer_tokens", "rehearse_us", "rehearse_launch", "varlen_prefill", "lean_attention", "start_checks",
-            "trace_starts", "pool_prewarm_gib", "carry_decode", "slot_fences", "defer_joins")}}
+            "trace_starts", "pool_prewarm_gib", "carry_decode", "slot_fences", "defer_joins", "device_trail")}}
 
 
 @dataclass(frozen=True)
@@ -292,15 +301,19 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     # as long as two layers; a CPU replay of 60 requests leaves no cyclic garbage
     gc.disable()
     placement = hostcpu.Placement.of(spec.engine.host_cpu)
+    trail = engine.trail = DeviceTrail.on_cuda(engine.device) \
+        if spec.engine.device_trail and engine.device.type == "cuda" else None
     try:
         with placement.loop_thread(), GCWatch() as collections, \
                 (starttrace.recording() if spec.engine.trace_starts else nullcontext()) as starts, \
                 StallWatch(lambda: len(server.steps) + server.num_consults, lambda: server.state.running is not None,
-                           spec.engine.stall_timeout_s):
+                           spec.engine.stall_timeout_s, report=trail.report if trail else None,
+                           hold_s=spec.engine.stall_hold_s):
             outcome = server.run(requests)
     finally:
         gc.enable()
         gc.unfreeze()
+        engine.trail = None  # the engine may serve the next run of a sweep, with its own setting
     num_slots = engine.pool.num_slots
     allocator = {k: v - allocator_before[k] if k in ALLOCATOR_CALLS else v
                  for k, v in allocator_counts(engine.device).items()}

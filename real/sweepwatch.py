@@ -1,11 +1,13 @@
 """`python -m real.sweepwatch --out DIR --sweep KEY=V1,V2 ... [--fixed KEY=V ...]`: a `python -m real run -m` sweep
 under a stall watchdog, for GPU sessions that hunt the engine stall (BENCHMARKS.md, sessions 22-24).
 
-A job that runs longer than `--limit` s (the first: plus `--build`, the engine's build) counts as stalled: the
+A job stalls when its replay's own watch (real.stallwatch, after `--watch` s without progress) reports it in the
+job's log, or when it runs longer than `--limit` s (the first: plus `--build`, the engine's build). Then the
 replay's Python stacks (SIGUSR1, real.cli), the kernels on the GPU (`cuda-gdb` attached: `info cuda kernels`) and
 `nvidia-smi` go to `DIR/stall_<job>.txt`, the process is killed, and the sweep's remaining jobs run one process each.
-Each job gets `engine.stall_timeout_s=0` unless `--fixed` sets it: the replay's own watch (real.stallwatch) would
-otherwise end a stalled job before cuda-gdb can attach. Job folders are named as Hydra names a sweep's (`<n>_<policy>_rate<r>_seed<s>`) or, for single runs,
+Unless `--fixed` sets them, each job gets `engine.device_trail=true` (the watch's report then says where each
+stream's device work stopped: real.devicetrail), `engine.stall_timeout_s=<--watch>` and `engine.stall_hold_s` long
+enough for cuda-gdb (the watch would otherwise end the stalled process before cuda-gdb attaches). Job folders are named as Hydra names a sweep's (`<n>_<policy>_rate<r>_seed<s>`) or, for single runs,
 `<n>_<key><value>...`."""
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Sweep:
     limit_s: float
     build_s: float
     gdb_timeout_s: int = 150
+    stall_line: str = "error: the device made no progress"  # real.stallwatch.abort's message
 
     @property
     def keys(self) -> list[str]:
@@ -48,11 +51,13 @@ class Sweep:
     def run_jobs(self, first: int, multirun: bool) -> int:
         """Jobs from `first` (all that are left in one sweep process, or that one alone); the next job to run."""
         last = len(self.combos) if multirun else first + 1
-        with open(self.out / f"proc_{first}.log", "w") as log:
+        path = self.out / f"proc_{first}.log"
+        with open(path, "w") as log:
             proc = subprocess.Popen(self.command(first, multirun), stdout=log, stderr=subprocess.STDOUT)
             job, started, limit = first, time.monotonic(), self.limit_s + self.build_s
             while True:
                 time.sleep(0.2)
+                reported = self.stall_line in path.read_text(errors="replace")
                 if list(self.out.glob(f"{job}_*/summary.json")):
                     print(f"job {job} {self.combos[job]}: done in {time.monotonic() - started:.0f} s", flush=True)
                     job, started, limit = job + 1, time.monotonic(), self.limit_s
@@ -62,8 +67,10 @@ class Sweep:
                 elif proc.poll() is not None:
                     print(f"job {job} {self.combos[job]}: its process ended, status {proc.returncode}", flush=True)
                     return job + 1
-                elif time.monotonic() - started > limit:
-                    print(f"job {job} {self.combos[job]}: stalled after {time.monotonic() - started:.0f} s", flush=True)
+                elif reported or time.monotonic() - started > limit:
+                    how = "its watch reported a stall" if reported else "over its limit"
+                    print(f"job {job} {self.combos[job]}: stalled after {time.monotonic() - started:.0f} s ({how})",
+                          flush=True)
                     self.diagnose(proc, job)
                     proc.kill()
                     proc.wait()
@@ -98,11 +105,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--build", type=float, default=60, help="s more for the first job (the engine's build)")
     parser.add_argument("--total", type=float, default=float("inf"), help="start no job after this many s")
     parser.add_argument("--gdb-timeout", type=int, default=150)
+    parser.add_argument("--watch", type=float, default=20, help="engine.stall_timeout_s of each job, unless --fixed sets it")
     args = parser.parse_args(argv)
     if any("=" not in s or not s.split("=", 1)[1] for s in args.sweep):
         raise SystemExit("error: --sweep takes KEY=V1,V2 ...")
-    fixed = args.fixed + ([] if any(f.startswith("engine.stall_timeout_s=") for f in args.fixed)
-                          else ["engine.stall_timeout_s=0"])
+    defaults = {"engine.device_trail": "true", "engine.stall_timeout_s": f"{args.watch:g}",
+                "engine.stall_hold_s": str(args.gdb_timeout + 30)}
+    fixed = args.fixed + [f"{k}={v}" for k, v in defaults.items() if not any(f.startswith(k + "=") for f in args.fixed)]
     sweep = Sweep(args.out, args.sweep, fixed, args.limit, args.build, args.gdb_timeout)
     args.out.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()

@@ -51,9 +51,28 @@ def test_the_default_ends_the_process_with_its_status_and_a_message():
     assert "error: the device made no progress" in done.stderr and "Thread" in done.stderr  # the stacks too
 
 
+def test_the_default_prints_the_trails_report_and_holds_the_process_before_it_ends():
+    code = ("import time; from real.stallwatch import StallWatch\n"
+            "began = time.monotonic()\n"
+            "with StallWatch(lambda: 0, lambda: True, 0.05, poll_s=0.01, report=lambda: 'device trail: here',\n"
+            "                hold_s=0.5, clock=lambda: time.monotonic() - began):\n    time.sleep(5)\n")
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == STALL_EXIT and time.monotonic() - began >= 0.5  # it stayed for the hold
+    assert done.stderr.index("device trail: here") < done.stderr.index("error: the device made no progress")
+
+
+def test_a_report_that_fails_still_ends_the_process():
+    code = ("import time; from real.stallwatch import StallWatch\n"
+            "with StallWatch(lambda: 0, lambda: True, 0.05, poll_s=0.01, report=lambda: 1 / 0):\n    time.sleep(5)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == STALL_EXIT and "device trail: no report (ZeroDivisionError" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["stall_timeout_s", "stall_hold_s"])
 @pytest.mark.parametrize("value", [-1, True, "soon"])
-def test_a_bad_timeout_is_refused_with_a_message(value):
+def test_a_bad_timeout_is_refused_with_a_message(name, value):
     pytest.importorskip("torch")
     from real.run import EngineSettings
-    with pytest.raises(ValueError, match="engine.stall_timeout_s must be a number"):
-        EngineSettings(stall_timeout_s=value)
+    with pytest.raises(ValueError, match=f"engine.{name} must be a number"):
+        EngineSettings(**{name: value})
