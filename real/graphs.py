@@ -144,20 +144,39 @@ class DecodeRunner:
 
 
 def capture_layers(run_layer: Callable[[int], None], num_layers: int, mempool) -> list:
-    """One CUDA graph per layer of `run_layer(layer)`, in `mempool`, after one warm-up run of layer 0 on a side
-    stream (library workspaces, kernel choices)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run_layer(0)
-    torch.cuda.current_stream().wait_stream(side)
+    """One CUDA graph per layer of `run_layer(layer)`, in `mempool`, after one warm-up run of layer 0 (library
+    workspaces, kernel choices); all on `capture_stream()`, the stream the graphs will replay on."""
+    stream = capture_stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        run_layer(0)  # eager: the stream's cuBLAS workspace comes from the ordinary allocator, not the graph's pool
+    torch.cuda.current_stream().wait_stream(stream)
     graphs = []
     for layer in range(num_layers):
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=mempool):
+        with torch.cuda.graph(graph, pool=mempool, stream=stream):
             run_layer(layer)
         graphs.append(graph)
     return graphs
+
+
+_DEFAULT_CAPTURE: dict[int, torch.cuda.Stream] = {}  # by device: where graphs replayed on its default stream capture
+
+
+def capture_stream() -> torch.cuda.Stream:
+    """Where graphs that will replay on the current stream are captured: that stream itself, or for the default
+    stream (where CUDA cannot capture) one side stream kept for it.
+
+    Why it matters: a captured cuBLAS GEMM keeps the workspace of the stream it was captured on (PyTorch keys them by
+    handle and stream), and `torch.cuda.graph` captures on one process-wide side stream unless told otherwise. The
+    decode graphs (main stream) and an urgent lane's pass graphs then ran at the same time with one workspace, and a
+    GEMM that coordinates its thread blocks through it (cuBLAS's `nvjet_sm90_tst_*`) never finished: the engine stall
+    of sessions 22-25 (cuda-gdb, H100, BENCHMARKS.md). Captured here, the graphs replayed on a stream share a workspace
+    only with work on that same stream, which runs in order with them (`python -m real.workspacecheck`)."""
+    current = torch.cuda.current_stream()
+    if current != torch.cuda.default_stream(current.device):
+        return current
+    return _DEFAULT_CAPTURE.setdefault(current.device.index, torch.cuda.Stream(current.device))
 
 
 def hold(bucket, batch: BatchState) -> None:
