@@ -176,7 +176,9 @@ def capture_stream() -> torch.cuda.Stream:
     current = torch.cuda.current_stream()
     if current != torch.cuda.default_stream(current.device):
         return current
-    return _DEFAULT_CAPTURE.setdefault(current.device.index, torch.cuda.Stream(current.device))
+    if current.device.index not in _DEFAULT_CAPTURE:  # made once: each Stream() takes the next of PyTorch's pool
+        _DEFAULT_CAPTURE[current.device.index] = torch.cuda.Stream(current.device)
+    return _DEFAULT_CAPTURE[current.device.index]
 
 
 def hold(bucket, batch: BatchState) -> None:

@@ -153,3 +153,23 @@ def test_experts_choice_follows_the_queue_fill(model):
     assert engine.experts_for(low) is stages.experts_dense
     assert engine.experts_for(low, one_expert=True) is stages.experts_grouped
     assert Engine.for_device(model, engine.pool).experts_for(low) is stages.experts_eager
+
+
+class FakeStream:
+    def __init__(self, name: str) -> None:
+        self.name, self.device = name, type("Device", (), {"index": 0})()
+
+
+def test_graphs_capture_on_the_stream_they_replay_on_and_the_default_streams_on_one_kept_side_stream(monkeypatch):
+    """A captured GEMM keeps its capture stream's cuBLAS workspace: graphs replayed on two streams at once must not
+    have been captured on one stream (real.graphs.capture_stream; the engine stall, session 25)."""
+    default, urgent, made = FakeStream("default"), FakeStream("urgent"), []
+    current = [default]
+    monkeypatch.setattr(graphs.torch.cuda, "current_stream", lambda device=None: current[0])
+    monkeypatch.setattr(graphs.torch.cuda, "default_stream", lambda device=None: default)
+    monkeypatch.setattr(graphs.torch.cuda, "Stream", lambda device=None: made.append(FakeStream("side")) or made[-1])
+    monkeypatch.setattr(graphs, "_DEFAULT_CAPTURE", {})
+    side = graphs.capture_stream()
+    assert side.name == "side" and graphs.capture_stream() is side and len(made) == 1  # kept, not one per capture
+    current[0] = urgent
+    assert graphs.capture_stream() is urgent
