@@ -173,3 +173,11 @@ def test_graphs_capture_on_the_stream_they_replay_on_and_the_default_streams_on_
     assert side.name == "side" and graphs.capture_stream() is side and len(made) == 1  # kept, not one per capture
     current[0] = urgent
     assert graphs.capture_stream() is urgent
+
+
+def test_the_workspace_probe_needs_a_gpu_and_says_so():
+    from real import workspacecheck
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the probe would run")
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        workspacecheck.main(["--seconds", "1"])
