@@ -21,7 +21,7 @@ from real.api import Api, Codec, bind_http
 from real.arrivals import LiveArrivals
 from real.frontend import FrontendProcess, PipeArrivals
 from real.model import preset_config
-from real.run import EngineSettings, build_engine, make_server
+from real.run import EngineSettings, build_engine, make_server, watched
 from real.server import ReplayServer, ServeOutcome
 from real.steplog import write_steps
 from sim.results import requests_table, summarize
@@ -124,7 +124,7 @@ class LiveServer:
         sys.setswitchinterval(self.spec.switch_interval_us * 1e-6)
         try:
             on_ready(self.url)
-            with self.placement.loop_thread():
+            with self.placement.loop_thread(), watched(self.server, self.spec.engine):
                 return self.server.serve(self.arrivals)
         except BaseException as error:
             self.arrivals.fail_all(f"the server stopped: {error!r}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import gc
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -247,6 +248,23 @@ def slots_that_fit(config, max_len: int, settings: EngineSettings) -> int:
     return max(int(free * settings.kv_memory_fraction // per_slot), 1)
 
 
+@contextmanager
+def watched(server: ReplayServer, settings: EngineSettings) -> Iterator[StallWatch]:
+    """The serving loop under the stall watch (real.stallwatch), with the engine's device trail where
+    `engine.device_trail` asks for one (GPU only): replays and the HTTP server alike. The trail is taken off after,
+    since the engine may serve the next run of a sweep with its own setting."""
+    engine = server.engine
+    trail = engine.trail = DeviceTrail.on_cuda(engine.device) \
+        if settings.device_trail and engine.device.type == "cuda" else None
+    try:
+        with StallWatch(lambda: len(server.steps) + server.num_consults, lambda: server.state.running is not None,
+                        settings.stall_timeout_s, report=trail.report if trail else None,
+                        hold_s=settings.stall_hold_s) as watch:
+            yield watch
+    finally:
+        engine.trail = None
+
+
 def make_server(engine: Engine, policy: Policy, settings: EngineSettings, state: SchedulerState,
                 prompt_ids) -> ReplayServer:
     """The serving loop over `engine` as `settings` drive it (trace replay and the HTTP server alike)."""
@@ -301,19 +319,14 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     # as long as two layers; a CPU replay of 60 requests leaves no cyclic garbage
     gc.disable()
     placement = hostcpu.Placement.of(spec.engine.host_cpu)
-    trail = engine.trail = DeviceTrail.on_cuda(engine.device) \
-        if spec.engine.device_trail and engine.device.type == "cuda" else None
     try:
         with placement.loop_thread(), GCWatch() as collections, \
                 (starttrace.recording() if spec.engine.trace_starts else nullcontext()) as starts, \
-                StallWatch(lambda: len(server.steps) + server.num_consults, lambda: server.state.running is not None,
-                           spec.engine.stall_timeout_s, report=trail.report if trail else None,
-                           hold_s=spec.engine.stall_hold_s):
+                watched(server, spec.engine):
             outcome = server.run(requests)
     finally:
         gc.enable()
         gc.unfreeze()
-        engine.trail = None  # the engine may serve the next run of a sweep, with its own setting
     num_slots = engine.pool.num_slots
     allocator = {k: v - allocator_before[k] if k in ALLOCATOR_CALLS else v
                  for k, v in allocator_counts(engine.device).items()}

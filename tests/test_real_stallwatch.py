@@ -76,3 +76,45 @@ def test_a_bad_timeout_is_refused_with_a_message(name, value):
     from real.run import EngineSettings
     with pytest.raises(ValueError, match=f"engine.{name} must be a number"):
         EngineSettings(**{name: value})
+
+
+# A serving loop that stalls: a batch in flight and no step or consult after it (replays and HTTP serving alike)
+STALLING = """
+import time
+from types import SimpleNamespace
+from policies import QLLM
+from real.live import LiveServer, LiveSpec
+from real.run import EngineSettings
+
+class Stalling:
+    steps, num_consults = [], 0
+    state = SimpleNamespace(running=None)
+    engine = SimpleNamespace(device=SimpleNamespace(type="cpu"), trail=None)
+
+    def serve(self, arrivals):
+        self.state.running = object()  # a batch in flight, then nothing
+        time.sleep(30)
+
+spec = LiveSpec(QLLM(max_batch_size=4), "qllm", EngineSettings(stall_timeout_s=0.2, device_trail=True), max_len=48,
+                port=0, frontend="thread")
+LiveServer(spec, SimpleNamespace(fail_all=print), Stalling(), "http://nowhere").run()
+"""
+
+
+def test_an_http_server_whose_loop_stalls_ends_with_the_message_and_status():
+    pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, "-c", STALLING], capture_output=True, text=True, timeout=120)
+    assert done.returncode == STALL_EXIT and "error: the device made no progress" in done.stderr
+    assert "device trail" not in done.stderr  # asked for, but a CPU engine keeps none
+
+
+def test_the_watch_takes_the_trail_off_the_engine_after_serving():
+    pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from real.run import EngineSettings, watched
+    engine = SimpleNamespace(device=SimpleNamespace(type="cpu"), trail="left over")
+    server = SimpleNamespace(steps=[], num_consults=0, state=SimpleNamespace(running=None), engine=engine)
+    with watched(server, EngineSettings(stall_timeout_s=0, device_trail=True)) as watch:
+        assert engine.trail is None and watch._thread is None  # no trail on a CPU; timeout 0: no thread
+    assert engine.trail is None
