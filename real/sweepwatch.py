@@ -1,5 +1,5 @@
 """`python -m real.sweepwatch --out DIR --sweep KEY=V1,V2 ... [--fixed KEY=V ...]`: a `python -m real run -m` sweep
-under a stall watchdog, for GPU sessions that hunt the engine stall (BENCHMARKS.md, sessions 22-24).
+under a stall watchdog, for GPU sessions that hunt the engine stall (BENCHMARKS.md, sessions 22-25).
 
 A job stalls when its replay's own watch (real.stallwatch, after `--watch` s without progress) reports it in the
 job's log, or when it runs longer than `--limit` s (the first: plus `--build`, the engine's build). Then the
@@ -7,8 +7,8 @@ replay's Python stacks (SIGUSR1, real.cli), the kernels on the GPU (`cuda-gdb` a
 `nvidia-smi` go to `DIR/stall_<job>.txt`, the process is killed, and the sweep's remaining jobs run one process each.
 Unless `--fixed` sets them, each job gets `engine.device_trail=true` (the watch's report then says where each
 stream's device work stopped: real.devicetrail), `engine.stall_timeout_s=<--watch>` and `engine.stall_hold_s` long
-enough for cuda-gdb (the watch would otherwise end the stalled process before cuda-gdb attaches). Job folders are named as Hydra names a sweep's (`<n>_<policy>_rate<r>_seed<s>`) or, for single runs,
-`<n>_<key><value>...`."""
+enough for cuda-gdb (the watch would otherwise end the stalled process before cuda-gdb attaches). Job folders are
+named as Hydra names a sweep's (`<n>_<policy>_rate<r>_seed<s>`) or, for single runs, `<n>_<key><value>...`."""
 
 from __future__ import annotations
 
