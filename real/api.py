@@ -379,6 +379,12 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
 def bind_http(api: Api, host: str, port: int) -> ThreadingHTTPServer:
     """The HTTP server, bound (port 0: any free one) but not yet answering: `serve_forever` on a thread of
     its own starts it, `shutdown()` stops it. Each request is answered on a thread of its own."""
-    server = ThreadingHTTPServer((host, port), handler_for(api))
+    server = _HTTPServer((host, port), handler_for(api))
     server.daemon_threads = True
     return server
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    # connections the kernel queues until they are accepted: a burst of clients, or clients that connect while the
+    # engine is built or its loop starts (socketserver's default, 5, drops the rest's first SYNs: a 1 s retry each)
+    request_queue_size = 128

@@ -104,10 +104,14 @@ class LiveArrivals:
     _ids: itertools.count = field(default_factory=itertools.count)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closing: threading.Event = field(default_factory=threading.Event)
+    # called once the serving loop has started (`start`): the HTTP server starts answering then, so that no request
+    # reaches `submit` before the loop's clock exists (it would be refused); earlier clients wait to be accepted
+    on_start: Callable[[], None] = lambda: None
 
     def start(self, origin_s: float) -> None:
         """The serving loop's clock starts: arrivals are stamped relative to `origin_s`."""
         self.origin_s = origin_s
+        self.on_start()
 
     def submit(self, prompt_ids: list[int], num_output_tokens: int, priority: Priority,
                stream: bool = False) -> Ticket:

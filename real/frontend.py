@@ -209,7 +209,6 @@ class RemoteArrivals(LiveArrivals):
     pipe instead of to an inbox; `read`, on a thread of its own, hands the engine's answers to the tickets."""
 
     conn: Connection | None = None
-    on_start: Callable[[], None] = lambda: None  # once the serving loop has started: the HTTP server starts answering
 
     def _hand_over(self, ticket: Ticket) -> None:
         request = ticket.request
@@ -228,8 +227,7 @@ class RemoteArrivals(LiveArrivals):
                 message = self.conn.recv()
                 kind = message[0]
                 if kind == "start":
-                    self.start(message[1])
-                    self.on_start()
+                    self.start(message[1])  # and `on_start`: the HTTP server starts answering
                 elif kind == "out":
                     for what, request_id, ids in message[1]:
                         if what == "tokens":

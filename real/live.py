@@ -115,7 +115,9 @@ class LiveServer:
             def serve_http() -> None:
                 with hostcpu.pinned(self.placement.rest):  # its handler threads inherit it
                     self.http.serve_forever()
-            threading.Thread(target=serve_http, name="qllm-http", daemon=True).start()
+            # once the loop has started (as the front end's process does): a request answered before the loop's
+            # clock existed was refused (503), and clients that connect sooner wait in the listen queue
+            self.arrivals.on_start = threading.Thread(target=serve_http, name="qllm-http", daemon=True).start
         gc.collect()
         gc.freeze()
         # the engine's thread spins while it waits for the GPU, holding the GIL: a handler thread (frontend=thread)

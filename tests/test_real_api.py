@@ -265,7 +265,8 @@ def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path,
         live.arrivals.close()
 
     outcome = live.run(on_ready=lambda url: threading.Thread(target=clients, args=(url,)).start())
-    assert sorted(answers) == list(range(10)) and all(status == 200 for status, _ in answers.values())
+    assert sorted(answers) == list(range(10))
+    assert all(status == 200 for status, _ in answers.values()), {i: a for i, a in answers.items() if a[0] != 200}
     assert [status for status, _ in extra] == [400, 404, 200] and extra[2][1]["data"][0]["id"] == "tiny-mixtral"
     ids = [body["qllm"]["request_id"] for _, body in answers.values()]
     assert sorted(ids) == sorted(r.request_id for r in outcome.requests) == list(range(10))  # each exactly once
@@ -294,6 +295,33 @@ def test_http_serving_answers_every_request_once_with_hf_greedy_tokens(tmp_path,
         assert (transit.arrival_s == pd.Series(arrived)).all()
         assert (transit.arrival_s <= transit.sent_s).all() and (transit.sent_s <= transit.seen_s).all()
         assert (transit.seen_s <= transit.received_s).all()
+
+
+@pytest.mark.parametrize("frontend", ["thread", "process"])
+def test_a_request_posted_before_the_loop_starts_waits_for_it_instead_of_being_refused(monkeypatch, frontend):
+    """Clients may post as soon as the server is ready, before its loop's clock starts: the HTTP server answers
+    only once the loop has started, so such a request is served, not refused (503). The loop's start is delayed
+    here, as a slow one (the stall watch's thread, a loaded machine) delays it."""
+    import real.live
+    real_run.release_engine()
+    spec = LiveSpec(QLLM(max_batch_size=4), "qllm", real_run.EngineSettings(num_slots=4), max_len=48, port=0,
+                    max_batch_size=4, frontend=frontend)
+    live = LiveServer.build(spec)
+    watched = real.live.watched
+
+    def slow_start(*args):
+        time.sleep(0.5)
+        return watched(*args)
+
+    monkeypatch.setattr(real.live, "watched", slow_start)
+    answers = []
+
+    def client(url: str) -> None:
+        answers.append(post(f"{url}/v1/completions", {"prompt": [5, 6, 7], "max_tokens": 2, "priority": "LS"}))
+        live.arrivals.close()
+
+    live.run(on_ready=lambda url: threading.Thread(target=client, args=(url,)).start())
+    assert [status for status, _ in answers] == [200], answers
 
 
 def test_loadgen_posts_a_trace_with_the_prompts_a_replay_feeds(tmp_path):
