@@ -169,10 +169,11 @@ def capture_stream() -> torch.cuda.Stream:
 
     Why it matters: a captured cuBLAS GEMM keeps the workspace of the stream it was captured on (PyTorch keys them by
     handle and stream), and `torch.cuda.graph` captures on one process-wide side stream unless told otherwise. The
-    decode graphs (main stream) and an urgent lane's pass graphs then ran at the same time with one workspace, and a
-    GEMM that coordinates its thread blocks through it (cuBLAS's `nvjet_sm90_tst_*`) never finished: the engine stall
-    of sessions 22-25 (cuda-gdb, H100, BENCHMARKS.md). Captured here, the graphs replayed on a stream share a workspace
-    only with work on that same stream, which runs in order with them (`python -m real.workspacecheck`)."""
+    decode graphs (main stream) and an urgent lane's pass graphs then ran at the same time with one workspace: the
+    likely cause of the engine stall of sessions 22-25, where cuda-gdb found a cuBLAS GEMM (`nvjet_sm90_tst_*`) that
+    never finished (H100, BENCHMARKS.md; not yet confirmed by a clean sweep). Captured here, the graphs replayed on a
+    stream share a workspace only with work on that same stream, which runs in order with them
+    (`python -m real.workspacecheck` probes the mechanism)."""
     current = torch.cuda.current_stream()
     if current != torch.cuda.default_stream(current.device):
         return current
