@@ -116,11 +116,10 @@ class EngineSettings:
             raise ValueError(f"engine.host_cpu must be a CPU number, -1 (the last) or null, got {self.host_cpu!r}")
         if isinstance(self.graph_key_step, bool) or not isinstance(self.graph_key_step, int) or self.graph_key_step < 1:
             raise ValueError(f"engine.graph_key_step must be a whole number >= 1, got {self.graph_key_step!r}")
-        if isinstance(self.stall_timeout_s, bool) or not isinstance(self.stall_timeout_s, int | float) \
-                or self.stall_timeout_s < 0:
-            raise ValueError(f"engine.stall_timeout_s must be a number of seconds >= 0, got {self.stall_timeout_s!r}")
-        if isinstance(self.stall_hold_s, bool) or not isinstance(self.stall_hold_s, int | float) or self.stall_hold_s < 0:
-            raise ValueError(f"engine.stall_hold_s must be a number of seconds >= 0, got {self.stall_hold_s!r}")
+        for name in ("stall_timeout_s", "stall_hold_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"engine.{name} must be a number of seconds >= 0, got {value!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",

@@ -1,12 +1,12 @@
-"""A replay that stops making progress ends with a message instead of hanging.
+"""A serving loop (a replay or the HTTP server) that stops making progress ends with a message instead of hanging.
 
-Replays stalled on both GPUs in sessions 22-24 (4 of about 25 runs, none reproduced on demand): the GPU stayed at 100%
-utilisation on work that never finished, the host waited on an event behind it, and the run hung until an outside
+Replays stalled on both GPUs in sessions 22-25 (5 of about 35 runs, none reproduced on demand): the GPU stayed at 100%
+utilisation on a kernel that never finished, the host waited on an event behind it, and the run hung until an outside
 timeout killed it. The watch, a daemon thread, reads a progress count (the server's logged steps and consults) every
 `poll_s`; once it has not moved for `timeout_s` while a batch is in flight, it calls `on_stall`. The default prints
-every thread's stack, what the device was doing where the engine keeps a trail (real.devicetrail) and a message,
-and ends the process: the serving thread is blocked inside a CUDA call and cannot
-be interrupted, and the kernel that does not end dies with the process's context (`engine.stall_timeout_s`)."""
+every thread's stack, what the device was doing where the engine keeps a trail (real.devicetrail) and a message, and
+ends the process: the serving thread is blocked inside a CUDA call and cannot be interrupted, and the kernel that
+does not end dies with the process's context (`engine.stall_timeout_s`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 STALL_EXIT = 3  # the exit status of a process ended by the watch
+STALL_MESSAGE = "error: the device made no progress"  # how the message begins (real.sweepwatch looks for it)
 
 
 def abort(stalled_s: float, report: Callable[[], str] | None = None, hold_s: float = 0.0) -> None:
@@ -30,7 +31,7 @@ def abort(stalled_s: float, report: Callable[[], str] | None = None, hold_s: flo
             print(report(), file=sys.stderr, flush=True)
         except Exception as error:  # a report that fails must not keep the process from ending
             print(f"device trail: no report ({error!r})", file=sys.stderr, flush=True)
-    print(f"error: the device made no progress for {stalled_s:.0f} s with a batch in flight: the engine stalled "
+    print(f"{STALL_MESSAGE} for {stalled_s:.0f} s with a batch in flight: the engine stalled "
           "(BENCHMARKS.md, the engine stall); this run's results are lost (engine.stall_timeout_s=0 waits forever)",
           file=sys.stderr, flush=True)
     time.sleep(hold_s)

@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from real.stallwatch import STALL_MESSAGE
+
 
 @dataclass
 class Sweep:
@@ -30,7 +32,6 @@ class Sweep:
     limit_s: float
     build_s: float
     gdb_timeout_s: int = 150
-    stall_line: str = "error: the device made no progress"  # real.stallwatch.abort's message
 
     @property
     def keys(self) -> list[str]:
@@ -57,7 +58,7 @@ class Sweep:
             job, started, limit = first, time.monotonic(), self.limit_s + self.build_s
             while True:
                 time.sleep(0.2)
-                reported = self.stall_line in path.read_text(errors="replace")
+                reported = STALL_MESSAGE in path.read_text(errors="replace")
                 if list(self.out.glob(f"{job}_*/summary.json")):
                     print(f"job {job} {self.combos[job]}: done in {time.monotonic() - started:.0f} s", flush=True)
                     job, started, limit = job + 1, time.monotonic(), self.limit_s

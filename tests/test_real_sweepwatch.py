@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from real.stallwatch import STALL_MESSAGE  # noqa: E402
 from real.sweepwatch import Sweep, main  # noqa: E402
 
 FIXED = ["num_requests=6", "workload.output_mode=fixed", "workload.fixed_output_tokens=2"]
@@ -38,7 +39,7 @@ class Reporting(Sweep):
     """Jobs that print the replay watch's stall message, then wait (as a held stalled process does)."""
 
     def command(self, first: int, multirun: bool) -> list[str]:
-        return [sys.executable, "-c", f"import time; print('{self.stall_line} for 20 s', flush=True); time.sleep(60)"]
+        return [sys.executable, "-c", f"import time; print('{STALL_MESSAGE} for 20 s', flush=True); time.sleep(60)"]
 
 
 def test_a_job_whose_watch_reports_a_stall_is_diagnosed_at_once(tmp_path, capsys):
