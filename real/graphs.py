@@ -171,9 +171,10 @@ def capture_stream() -> torch.cuda.Stream:
     handle and stream), and `torch.cuda.graph` captures on one process-wide side stream unless told otherwise. The
     decode graphs (main stream) and an urgent lane's pass graphs then ran at the same time with one workspace: the
     likely cause of the engine stall of sessions 22-25, where cuda-gdb found a cuBLAS GEMM (`nvjet_sm90_tst_*`) that
-    never finished (H100, BENCHMARKS.md; not yet confirmed by a clean sweep). Captured here, the graphs replayed on a
-    stream share a workspace only with work on that same stream, which runs in order with them
-    (`python -m real.workspacecheck` probes the mechanism)."""
+    never finished (H100, BENCHMARKS.md). Not confirmed: eight replays since ran without a stall (session 26), which
+    proves little at the earlier rate, and `python -m real.workspacecheck`, a probe of the mechanism, found no harm
+    with its shapes. Captured here, the graphs replayed on a stream share a workspace only with work on that same
+    stream, which runs in order with them."""
     current = torch.cuda.current_stream()
     if current != torch.cuda.default_stream(current.device):
         return current
