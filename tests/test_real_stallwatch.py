@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from real.stallwatch import STALL_EXIT, StallWatch
+from real.stallwatch import STALL_EXIT, STALL_MESSAGE, StallWatch
 
 
 class Counter:
@@ -48,7 +48,7 @@ def test_the_default_ends_the_process_with_its_status_and_a_message():
             "with StallWatch(lambda: 0, lambda: True, 0.05, poll_s=0.01):\n    time.sleep(5)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == STALL_EXIT
-    assert "error: the device made no progress" in done.stderr and "Thread" in done.stderr  # the stacks too
+    assert STALL_MESSAGE in done.stderr and "Thread" in done.stderr  # the stacks too
 
 
 def test_the_default_prints_the_trails_report_and_holds_the_process_before_it_ends():
@@ -59,7 +59,7 @@ def test_the_default_prints_the_trails_report_and_holds_the_process_before_it_en
     began = time.monotonic()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == STALL_EXIT and time.monotonic() - began >= 0.5  # it stayed for the hold
-    assert done.stderr.index("device trail: here") < done.stderr.index("error: the device made no progress")
+    assert done.stderr.index("device trail: here") < done.stderr.index(STALL_MESSAGE)
 
 
 def test_a_report_that_fails_still_ends_the_process():
@@ -104,7 +104,7 @@ LiveServer(spec, SimpleNamespace(fail_all=print), Stalling(), "http://nowhere").
 def test_an_http_server_whose_loop_stalls_ends_with_the_message_and_status():
     pytest.importorskip("torch")
     done = subprocess.run([sys.executable, "-c", STALLING], capture_output=True, text=True, timeout=120)
-    assert done.returncode == STALL_EXIT and "error: the device made no progress" in done.stderr
+    assert done.returncode == STALL_EXIT and STALL_MESSAGE in done.stderr
     assert "device trail" not in done.stderr  # asked for, but a CPU engine keeps none
 
 
