@@ -5,12 +5,15 @@ GPU and compare latency percentiles and throughput.
 `--against OTHER` scores the real runs against OTHER's runs of the same policy, rate and seed (the same traces
 on another lease, say) instead of the simulator: the engine against itself, the floor under any simulator's
 error (BENCHMARKS.md, session 12: round 11 against round 9, 78 of 108 cells within target; the simulator
-against round 11, 77)."""
+against round 11, 77). Where the folder itself holds several runs of one policy, rate and seed (the same trace
+replayed more than once), each is also scored against the others and printed per metric beside the simulator's
+score: a miss the engine also makes against itself is its own run-to-run spread, not the simulator's error."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,12 +126,36 @@ def paired_pct(real: pd.DataFrame, sim: pd.DataFrame, cls: str, column: str) -> 
 TARGETS_PCT = {"p50": 5.0, "p99": 10.0, "tokens/s": 3.0}  # issue 6's targets on |error|
 
 
-def within_target(table: pd.DataFrame) -> tuple[int, int]:
-    """(cells within target, cells) over the error columns of `compare` rows."""
+def cells_inside(table: pd.DataFrame) -> pd.DataFrame:
+    """Per `compare` row and error column, whether the error is within that metric's target."""
     columns = [c for c in table.columns if c.endswith("err %")]
     limits = [next(v for k, v in TARGETS_PCT.items() if k in c) for c in columns]
-    inside = (table[columns].abs() <= limits).to_numpy()
+    return table[columns].abs() <= limits
+
+
+def within_target(table: pd.DataFrame) -> tuple[int, int]:
+    """(cells within target, cells) over the error columns of `compare` rows."""
+    inside = cells_inside(table).to_numpy()
     return int(inside.sum()), inside.size
+
+
+def same_trace_pairs(runs: list[Path]) -> list[tuple[Path, Path]]:
+    """Every ordered pair (reference, run) of distinct runs of one policy, rate and seed: one trace replayed
+    twice, whose difference is the engine's own run-to-run spread."""
+    groups: dict[tuple[str, float, int], list[Path]] = defaultdict(list)
+    for run in runs:
+        groups[run_key(run)].append(run)
+    return [(a, b) for group in groups.values() for a in group for b in group if a != b]
+
+
+def floor_table(table: pd.DataFrame, floor: pd.DataFrame) -> pd.DataFrame:
+    """Per metric, cells within target: the simulator's (`table`) beside the engine's against itself (`floor`)."""
+    def shares(frame: pd.DataFrame) -> pd.Series:
+        inside = cells_inside(frame)
+        return inside.sum().astype(int).astype(str) + " of " + str(len(inside))
+    out = pd.DataFrame({"simulator": shares(table), "engine against itself": shares(floor)})
+    out.index = [c.removesuffix(" err %") for c in out.index]
+    return out
 
 
 def run_key(run_dir: Path) -> tuple[str, float, int]:
@@ -194,6 +221,14 @@ def main() -> None:
     inside, cells = within_target(table)
     print(f"{len(table)} runs against {args.against or 'the simulator'}: {inside} of {cells} cells within target "
           f"(p50 <= 5%, p99 <= 10%, tokens/s <= 3%)")
+    pairs = [] if args.against else same_trace_pairs(runs)
+    if pairs:
+        tables = {run: pd.read_parquet(run / "requests.parquet") for pair in pairs for run in pair}
+        floor = pd.DataFrame([compare(tables[a], tables[b]) for a, b in pairs])
+        inside, cells = within_target(floor)
+        print(f"\nthe engine against itself: {len(pairs)} ordered pairs of runs of one trace (their settings may "
+              f"differ): {inside} of {cells} cells within target")
+        print(floor_table(table, floor).to_string())
 
 
 if __name__ == "__main__":

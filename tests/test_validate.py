@@ -146,3 +146,36 @@ def test_runs_scored_against_other_runs_of_the_same_traces(tmp_path, monkeypatch
 ])
 def test_cells_within_target_use_each_metrics_limit(errors, inside):
     assert sim.validate.within_target(pd.DataFrame([errors])) == (inside, 3)
+
+
+def test_runs_of_one_trace_in_the_folder_are_scored_against_each_other(tmp_path, monkeypatch, capsys):
+    """Several runs of one policy, rate and seed: each is scored against the others (the engine's own spread),
+    printed per metric beside the simulator's score; a run of another trace pairs with nothing."""
+    trace = generate_trace(WorkloadConfig(rate=3.0, num_requests=40, output_mode="fixed", fixed_output_tokens=4), 5)
+    slot = int((trace.prompt_tokens + trace.output_tokens).max())
+    folders = {}
+    for name, seed in (("0_fcfs", 5), ("1_fcfs", 5), ("2_fcfs", 6)):
+        folder = folders[name] = tmp_path / name
+        folder.mkdir()
+        write_trace(trace, folder / "trace.csv")
+        run = {"policy": "fcfs", "rate": 3.0, "seed": seed, "num_slots": 40, "kv_slot_tokens": slot}
+        (folder / "summary.json").write_text(json.dumps({"run": run}))
+    made = simulate_like(folders["0_fcfs"], "h200", "mixtral-8x7b").assign(source="real")
+    made.to_parquet(folders["0_fcfs"] / "requests.parquet", index=False)
+    made.to_parquet(folders["2_fcfs"] / "requests.parquet", index=False)
+    late = made.finish_s + 0.5 * made.turnaround_s  # turnaround x1.5; TTFT and tokens unchanged
+    made.assign(finish_s=late, turnaround_s=late - made.arrival_s).to_parquet(folders["1_fcfs"] / "requests.parquet")
+    pairs = sim.validate.same_trace_pairs(sorted(folders.values()))
+    assert pairs == [(folders["0_fcfs"], folders["1_fcfs"]), (folders["1_fcfs"], folders["0_fcfs"])]
+    monkeypatch.setattr("sys.argv", ["validate", str(tmp_path), "--hardware", "h200", "--model", "mixtral-8x7b"])
+    sim.validate.main()
+    out = capsys.readouterr().out
+    assert "the engine against itself: 2 ordered pairs of runs of one trace" in out
+    # per metric: the simulator's cells (3 runs), then the engine's against itself (2 pairs); the late run's
+    # turnaround misses both ways (+50% against run 0, -33% the other way), its TTFT matches
+    rows = {line[:20].strip(): line[20:].split() for line in out.splitlines()
+            if line.startswith(("LS ", "BE ")) and " of " in line}
+    assert len(rows) == 8
+    for metric, cells in rows.items():
+        expected = ["2", "of", "3", "0", "of", "2"] if "turnaround" in metric else ["3", "of", "3", "2", "of", "2"]
+        assert cells == expected, metric
