@@ -23,6 +23,7 @@ EXPERT_HELDOUT = sorted({m * 2**i for m in (5, 7) for i in range(1, 12)})
 # grid missed by 53%). The second step fits the driver sending small copies inline with its commands and
 # larger ones through a copy engine; that is a reading, not a measurement.
 EMBED_SEQS = (1, 2, 4, 8, 14, 15, 16, 17, 24, 32, 64)
+PREFILL_SEQS = (1, 2, 4, 8, 16, 32)
 
 
 def after_tiles(rows_per_token: float, skip: set[int], tiles: int = 16, limit: int = 24576) -> set[int]:
@@ -56,13 +57,14 @@ def grids_for(num_experts: int, top_k: int) -> dict:
             "grid": [(b, c) for b in (1, 2, 4, 8, 16, 32, 64) for c in (128, 256, 512, 1024, 2048, 4096)],
             "heldout": [(b, c) for b in (3, 12, 48) for c in (384, 1536, 3072)],
         },
+        # prompts to 32: an LS prefill filled with BE prompts holds up to max_batch_size (32) of them
         "attention_prefill": {
-            "grid": [(n, p) for n in (1, 2, 4, 8, 16) for p in (32, 64, 128, 256, 512, 1024, 2048)],
-            "heldout": [(n, p) for n in (3, 6, 12) for p in (96, 384, 1536)],
+            "grid": [(n, p) for n in PREFILL_SEQS for p in (32, 64, 128, 256, 512, 1024, 2048)],
+            "heldout": [(n, p) for n in (3, 6, 12, 24) for p in (96, 384, 1536)],
         },
         "attention_prefill_varlen": {  # the engine's unpadded prompts (engine.varlen_prefill), same points
-            "grid": [(n, p) for n in (1, 2, 4, 8, 16) for p in (32, 64, 128, 256, 512, 1024, 2048)],
-            "heldout": [(n, p) for n in (3, 6, 12) for p in (96, 384, 1536)],
+            "grid": [(n, p) for n in PREFILL_SEQS for p in (32, 64, 128, 256, 512, 1024, 2048)],
+            "heldout": [(n, p) for n in (3, 6, 12, 24) for p in (96, 384, 1536)],
         },
         "router": _one_d(POW2, [3, 24, 96, 384, 1536, 6144, 24576]),
         "expert": _one_d(expert, EXPERT_HELDOUT),
