@@ -208,12 +208,13 @@ def main() -> None:
                               for run in tqdm(runs, desc="simulating", unit="run", leave=False)}
         except ProfileError as error:  # e.g. a run with unpadded prompts against a profile without their curve
             raise SystemExit(f"error: {error}") from None
+    reals = {run: pd.read_parquet(run / "requests.parquet") for run in runs}
     rows = []
     for run, reference in references.items():
         if args.sim_out is not None and not args.against:
             (args.sim_out / run.name).mkdir(parents=True, exist_ok=True)
             reference.to_parquet(args.sim_out / run.name / "requests.parquet", index=False)
-        rows.append({**compare(pd.read_parquet(run / "requests.parquet"), reference), "seed": run_key(run)[2]})
+        rows.append({**compare(reals[run], reference), "seed": run_key(run)[2]})
     table = pd.DataFrame(rows).sort_values(["policy", "rate", "seed"])
     if args.out:
         table.to_csv(args.out, index=False)
@@ -223,8 +224,7 @@ def main() -> None:
           f"(p50 <= 5%, p99 <= 10%, tokens/s <= 3%)")
     pairs = [] if args.against else same_trace_pairs(runs)
     if pairs:
-        tables = {run: pd.read_parquet(run / "requests.parquet") for pair in pairs for run in pair}
-        floor = pd.DataFrame([compare(tables[a], tables[b]) for a, b in pairs])
+        floor = pd.DataFrame([compare(reals[a], reals[b]) for a, b in pairs])
         inside, cells = within_target(floor)
         print(f"\nthe engine against itself: {len(pairs)} ordered pairs of runs of one trace (their settings may "
               f"differ): {inside} of {cells} cells within target")
