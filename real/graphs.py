@@ -171,10 +171,10 @@ def capture_stream() -> torch.cuda.Stream:
     handle and stream), and `torch.cuda.graph` captures on one process-wide side stream unless told otherwise. The
     decode graphs (main stream) and an urgent lane's pass graphs then ran at the same time with one workspace: the
     likely cause of the engine stall of sessions 22-25, where cuda-gdb found a cuBLAS GEMM (`nvjet_sm90_tst_*`) that
-    never finished (H100, BENCHMARKS.md). 29 replays since ran without a stall (sessions 26-27; at the earlier
-    rate, 1 in 7, about a 1% chance), but `python -m real.workspacecheck`, a probe of the mechanism, found no harm with its
-    shapes, so the mechanism is not shown. Captured here, the graphs replayed on a stream share a workspace only with work on that same
-    stream, which runs in order with them."""
+    never finished (H100, BENCHMARKS.md). 29 replays since ran without a stall (sessions 26-27; at the earlier rate,
+    1 in 7, about a 1% chance), but `python -m real.workspacecheck`, a probe of the mechanism, found no harm with its
+    shapes, so the mechanism is not shown. Captured here, the graphs replayed on a stream share a workspace only with
+    work on that same stream, which runs in order with them."""
     current = torch.cuda.current_stream()
     if current != torch.cuda.default_stream(current.device):
         return current

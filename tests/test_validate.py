@@ -173,8 +173,8 @@ def test_runs_of_one_trace_in_the_folder_are_scored_against_each_other(tmp_path,
     assert "the engine against itself: 2 ordered pairs of runs of one trace" in out
     # per metric: the simulator's cells (3 runs), then the engine's against itself (2 pairs); the late run's
     # turnaround misses both ways (+50% against run 0, -33% the other way), its TTFT matches
-    rows = {line[:20].strip(): line[20:].split() for line in out.splitlines()
-            if line.startswith(("LS ", "BE ")) and " of " in line}
+    rows = {" ".join(words[:2]): words[2:] for words in map(str.split, out.splitlines())
+            if words[:1] in (["LS"], ["BE"]) and "of" in words}
     assert len(rows) == 8
     for metric, cells in rows.items():
         expected = ["2", "of", "3", "0", "of", "2"] if "turnaround" in metric else ["3", "of", "3", "2", "of", "2"]
