@@ -45,8 +45,8 @@ class _Bench:
         return getattr(self, stage)(x1, x2)
 
     def stages(self) -> set[str]:
-        return {name for name in ("attention_decode", "attention_prefill", "attention_prefill_varlen", "router",
-                                  "expert", "experts_layer",
+        return {name for name in ("attention_decode", "attention_prefill", "attention_prefill_varlen",
+                                  "attention_prefill_lean", "router", "expert", "experts_layer",
                                   "lm_head", "embed", "layer_decode", "layer_prefill") if hasattr(self, name)}
 
 
@@ -64,14 +64,20 @@ class EngineBench(_Bench):
         layout, h = build_layout(seqs, self.device), self.hidden(batch)
         return lambda: stages.attention(self.model, 0, h, layout, self.pool)
 
-    def attention_prefill(self, num_seqs: int, length: int, varlen: bool = False):
+    def attention_prefill(self, num_seqs: int, length: int, varlen: bool = False, lean: bool = False):
         seqs = [Sequence(i, [1] * length, slot=i) for i in range(num_seqs)]
         layout, h = build_layout(seqs, self.device, varlen=varlen), self.hidden(num_seqs * length)
-        return lambda: stages.attention(self.model, 0, h, layout, self.pool)
+        tables = stages.pass_rope(self.model, h, layout.positions) if lean else None
+        return lambda: stages.attention(self.model, 0, h, layout, self.pool, tables)
 
     def attention_prefill_varlen(self, num_seqs: int, length: int):
         """The same prompts as one unpadded group (engine.varlen_prefill: flash attention's varlen kernel)."""
         return self.attention_prefill(num_seqs, length, varlen=True)
+
+    def attention_prefill_lean(self, num_seqs: int, length: int):
+        """The unpadded group with the pass's rotary tables made beforehand (engine.lean_attention: once per pass,
+        not per layer): the same device work as attention_prefill_varlen in fewer host calls."""
+        return self.attention_prefill(num_seqs, length, varlen=True, lean=True)
 
     def router(self, tokens: int, _):
         h = self.hidden(tokens)

@@ -66,6 +66,10 @@ def grids_for(num_experts: int, top_k: int) -> dict:
             "grid": [(n, p) for n in PREFILL_SEQS for p in (32, 64, 128, 256, 512, 1024, 2048)],
             "heldout": [(n, p) for n in (3, 6, 12, 24) for p in (96, 384, 1536)],
         },
+        "attention_prefill_lean": {  # and with the pass's rotary tables (engine.lean_attention), same points
+            "grid": [(n, p) for n in PREFILL_SEQS for p in (32, 64, 128, 256, 512, 1024, 2048)],
+            "heldout": [(n, p) for n in (3, 6, 12, 24) for p in (96, 384, 1536)],
+        },
         "router": _one_d(POW2, [3, 24, 96, 384, 1536, 6144, 24576]),
         "expert": _one_d(expert, EXPERT_HELDOUT),
         "experts_layer": _one_d(layer, EXPERT_HELDOUT),

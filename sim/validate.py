@@ -57,6 +57,7 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     if hardware.endswith("-measured"):  # its prefill attention as it ran (runs before the setting: padded)
         overrides.append(f"hardware.profile.varlen_prefill={str(bool(summary.get('varlen_prefill'))).lower()}")
         overrides.append(f"hardware.profile.pass_graphs={str(bool(summary.get('pass_graphs'))).lower()}")
+        overrides.append(f"hardware.profile.lean_attention={str(bool(summary.get('lean_attention'))).lower()}")
     spec = compose_spec(overrides)
     if saved is not None:
         spec = replace(spec, policy=saved)

@@ -206,9 +206,10 @@ def test_some_stages_alone_without_passes(tmp_path, capsys):
     out = tmp_path / "run"
     measure(["--model", "tiny-qwen3-moe", "--device", "cpu", "--small", "--impls", "engine", "--repeats", "2",
              "--inner", "1", "--sweeps", "1", "--stages", "attention_prefill", "attention_prefill_varlen",
-             "--no-passes", "--out", str(out)])
+             "attention_prefill_lean", "--no-passes", "--out", str(out)])
     stages = pd.read_csv(out / "stages.csv")
-    assert set(stages.stage) == {"attention_prefill", "attention_prefill_varlen"} and set(stages.impl) == {"engine"}
+    assert set(stages.stage) == {"attention_prefill", "attention_prefill_varlen", "attention_prefill_lean"}
+    assert set(stages.impl) == {"engine"}
     assert not (out / "passes.csv").exists() and not (out / "events.csv").exists()
     with pytest.raises(SystemExit) as stop:
         measure(["--model", "tiny-mixtral", "--device", "cpu", "--stages", "attention", "--out", str(out)])

@@ -214,6 +214,31 @@ def test_varlen_prefill_prices_the_unpadded_curve_at_the_packed_tokens(tmp_path)
         MeasuredProfile(synthetic(tmp_path / "bare"), clock="time_s", varlen_prefill=True)
 
 
+def test_lean_attention_prices_the_prefill_groups_issue_at_the_lean_curve(tmp_path):
+    """engine.lean_attention (with varlen_prefill): a stepped layer's host path takes the prefill group's issue time
+    from attention_prefill_lean and its GPU path stays varlen's (the same kernels); without varlen nothing changes;
+    a profile without the lean curve is refused with the stage to calibrate."""
+    directory = synthetic(tmp_path)
+    stages = pd.read_csv(directory / "stages.csv")
+    prefill = stages[stages.stage == "attention_prefill"]
+    lean = prefill.assign(stage="attention_prefill_lean", host_s=lambda t: t.host_s - 4e-4)
+    pd.concat([stages, prefill.assign(stage="attention_prefill_varlen"), lean]).to_csv(directory / "stages.csv",
+                                                                                        index=False)
+    load = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=100, prefill_sq_tokens=2 * 50**2,
+                         prefill_max_tokens=90, num_decode_seqs=4, decode_ctx_tokens=1300, decode_max_ctx=1000)
+    host, gpu = MeasuredProfile(directory, varlen_prefill=True).layer_paths(load)
+    lean_host, lean_gpu = MeasuredProfile(directory, varlen_prefill=True, lean_attention=True).layer_paths(load)
+    assert host - lean_host == pytest.approx(4e-4, rel=1e-6)
+    assert lean_gpu == gpu
+    padded = MeasuredProfile(directory).layer_paths(load)
+    assert MeasuredProfile(directory, lean_attention=True).layer_paths(load) == padded
+    bare = synthetic(tmp_path / "varlen only")
+    pd.concat([stages, prefill.assign(stage="attention_prefill_varlen")]).to_csv(bare / "stages.csv", index=False)
+    with pytest.raises(MeasuredProfileError, match=r"no engine measurements for attention_prefill_lean "
+                                                   r"\(calibrate with --stages attention_prefill_lean and splice"):
+        MeasuredProfile(bare, varlen_prefill=True, lean_attention=True)
+
+
 def test_serving_gaps_replace_the_bare_loop_overheads(tmp_path):
     directory = synthetic(tmp_path, passes=True)
     events = pd.read_csv(directory / "events.csv")

@@ -25,10 +25,12 @@ import pandas as pd
 
 from sim.profile.base import AttentionLoad, Overheads
 
-# attention_prefill_varlen: the engine's fresh prompts unpadded (real.layout.PackedGroup, engine.varlen_prefill)
-STAGES = {"attention_decode", "attention_prefill", "attention_prefill_varlen", "router", "expert", "experts_layer",
-          "lm_head", "embed", "layer_decode", "layer_prefill"}
+# attention_prefill_varlen: the engine's fresh prompts unpadded (real.layout.PackedGroup, engine.varlen_prefill);
+# attention_prefill_lean: the same with the pass's rotary tables made beforehand (engine.lean_attention)
+STAGES = {"attention_decode", "attention_prefill", "attention_prefill_varlen", "attention_prefill_lean", "router",
+          "expert", "experts_layer", "lm_head", "embed", "layer_decode", "layer_prefill"}
 VARLEN = "attention_prefill_varlen"
+LEAN = "attention_prefill_lean"
 REQUIRED = {"attention_decode", "attention_prefill", "router", "experts_layer", "lm_head"}
 COLUMNS = ["stage", "x1", "x2", "split", "repeat", "time_s"]
 CLOCKS = ("time_s", "latency_s", "host_s", "gpu_s")
@@ -196,6 +198,10 @@ class MeasuredProfile:
     # the engine attends fresh prompts unpadded (engine.varlen_prefill): a prefill group is priced at the
     # profile's attention_prefill_varlen curve for its packed tokens, without padding
     varlen_prefill: bool = False
+    # with varlen_prefill, the engine makes a pass's rotary tables once (engine.lean_attention): a stepped layer's
+    # host path prices the prefill group's attention at the attention_prefill_lean curve's issue time (its
+    # device time is varlen's: the same kernels, fewer host calls)
+    lean_attention: bool = False
     # engine-graphs only: prefill and mixed layers replayed as graphs too (engine.pass_graphs, real.passgraphs): one
     # attention call over the KV pool, unpadded, and no host path, for batches within the runner's largest bucket
     pass_graphs: bool = False
@@ -232,11 +238,12 @@ class MeasuredProfile:
         self.clocks = {c: curves(self.table, self.stage_impl, clock=c) for c in needed}
         self.curves = self.clocks["time_s" if self.clock == "pipelined" else self.clock]
         self.device_curves = self.clocks["gpu_s" if self.clock == "pipelined" else self.clock]  # router, experts
-        missing = (REQUIRED | ({VARLEN} if self.varlen_prefill else set())) - set(self.curves)
+        wanted = ({VARLEN} if self.varlen_prefill else set()) | ({LEAN} if self.lean else set())
+        missing = (REQUIRED | wanted) - set(self.curves)
         if missing:
             raise MeasuredProfileError(f"{self.directory}: no {self.impl} measurements for {', '.join(sorted(missing))}"
-                                       + (" (calibrate with --stages attention_prefill_varlen and splice them in: "
-                                          "python -m calibrate.splice)" if VARLEN in missing else ""))
+                                       + (f" (calibrate with --stages {' '.join(sorted(wanted & missing))} and splice "
+                                          "them in: python -m calibrate.splice)" if wanted & missing else ""))
         meta = self.directory / "meta.json"
         self.meta = json.loads(meta.read_text()) if meta.exists() else {}
         self._stage_s = 0.0  # the engine's own work per stage (pipelined: inside the layer's host path)
@@ -244,7 +251,8 @@ class MeasuredProfile:
         # with the host path of the engine's stages
         self._stepped = MeasuredProfile(self.directory, self.top_k, "engine", serving=self.serving,
                                         projection_share=self.projection_share, host_scale=self.host_scale,
-                                        varlen_prefill=self.varlen_prefill) if graphs else None
+                                        varlen_prefill=self.varlen_prefill,
+                                        lean_attention=self.lean_attention) if graphs else None
         self._graph_fix = _graph_layer_fix(self) if graphs else None  # before overheads: they use layer_s
         if self.overheads is None:
             self.overheads = measured_overheads(self)
@@ -313,6 +321,12 @@ class MeasuredProfile:
             return n
         return DECODE_GRAPH_BUCKETS[bisect_left(DECODE_GRAPH_BUCKETS, n)]
 
+    @property
+    def lean(self) -> bool:
+        """Whether the prefill group's host path is the lean one (engine.lean_attention applies to unpadded groups
+        here: the profile has no padded lean curve)."""
+        return self.varlen_prefill and self.lean_attention
+
     def _pipelined(self, host_path: float, gpu_path: float) -> float:
         """max(host, GPU) of a stepped layer, in expectation over the server's own per-layer work: that
         work varies (H200 round 6: median 0.18 ms, p90 0.54 ms), so a layer whose mean paths nearly tie
@@ -332,7 +346,8 @@ class MeasuredProfile:
         if not load.num_prefill_seqs and "layer_decode" in host:
             host_path = host["layer_decode"](load.num_decode_seqs)  # issue time does not grow with context
         else:
-            host_path = (_attention(host, load, padded, share, varlen=self.varlen_prefill) + host["router"](tokens)
+            host_path = (_attention(host, load, padded, share, varlen=self.varlen_prefill, lean=self.lean)
+                         + host["router"](tokens)
                          + host["experts_layer"](tokens) + 2 * self._stage_s)
         charge = self.padding_charge if padding_charge is None else padding_charge
         decode = self.decode_padding_charge if decode_charge is None else decode_charge
@@ -381,7 +396,7 @@ class MeasuredProfile:
 
 def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = False,
                projection_share: float = 0.0, padding_charge: float = 1.0, decode_charge: float = 1.0,
-               varlen: bool = False) -> float:
+               varlen: bool = False, lean: bool = False) -> float:
     """`padded` (the real engine): a group of sequences is attended as one [B, Q, K] call, Q and K being
     the group's longest (the grids were measured with equal lengths, so curve(B, longest) is the padded
     call). The stage's q/k/v/o projections, though, run on the packed tokens: with `projection_share`
@@ -395,7 +410,8 @@ def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = Fal
     `decode_charge` does the same for a padded decode group, priced at its longest context (H200, fcfs's full
     decode batches: a longest context of about 930 tokens against a mean of 258, and the layer 1.8-2.6% under
     the fully charged price). `varlen`: the prefill group is the engine's unpadded one (real.layout.PackedGroup),
-    priced at the `attention_prefill_varlen` curve for its tokens at their root-mean-square length."""
+    priced at the `attention_prefill_varlen` curve for its tokens at their root-mean-square length, or with `lean`
+    at the `attention_prefill_lean` one (engine.lean_attention)."""
     total = 0.0
     if load.num_decode_seqs:
         mean = load.decode_ctx_tokens / load.num_decode_seqs
@@ -406,7 +422,7 @@ def _attention(curves: dict[str, Curve], load: AttentionLoad, padded: bool = Fal
         total += call
     if load.num_prefill_seqs and varlen:
         length = max((load.prefill_sq_tokens / load.num_prefill_seqs) ** 0.5, 1.0)
-        total += curves[VARLEN](load.num_prefill_tokens / length, length)
+        total += curves[LEAN if lean else VARLEN](load.num_prefill_tokens / length, length)
     elif load.num_prefill_seqs:
         if padded and load.prefill_max_tokens:
             call = curves["attention_prefill"](load.num_prefill_seqs, load.prefill_max_tokens)

@@ -35,7 +35,8 @@ class ProfileSpec:
     Face's modules); `clock` pipelined (host and GPU paths of a layer overlap) or one timing column; `merge_ms` /
     `pause_resume_ms` override the measured event costs; `host_scale` multiplies its host-side costs (a serving
     host faster or slower than the profile's); `varlen_prefill` prices prefill attention as the engine's unpadded
-    group (engine.varlen_prefill; the profile needs its attention_prefill_varlen curve); `pass_graphs` (with
+    group (engine.varlen_prefill; the profile needs its attention_prefill_varlen curve), with `lean_attention` at the
+    issue time of the engine's lean attention (engine.lean_attention: attention_prefill_lean); `pass_graphs` (with
     engine-graphs) prices prefill and mixed layers as graph replays (engine.pass_graphs): their GPU path alone.
     scaled: the profile `base` describes (a dict of these fields; default: measured) with every
     stage multiplied by `factor`, or by the factor that makes the reference decode pass take
@@ -54,6 +55,7 @@ class ProfileSpec:
     factor: float | None = None
     host_scale: float = 1.0
     varlen_prefill: bool = False
+    lean_attention: bool = False
     pass_graphs: bool = False
 
 
@@ -89,6 +91,7 @@ def measured(spec: ProfileSpec, model: ModelSpec, hardware: HardwareSpec) -> Pro
         profile = MeasuredProfile(directory, top_k=model.top_k, impl=spec.impl, clock=spec.clock,
                                   projection_share=model.attention_params / model.expert_params,
                                   host_scale=spec.host_scale, varlen_prefill=spec.varlen_prefill,
+                                  lean_attention=spec.lean_attention,
                                   pass_graphs=spec.pass_graphs)
     except MeasuredProfileError as error:
         raise ProfileError(str(error)) from None
