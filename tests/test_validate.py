@@ -76,6 +76,29 @@ def test_a_run_with_unpadded_prompts_is_priced_so_or_refused_with_a_message(tmp_
         sim.validate.main()
 
 
+def test_a_lean_run_is_priced_at_the_lean_curve_or_refused_with_a_message(tmp_path, monkeypatch):
+    """A run's `lean_attention` (with varlen_prefill) prices its stepped prefill attention at the profile's
+    attention_prefill_lean curve (the H100 Qwen3 profile has it: fcfs's prefills issue faster, so the first request,
+    which finds the engine idle, and most others get their first tokens sooner; a few land in another batch); the
+    H200 Mixtral profile lacks it, and sim.validate says which stage to calibrate."""
+    trace = generate_trace(WorkloadConfig(rate=6.0, num_requests=30, output_mode="fixed", fixed_output_tokens=4), 3)
+    write_trace(trace, tmp_path / "trace.csv")
+    slot = int((trace.prompt_tokens + trace.output_tokens).max())
+    run = {"policy": "fcfs", "rate": 6.0, "seed": 3, "num_slots": 40, "kv_slot_tokens": slot, "defer_tokens": True,
+           "varlen_prefill": True}
+    times = {}
+    for lean in (False, True):
+        (tmp_path / "summary.json").write_text(json.dumps({"run": {**run, "lean_attention": lean}}))
+        times[lean] = simulate_like(tmp_path, "h100-measured", "qwen3-moe-30b-a3b").ttft_s.to_numpy()
+    assert times[True][0] < times[False][0]
+    assert (times[True] < times[False]).sum() > len(trace) / 2
+    pd.DataFrame({"request_id": [0]}).to_parquet(tmp_path / "requests.parquet")
+    monkeypatch.setattr("sys.argv", ["validate", str(tmp_path), "--hardware", "h200-measured", "--model", "mixtral-8x7b"])
+    with pytest.raises(SystemExit, match="no engine measurements for attention_prefill_lean .calibrate with --stages "
+                                         "attention_prefill_lean"):
+        sim.validate.main()
+
+
 SAVED = """policy:
   _target_: policies.QLLM
   max_batch_size: ${max_batch_size}

@@ -198,9 +198,9 @@ class MeasuredProfile:
     # the engine attends fresh prompts unpadded (engine.varlen_prefill): a prefill group is priced at the
     # profile's attention_prefill_varlen curve for its packed tokens, without padding
     varlen_prefill: bool = False
-    # with varlen_prefill, the engine makes a pass's rotary tables once (engine.lean_attention): a stepped layer's
-    # host path prices the prefill group's attention at the attention_prefill_lean curve's issue time (its
-    # device time is varlen's: the same kernels, fewer host calls)
+    # with varlen_prefill, the engine makes a pass's rotary tables once (engine.lean_attention): the prefill group is
+    # priced at the attention_prefill_lean curve (H100 Qwen3: 0.68x varlen's issue time, and a few small kernels
+    # fewer on the device)
     lean_attention: bool = False
     # engine-graphs only: prefill and mixed layers replayed as graphs too (engine.pass_graphs, real.passgraphs): one
     # attention call over the KV pool, unpadded, and no host path, for batches within the runner's largest bucket
@@ -291,7 +291,7 @@ class MeasuredProfile:
         """`decode_charge`: the share of a padded decode group's excess to charge; None = the profile's."""
         if self._stepped is not None and load.num_prefill_seqs:
             if self.replays(load):  # flash attention over the pool: each sequence at its own length
-                return _attention(self.curves, load, varlen=self.varlen_prefill)
+                return _attention(self.curves, load, varlen=self.varlen_prefill, lean=self.lean)
             return self._stepped.attention_s(load, decode_charge)
         decode = self.decode_padding_charge if decode_charge is None else decode_charge
         if self._graph_fix is not None and load.num_decode_seqs:
@@ -300,7 +300,8 @@ class MeasuredProfile:
         share = self.projection_share
         padded = self.impl in SERVED
         if self.clock != "pipelined":
-            return _attention(self.curves, load, padded, share, decode_charge=decode, varlen=self.varlen_prefill)
+            return _attention(self.curves, load, padded, share, decode_charge=decode, varlen=self.varlen_prefill,
+                              lean=self.lean)
         host_path, gpu_path = self.layer_paths(load, decode_charge=decode)
         tokens = max(load.num_tokens, 1)
         others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
@@ -351,7 +352,8 @@ class MeasuredProfile:
                          + host["experts_layer"](tokens) + 2 * self._stage_s)
         charge = self.padding_charge if padding_charge is None else padding_charge
         decode = self.decode_padding_charge if decode_charge is None else decode_charge
-        gpu_path = (_attention(gpu, load, padded, share, charge, decode, self.varlen_prefill) + gpu["router"](tokens)
+        gpu_path = (_attention(gpu, load, padded, share, charge, decode, self.varlen_prefill, self.lean)
+                    + gpu["router"](tokens)
                     + gpu["experts_layer"](tokens))
         return self._host_factor * host_path, gpu_path
 
