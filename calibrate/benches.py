@@ -76,7 +76,7 @@ class EngineBench(_Bench):
 
     def attention_prefill_lean(self, num_seqs: int, length: int):
         """The unpadded group with the pass's rotary tables made beforehand (engine.lean_attention: once per pass,
-        not per layer): the same device work as attention_prefill_varlen in fewer host calls."""
+        not per layer): attention_prefill_varlen's arithmetic in fewer host calls and a few small kernels fewer."""
         return self.attention_prefill(num_seqs, length, varlen=True, lean=True)
 
     def router(self, tokens: int, _):

@@ -291,7 +291,7 @@ class MeasuredProfile:
         """`decode_charge`: the share of a padded decode group's excess to charge; None = the profile's."""
         if self._stepped is not None and load.num_prefill_seqs:
             if self.replays(load):  # flash attention over the pool: each sequence at its own length
-                return _attention(self.curves, load, varlen=self.varlen_prefill, lean=self.lean)
+                return _attention(self.curves, load, varlen=self.varlen_prefill)  # no stepped attention: not lean
             return self._stepped.attention_s(load, decode_charge)
         decode = self.decode_padding_charge if decode_charge is None else decode_charge
         if self._graph_fix is not None and load.num_decode_seqs:
@@ -324,8 +324,8 @@ class MeasuredProfile:
 
     @property
     def lean(self) -> bool:
-        """Whether the prefill group's host path is the lean one (engine.lean_attention applies to unpadded groups
-        here: the profile has no padded lean curve)."""
+        """Whether a stepped layer's prefill group is priced at the lean curve (engine.lean_attention; with unpadded
+        groups only: the profile has no padded lean curve; graph replays attend over the pool, never lean)."""
         return self.varlen_prefill and self.lean_attention
 
     def _pipelined(self, host_path: float, gpu_path: float) -> float:
