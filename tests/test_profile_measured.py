@@ -214,14 +214,15 @@ def test_varlen_prefill_prices_the_unpadded_curve_at_the_packed_tokens(tmp_path)
         MeasuredProfile(synthetic(tmp_path / "bare"), clock="time_s", varlen_prefill=True)
 
 
-def test_lean_attention_prices_the_prefill_groups_issue_at_the_lean_curve(tmp_path):
+def test_lean_attention_prices_a_stepped_prefill_group_at_the_lean_curve(tmp_path):
     """engine.lean_attention (with varlen_prefill): a stepped layer prices the prefill group at attention_prefill_lean
-    (here its issue time 0.4 ms under varlen's, its device time the same); without varlen nothing changes; a
+    (here its issue time 0.4 ms under varlen's, its device time 0.1 ms); without varlen nothing changes; a
     profile without the lean curve is refused with the stage to calibrate."""
     directory = synthetic(tmp_path)
     stages = pd.read_csv(directory / "stages.csv")
     prefill = stages[stages.stage == "attention_prefill"]
-    lean = prefill.assign(stage="attention_prefill_lean", host_s=lambda t: t.host_s - 4e-4)
+    lean = prefill.assign(stage="attention_prefill_lean", host_s=lambda t: t.host_s - 4e-4,
+                          gpu_s=lambda t: t.gpu_s - 1e-4)
     pd.concat([stages, prefill.assign(stage="attention_prefill_varlen"), lean]).to_csv(directory / "stages.csv",
                                                                                         index=False)
     load = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=100, prefill_sq_tokens=2 * 50**2,
@@ -229,9 +230,13 @@ def test_lean_attention_prices_the_prefill_groups_issue_at_the_lean_curve(tmp_pa
     host, gpu = MeasuredProfile(directory, varlen_prefill=True).layer_paths(load)
     lean_host, lean_gpu = MeasuredProfile(directory, varlen_prefill=True, lean_attention=True).layer_paths(load)
     assert host - lean_host == pytest.approx(4e-4, rel=1e-6)
-    assert lean_gpu == gpu
+    assert gpu - lean_gpu == pytest.approx(1e-4, rel=1e-6)
     padded = MeasuredProfile(directory).layer_paths(load)
     assert MeasuredProfile(directory, lean_attention=True).layer_paths(load) == padded
+    # a graph-replayed layer attends over the pool, not through stepped attention: priced as varlen either way
+    replayed = {lean: MeasuredProfile(directory, impl="engine-graphs", pass_graphs=True, varlen_prefill=True,
+                                      lean_attention=lean) for lean in (False, True)}
+    assert replayed[True].replays(load) and replayed[True].attention_s(load) == replayed[False].attention_s(load)
     bare = synthetic(tmp_path / "varlen only")
     pd.concat([stages, prefill.assign(stage="attention_prefill_varlen")]).to_csv(bare / "stages.csv", index=False)
     with pytest.raises(MeasuredProfileError, match=r"no engine measurements for attention_prefill_lean "
