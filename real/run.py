@@ -73,8 +73,8 @@ class EngineSettings:
     # Qwen3-30B-A3B, 8 pairs: tokens/s x1.00-1.15, urgent filled starts' host time p50 -40% (BENCHMARKS.md)
     varlen_prefill: bool = field(default=True, compare=False)
     # stepped attention with the pass's rotary tables made once and q, k rotated together (Engine.lean_attention:
-    # the same floats in fewer host calls). H100, Qwen3-30B-A3B, fcfs, 4 pairs: a stepped prefill layer's host issue
-    # 0.58 ms shorter, its prefill passes 34 ms (BENCHMARKS.md, session 28)
+    # the same floats in fewer host calls). H100, Qwen3-30B-A3B, fcfs, 6 pairs: a stepped prefill layer's host issue
+    # 0.5 ms shorter, LS TTFT at 18 req/s 0.84 -> 0.65 s (BENCHMARKS.md, session 28)
     lean_attention: bool = field(default=True, compare=False)
     # a pure-decode batch's next pass derived on the device from its last one (Engine.carry_decode, real.carry: no
     # host arrays, no copy, no placeholder fill at its start). Experimental: 2 of 5 H100 runs with it stalled (session 22);
