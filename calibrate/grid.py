@@ -46,6 +46,13 @@ def _one_d(grid, heldout) -> dict:
     return {"grid": [(t, 0) for t in sorted(grid)], "heldout": [(t, 0) for t in heldout]}
 
 
+def _prefill() -> dict:
+    """The prefill attention stages' points (prompts x prompt length), one grid for all three, so that they compare
+    point for point; prompts to 32: an LS prefill filled with BE prompts holds up to max_batch_size (32) of them."""
+    return {"grid": [(n, p) for n in PREFILL_SEQS for p in (32, 64, 128, 256, 512, 1024, 2048)],
+            "heldout": [(n, p) for n in (3, 6, 12, 24) for p in (96, 384, 1536)]}
+
+
 def grids_for(num_experts: int, top_k: int) -> dict:
     """The grids of a model with `num_experts` experts, `top_k` per token (the calibration's balanced
     routing gives each expert tokens * top_k / num_experts rows; one expert alone gets every token)."""
@@ -57,19 +64,9 @@ def grids_for(num_experts: int, top_k: int) -> dict:
             "grid": [(b, c) for b in (1, 2, 4, 8, 16, 32, 64) for c in (128, 256, 512, 1024, 2048, 4096)],
             "heldout": [(b, c) for b in (3, 12, 48) for c in (384, 1536, 3072)],
         },
-        # prompts to 32: an LS prefill filled with BE prompts holds up to max_batch_size (32) of them
-        "attention_prefill": {
-            "grid": [(n, p) for n in PREFILL_SEQS for p in (32, 64, 128, 256, 512, 1024, 2048)],
-            "heldout": [(n, p) for n in (3, 6, 12, 24) for p in (96, 384, 1536)],
-        },
-        "attention_prefill_varlen": {  # the engine's unpadded prompts (engine.varlen_prefill), same points
-            "grid": [(n, p) for n in PREFILL_SEQS for p in (32, 64, 128, 256, 512, 1024, 2048)],
-            "heldout": [(n, p) for n in (3, 6, 12, 24) for p in (96, 384, 1536)],
-        },
-        "attention_prefill_lean": {  # and with the pass's rotary tables (engine.lean_attention), same points
-            "grid": [(n, p) for n in PREFILL_SEQS for p in (32, 64, 128, 256, 512, 1024, 2048)],
-            "heldout": [(n, p) for n in (3, 6, 12, 24) for p in (96, 384, 1536)],
-        },
+        "attention_prefill": _prefill(),
+        "attention_prefill_varlen": _prefill(),  # the engine's unpadded prompts (engine.varlen_prefill)
+        "attention_prefill_lean": _prefill(),  # and with the pass's rotary tables (engine.lean_attention)
         "router": _one_d(POW2, [3, 24, 96, 384, 1536, 6144, 24576]),
         "expert": _one_d(expert, EXPERT_HELDOUT),
         "experts_layer": _one_d(layer, EXPERT_HELDOUT),

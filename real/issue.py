@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from calibrate.serving import whole_passes
 from real.report import run_dirs
 from sim.results import markdown
 
@@ -26,13 +27,12 @@ REFERENCE = (1000, 4)  # tokens, prompts: a typical fcfs prefill pass at 18-28 r
 
 
 def prefill_passes(steps: pd.DataFrame) -> pd.DataFrame:
-    """One row per whole prefill pass (its advance from layer 0, all its sequences prompts, followed by its LM
-    head): prompts, tokens, host issue and device time per layer (ms)."""
+    """One row per whole prefill pass (`calibrate.serving.whole_passes`, all its sequences prompts, followed by
+    its LM head): prompts, tokens, host issue and device time per layer (ms)."""
     order = steps.reset_index(drop=True)
     heads = order.shift(-1)
-    whole = ((order.kind == "advance") & (order.from_layer == 0) & (order.num_prefill_seqs > 0)
-             & (order.num_prefill_seqs == order.num_seqs) & (heads.kind == "finish")
-             & (heads.batch_id == order.batch_id))
+    whole = (whole_passes(order) & (order.num_prefill_seqs > 0) & (order.num_prefill_seqs == order.num_seqs)
+             & (heads.kind == "finish") & (heads.batch_id == order.batch_id))
     passes, head = order[whole], heads[whole]
     layers = passes.to_layer - passes.from_layer
     return pd.DataFrame({"prompts": passes.num_seqs, "tokens": passes.num_tokens,

@@ -35,8 +35,8 @@ class ProfileSpec:
     Face's modules); `clock` pipelined (host and GPU paths of a layer overlap) or one timing column; `merge_ms` /
     `pause_resume_ms` override the measured event costs; `host_scale` multiplies its host-side costs (a serving
     host faster or slower than the profile's); `varlen_prefill` prices prefill attention as the engine's unpadded
-    group (engine.varlen_prefill; the profile needs its attention_prefill_varlen curve), with `lean_attention` at the
-    issue time of the engine's lean attention (engine.lean_attention: attention_prefill_lean); `pass_graphs` (with
+    group (engine.varlen_prefill; the profile needs its attention_prefill_varlen curve), with `lean_attention` at
+    the engine's lean attention curve (engine.lean_attention: attention_prefill_lean); `pass_graphs` (with
     engine-graphs) prices prefill and mixed layers as graph replays (engine.pass_graphs): their GPU path alone.
     scaled: the profile `base` describes (a dict of these fields; default: measured) with every
     stage multiplied by `factor`, or by the factor that makes the reference decode pass take
