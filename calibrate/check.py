@@ -38,13 +38,15 @@ def profile_model(directory: Path) -> ModelSpec:
 
 
 def stepped_profile(directory: Path, serving: bool = False, model: ModelSpec | None = None,
-                    impl: str = "engine") -> MeasuredProfile:
+                    impl: str = "engine", varlen_prefill: bool = False, lean_attention: bool = False) -> MeasuredProfile:
     """The profile's stepped engine (`impl="engine-graphs"`: with its decode layers replayed as graphs) as the
-    simulator builds it (`model`: default, the folder's); with `serving`, also the server costs already in
-    events.csv (calibrate.serving measures its residuals without them)."""
+    simulator builds it (`model`: default, the folder's), attending prefills as a run did (`varlen_prefill`,
+    `lean_attention`: its summary's); with `serving`, also the server costs already in events.csv
+    (calibrate.serving measures its residuals without them)."""
     model = model or profile_model(directory)
     return MeasuredProfile(directory, top_k=model.top_k, impl=impl, serving=serving,
-                           projection_share=model.attention_params / model.expert_params)
+                           projection_share=model.attention_params / model.expert_params,
+                           varlen_prefill=varlen_prefill, lean_attention=lean_attention)
 
 
 def hardware_spec(directory: Path) -> HardwareSpec:

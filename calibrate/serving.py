@@ -22,6 +22,10 @@ events.csv, which `sim.profile.measured` charges as the iteration, pause and mer
     python -m calibrate serving RUN_DIR [RUN_DIR ...] --profile calibrate/profiles/h200/mixtral-8x7b-bf16
     python -m calibrate serving RUN_DIR ... --profile ... --check   # prefill and decode layers: simulator vs engine
 
+Each run is read against the profile attending as it did (its summary's varlen_prefill and lean_attention);
+lean runs' per-layer host work comes out apart (`<event>_lean`), since lean attention cuts more of it than its
+stages' issue times show. One calibration replaces every server row, so give it runs of each kind at once.
+
 Calibrate on some runs and validate (`python -m sim.validate`) on others, so the check is not circular.
 """
 
@@ -42,8 +46,12 @@ from sim.profile.base import AttentionLoad
 from sim.profile.derive import layer_s
 from sim.profile.measured import MeasuredProfile, events_file
 
+# the serving host's own work per stepped layer, which lean attention (engine.lean_attention) cuts by more than its
+# stages' issue times say (H100 Qwen3, session 28's fcfs runs: 0.56 ms beyond the lean path, 1.08 beyond varlen's):
+# runs with it give these events apart, as `<event>_lean` (sim.profile.measured prices lean runs with them)
+LEAN_EVENTS = ("server_layer", "pass_layer", "pass_layer_busy")
 EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer", "padding_charge", "decode_padding_charge",
-          "pass_layer", "pass_layer_busy", "pass_host", "pass_queue")
+          "pass_layer", "pass_layer_busy", "pass_host", "pass_queue") + tuple(f"{e}_lean" for e in LEAN_EVENTS)
 MAX_GAP_S = 0.02  # longer gaps are the server sleeping until the next arrival, not working
 
 
@@ -85,11 +93,22 @@ def prefill_steps(steps: pd.DataFrame) -> pd.DataFrame:
     return steps[advance & (steps.num_tokens > steps.num_seqs) & unmerged]
 
 
+def step_load(step) -> AttentionLoad:
+    """The attention load of an all-prefill step (a row of the log). Its squared lengths (`prefill_sq_tokens`)
+    price an unpadded group; logs before session 29 lack them and take every prompt at the mean length, the
+    least the sum can be (an unpadded group's device time a little under, its host time, flat in the
+    lengths, the same)."""
+    seqs, tokens = int(step.num_seqs), int(step.num_tokens)
+    sq = getattr(step, "prefill_sq_tokens", None)
+    if sq is None or pd.isna(sq):
+        sq = round(tokens * tokens / max(seqs, 1))
+    return AttentionLoad(seqs, tokens, int(sq), prefill_max_tokens=int(step.longest))
+
+
 def prefill_layers(steps: pd.DataFrame) -> Iterator[tuple[AttentionLoad, float]]:
     """(load, device seconds per layer) of each of `prefill_steps`."""
     for step in prefill_steps(steps).itertuples():
-        load = AttentionLoad(step.num_seqs, step.num_tokens, 0, prefill_max_tokens=step.longest)
-        yield load, (step.end_s - step.begin_s) / (step.to_layer - step.from_layer)
+        yield step_load(step), (step.end_s - step.begin_s) / (step.to_layer - step.from_layer)
 
 
 def whole_passes(steps: pd.DataFrame) -> pd.Series:
@@ -133,7 +152,7 @@ def pass_rows(steps: pd.DataFrame, profile) -> tuple[pd.DataFrame, pd.DataFrame]
         step, head = order.iloc[i], order.iloc[i + 1] if i + 1 < len(order) else None
         if head is None or head.kind != "finish" or head.batch_id != step.batch_id:
             continue
-        load = AttentionLoad(int(step.num_seqs), int(step.num_tokens), 0, prefill_max_tokens=int(step.longest))
+        load = step_load(step)
         layers = step.to_layer - step.from_layer
         issue_s, backlog_s = head.issued_s - step.issued_s, step.begin_s - step.issued_s
         host, gpu = profile.layer_paths(load)
@@ -221,30 +240,56 @@ def decode_rows(steps: pd.DataFrame, requests: pd.DataFrame, graphs: MeasuredPro
     return pd.DataFrame(rows, columns=["event", "time_s"])
 
 
-def collect(run_dirs: list[Path], profile=None) -> pd.DataFrame:
-    """Every run's idle gaps and, given the stepped engine's MeasuredProfile, its prefill-layer residuals
-    and, for runs that replayed decode graphs, its decode padding charges."""
+def collect(run_dirs: list[Path], directory: Path | None = None) -> pd.DataFrame:
+    """Every run's idle gaps and, given a profile folder, what its stepped engine misses: prefill-layer
+    residuals and whole passes' host work (`host_rows`, each run against the profile attending as it did:
+    `attention_mode`; lean runs' per-layer work as `<event>_lean`, LEAN_EVENTS) and, for runs that replayed
+    decode graphs, their decode padding charges."""
     found = [d for d in run_dirs if (d / "steps.parquet").exists()]
     if not found:
         raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, run_dirs))}")
-    logs = [pd.read_parquet(d / "steps.parquet") for d in found]
+    logs = {d: pd.read_parquet(d / "steps.parquet") for d in found}
     # the idle gaps of a pass a host issued ahead (sim.pipeline) are its pipeline's: pass_host prices them
-    parts = [gaps(log) for d, log in zip(found, logs) if not (host_ahead(d) and whole_passes(log).any())]
-    if profile is not None:
-        residuals = [layer_residuals(log, profile) for log in logs if "level" in log]
-        server_layer = pd.concat(residuals).time_s if residuals else pd.Series(dtype=float)
-        host_extra = float(server_layer.median()) if len(server_layer) else 0.0
-        parts += residuals + [padding_rows(log, profile, host_extra) for log in logs if "level" in log]
-        if passes := [pass_rows(log, profile) for log in logs if "num_prefill_seqs" in log]:
-            rows = pd.concat([rows for rows, _ in passes], ignore_index=True)
-            idle = rows[rows.event == "pass_layer"].time_s  # busy_rows takes the others' layers at this rate
-            parts.append(rows)
-            if len(idle):
-                parts.append(busy_rows(pd.concat([busy for _, busy in passes], ignore_index=True), float(idle.median())))
-        parts += decode_parts(run_dirs, profile.directory)
+    parts = [gaps(log) for d, log in logs.items() if not (host_ahead(d) and whole_passes(log).any())]
+    if directory is not None:
+        modes: dict[tuple[bool, bool], list[pd.DataFrame]] = {}
+        for d, log in logs.items():
+            modes.setdefault(attention_mode(d), []).append(log)
+        for (varlen, lean), group in sorted(modes.items()):
+            rows = host_rows(group, stepped_profile(directory, varlen_prefill=varlen, lean_attention=lean))
+            parts.append(rows.assign(event=rows.event.map(lambda e: f"{e}_lean" if e in LEAN_EVENTS else e))
+                         if lean else rows)
+        parts += decode_parts(run_dirs, directory)
     table = pd.concat(parts, ignore_index=True)
     table["repeat"] = table.groupby("event").cumcount()
     return table[["event", "repeat", "time_s"]]
+
+
+def host_rows(logs: list[pd.DataFrame], profile: MeasuredProfile) -> pd.DataFrame:
+    """The stepped engine's rows from logs of runs that attended alike: `server_layer`, `padding_charge` and the
+    whole passes' `pass_*` rows, against `profile` (the stepped engine attending as they did)."""
+    stepped = [log for log in logs if "level" in log]
+    residuals = [layer_residuals(log, profile) for log in stepped]
+    server_layer = pd.concat(residuals).time_s if residuals else pd.Series(dtype=float)
+    host_extra = float(server_layer.median()) if len(server_layer) else 0.0
+    parts = residuals + [padding_rows(log, profile, host_extra) for log in stepped]
+    if passes := [pass_rows(log, profile) for log in logs if "num_prefill_seqs" in log]:
+        rows = pd.concat([rows for rows, _ in passes], ignore_index=True)
+        idle = rows[rows.event == "pass_layer"].time_s  # busy_rows takes the others' layers at this rate
+        parts.append(rows)
+        if len(idle):
+            parts.append(busy_rows(pd.concat([busy for _, busy in passes], ignore_index=True), float(idle.median())))
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["event", "time_s"])
+
+
+def attention_mode(run: Path) -> tuple[bool, bool]:
+    """(varlen_prefill, lean_attention) of a run, from its summary.json: how its engine attended prefill groups
+    (runs from before those settings, or without a summary: padded). Lean attention needs varlen."""
+    summary = run / "summary.json"
+    settings = json.loads(summary.read_text())["run"] if summary.exists() else {}
+    varlen = bool(settings.get("varlen_prefill"))
+    return varlen, varlen and bool(settings.get("lean_attention"))
 
 
 def host_ahead(run: Path) -> bool:
@@ -300,9 +345,11 @@ def layer_check(steps: pd.DataFrame, profile: MeasuredProfile, model: ModelSpec)
 def check_report(run_dirs: list[Path], directory: Path) -> pd.DataFrame:
     """Median composed / measured prefill layer by token count over the runs: where the simulator's
     price of a stepped layer parts from the engine's."""
-    profile, model = stepped_profile(directory, serving=True), profile_model(directory)
-    table = pd.concat([layer_check(pd.read_parquet(d / "steps.parquet"), profile, model) for d in run_dirs],
-                      ignore_index=True)
+    model = profile_model(directory)
+    profiles = {mode: stepped_profile(directory, serving=True, model=model, varlen_prefill=mode[0], lean_attention=mode[1])
+                for mode in {attention_mode(d) for d in run_dirs}}
+    table = pd.concat([layer_check(pd.read_parquet(d / "steps.parquet"), profiles[attention_mode(d)], model)
+                       for d in run_dirs], ignore_index=True)
     if table.empty:
         raise SystemExit("error: no stepped prefill layers in these runs' step logs")
     table["ratio"] = table.composed_ms / table.measured_ms
@@ -357,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
             print("graph-replayed decode layers whose contexts the requests give (medians by batch size)")
             print(decode.round(3).to_string())
         return
-    rows = collect(run_dirs, stepped_profile(args.profile))
+    rows = collect(run_dirs, args.profile)
     write_events(args.profile, rows)
     for event, what in (("padding_charge", "padded GPU-bound prefill layers"),
                         ("decode_padding_charge", "graph-replayed decode layers with their contexts known")):

@@ -41,6 +41,7 @@ class Step:
     num_prefill_seqs: int  # sequences feeding more than one new token (the rest decode)
     num_tokens: int
     longest: int  # tokens of the longest sequence (prompt, or context when decoding): the padded length
+    prefill_sq_tokens: int  # sum of the prefill sequences' new tokens squared: an unpadded group's attention work
     from_layer: int
     to_layer: int
     whole: bool  # began and ended at layer boundaries (False: stopped between stages, real.engine's `stop`)
@@ -293,11 +294,11 @@ class ReplayServer:
             return any(position.can_absorb(p) for p in waiting) or (self.stage_stops and interrupt())
         return stop
 
-    def _log(self, batch_id: int, batch: BatchState, shape: tuple[int, int], from_layer: int, kind: str,
+    def _log(self, batch_id: int, batch: BatchState, shape: tuple[int, int, int], from_layer: int, kind: str,
              issued_s: float, begin: int, end: int, whole: bool = True) -> None:
-        longest, prefills = shape
+        longest, prefills, prefill_sq = shape
         level = self.lane.level if batch_id == self.lane.batch_id else 0
-        self.steps.append(Step(batch_id, len(batch.seqs), prefills, batch.layout.num_tokens, longest,
+        self.steps.append(Step(batch_id, len(batch.seqs), prefills, batch.layout.num_tokens, longest, prefill_sq,
                                from_layer, batch.position.layer, whole, kind, level, self.decided_s, issued_s,
                                begin, end))
         self.decided_s = float("nan")
@@ -411,6 +412,9 @@ def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[],
     return both
 
 
-def _shape(batch: BatchState) -> tuple[int, int]:
-    """(tokens of the longest sequence, sequences feeding more than one new token) of a batch in a pass."""
-    return max(len(s.token_ids) for s in batch.seqs), sum(s.num_new > 1 for s in batch.seqs)
+def _shape(batch: BatchState) -> tuple[int, int, int]:
+    """(tokens of the longest sequence, sequences feeding more than one new token, the sum of their new tokens
+    squared) of a batch in a pass: the last is what prices an unpadded prefill group (its root-mean-square
+    length), which the count and the longest alone do not give."""
+    prefills = [s.num_new for s in batch.seqs if s.num_new > 1]
+    return max(len(s.token_ids) for s in batch.seqs), len(prefills), sum(n * n for n in prefills)

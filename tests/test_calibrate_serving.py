@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import calibrate.serving as serving
 from calibrate.check import model_spec
 from calibrate.serving import (
     alone,
+    attention_mode,
     busy_rows,
     collect,
     decode_check_report,
@@ -21,6 +24,7 @@ from calibrate.serving import (
     padding_rows,
     pass_rows,
     prefill_steps,
+    step_load,
     whole_passes,
     write_events,
 )
@@ -282,3 +286,50 @@ def test_busy_layers_are_what_the_backlog_leaves_after_the_idle_rate():
                            "host_s": [1.1e-3, 1.1e-3]})
     rows = busy_rows(passes, idle_s=0.9e-3)
     assert rows.event.tolist() == ["pass_layer_busy"] and rows.time_s.tolist() == pytest.approx([2.9e-3])
+
+
+def test_a_prefill_steps_load_takes_its_squared_lengths_or_else_the_mean_length():
+    logged = SimpleNamespace(num_seqs=2, num_tokens=300, longest=200, prefill_sq_tokens=200**2 + 100**2)
+    load = step_load(logged)
+    assert (load.num_prefill_seqs, load.num_prefill_tokens, load.prefill_sq_tokens, load.prefill_max_tokens) == \
+        (2, 300, 50_000, 200)
+    for older in (SimpleNamespace(num_seqs=2, num_tokens=300, longest=200),  # logs before session 29
+                  SimpleNamespace(num_seqs=2, num_tokens=300, longest=200, prefill_sq_tokens=float("nan"))):
+        assert step_load(older).prefill_sq_tokens == 2 * 150**2
+
+
+class _ModeProfile:
+    """A stepped engine whose layer's host path is 1 ms attending padded or varlen, 0.6 ms lean; GPU 0.1 ms."""
+
+    def __init__(self, varlen: bool, lean: bool):
+        self.host_s = 0.6e-3 if lean else 1e-3
+
+    def layer_paths(self, load):
+        return self.host_s, 1e-4
+
+
+@pytest.mark.parametrize("settings, mode, event, left_s", [
+    ({}, (False, False), "pass_layer", 0.5e-3),  # a run from before the settings: padded
+    ({"varlen_prefill": True, "lean_attention": False}, (True, False), "pass_layer", 0.5e-3),
+    ({"varlen_prefill": True, "lean_attention": True}, (True, True), "pass_layer_lean", 0.9e-3),
+    ({"varlen_prefill": False, "lean_attention": True}, (False, False), "pass_layer", 0.5e-3),  # lean needs varlen
+])
+def test_each_run_is_read_against_the_profile_attending_as_it_did(tmp_path, monkeypatch, settings, mode, event,
+                                                                  left_s):
+    """A whole prefill pass issued at 1.5 ms a layer, the GPU idle: what is left over the host path of the run's
+    own attention is its `pass_layer` row, named apart for a lean run (sim.profile.measured prices lean with it)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"run": settings}))
+    pd.DataFrame([whole(0, 1, 1, 100, 0.000, 0.0, 0.006), whole(0, 1, 1, 100, 0.006, 0.006, 0.007, "finish")]
+                 ).to_parquet(run / "steps.parquet")
+    asked = []
+    monkeypatch.setattr(serving, "stepped_profile",
+                        lambda directory, varlen_prefill, lean_attention: asked.append((varlen_prefill, lean_attention))
+                        or _ModeProfile(varlen_prefill, lean_attention))
+    monkeypatch.setattr(serving, "decode_parts", lambda runs, directory: [])
+    assert attention_mode(run) == mode
+    rows = collect([run], tmp_path / "profile")
+    assert asked == [mode]
+    layer = rows[rows.event.str.startswith("pass_layer")]
+    assert layer.event.tolist() == [event] and layer.time_s.tolist() == pytest.approx([left_s])

@@ -379,6 +379,30 @@ def test_a_whole_pass_layer_costs_the_host_its_stages_and_pass_layer_not_server_
     assert graphs.pass_paths(load) == pytest.approx(p.pass_paths(load))  # prefill: stepped
 
 
+def test_a_lean_profile_takes_the_serving_hosts_work_that_lean_runs_measured(tmp_path):
+    """Lean runs' per-layer host work (calibrate.serving's `<event>_lean`) prices a lean profile's whole-pass and
+    stepped layers; a varlen profile keeps the other rows, and a lean one falls back to them where lean runs gave none."""
+    directory = synthetic(tmp_path)
+    stages = pd.read_csv(directory / "stages.csv")
+    prefill = stages[stages.stage == "attention_prefill"]
+    pd.concat([stages, prefill.assign(stage="attention_prefill_varlen"),
+               prefill.assign(stage="attention_prefill_lean")]).to_csv(directory / "stages.csv", index=False)
+    rows = (("pass_layer", (1e-3,)), ("pass_layer_lean", (5e-4,)), ("pass_layer_busy", (2e-3,)),
+            ("pass_layer_busy_lean", (1.5e-3,)), ("server_layer", (4e-4,)), ("server_layer_lean", (1e-4,)))
+    events = pd.DataFrame([{"event": e, "repeat": r, "time_s": x} for e, xs in rows for r, x in enumerate(xs)])
+    events.to_csv(directory / "events.csv", index=False)
+    varlen = MeasuredProfile(directory, varlen_prefill=True)
+    lean = MeasuredProfile(directory, varlen_prefill=True, lean_attention=True)
+    assert (varlen.pass_layer_s, varlen.pass_busy_extra_s) == pytest.approx((1e-3, 1e-3))
+    assert (lean.pass_layer_s, lean.pass_busy_extra_s) == pytest.approx((5e-4, 1e-3))
+    assert varlen.server_layer == pytest.approx((4e-4,) * 20) and lean.server_layer == pytest.approx((1e-4,) * 20)
+    load = AttentionLoad(num_prefill_seqs=2, num_prefill_tokens=40, prefill_sq_tokens=2 * 20**2)
+    assert lean.pass_paths(load)[0] == pytest.approx(lean.layer_paths(load)[0] + 5e-4)
+    assert MeasuredProfile(directory, lean_attention=True).pass_layer_s == pytest.approx(1e-3)  # padded: never lean
+    events[~events.event.str.endswith("_lean")].to_csv(directory / "events.csv", index=False)
+    assert MeasuredProfile(directory, varlen_prefill=True, lean_attention=True).pass_layer_s == pytest.approx(1e-3)
+
+
 def test_host_scale_multiplies_every_host_side_cost(tmp_path):
     """A host twice as fast (host_scale 0.5): stepped layers' host paths, the server's per-layer work and the
     whole-pass events halve; GPU paths, the launch queue's depth and the derived overheads stay."""

@@ -57,6 +57,9 @@ def test_serve_twice_keeps_the_engine_and_logs_every_step(tmp_path):
     # prompts (12 of them, 3 tokens each asked) are fed once each; every other pass decodes
     prefill_passes = finishes.num_prefill_seqs.sum()
     assert prefill_passes == 12 and (finishes.num_seqs - finishes.num_prefill_seqs).sum() == 12 * 2
+    # each prompt's length squared is logged once, in its pass's rows: what prices an unpadded prefill group
+    assert finishes.prefill_sq_tokens.sum() == (table.prompt_tokens ** 2).sum()
+    assert (steps[steps.num_prefill_seqs == 0].prefill_sq_tokens == 0).all()
     real_run.release_engine()
     assert not real_run._built
 

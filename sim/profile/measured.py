@@ -262,16 +262,23 @@ class MeasuredProfile:
         else:
             self._stage_s = self.overheads.stage_s
         if self.serving and self.impl == "engine" and self.clock == "pipelined":  # server's stepped layers
-            self.server_layer = _event_quantiles(self.directory, "server_layer")
+            self.server_layer = _event_quantiles(self.directory, self._host_event("server_layer"))
             self.padding_charge = _event_share(self.directory, "padding_charge")
         if self.serving and self.impl in SERVED:
             self.decode_padding_charge = _event_share(self.directory, "decode_padding_charge")
-            self.pass_layer_s = _event_median(self.directory, "pass_layer") or 0.0
-            busy = _event_median(self.directory, "pass_layer_busy")
+            self.pass_layer_s = _event_median(self.directory, self._host_event("pass_layer")) or 0.0
+            busy = _event_median(self.directory, self._host_event("pass_layer_busy"))
             self.pass_busy_extra_s = 0.0 if busy is None else busy - self.pass_layer_s
             self.pass_host_s = _event_median(self.directory, "pass_host")
             self.pass_queue_layers = round(_event_median(self.directory, "pass_queue") or 0)
         self._scale_host()
+
+    def _host_event(self, event: str) -> str:
+        """The serving host's per-layer work as runs that attended like this one measured it: lean runs log theirs
+        apart (`<event>_lean`, calibrate.serving: lean attention cuts more of it than the stages' issue times
+        show); without such rows, the others'."""
+        lean = f"{event}_lean"
+        return lean if self.lean and _event_median(self.directory, lean) is not None else event
 
     def _scale_host(self) -> None:
         """`host_scale` on everything measured on the host clock (the launch queue's depth is a count)."""
