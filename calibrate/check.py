@@ -37,8 +37,8 @@ def profile_model(directory: Path) -> ModelSpec:
     return model_spec(Path(directory).name.rsplit("-", 1)[0])
 
 
-def stepped_profile(directory: Path, serving: bool = False, model: ModelSpec | None = None,
-                    impl: str = "engine", varlen_prefill: bool = False, lean_attention: bool = False) -> MeasuredProfile:
+def stepped_profile(directory: Path, serving: bool = False, model: ModelSpec | None = None, impl: str = "engine",
+                    varlen_prefill: bool = False, lean_attention: bool = False) -> MeasuredProfile:
     """The profile's stepped engine (`impl="engine-graphs"`: with its decode layers replayed as graphs) as the
     simulator builds it (`model`: default, the folder's), attending prefills as a run did (`varlen_prefill`,
     `lean_attention`: its summary's); with `serving`, also the server costs already in events.csv

@@ -47,7 +47,7 @@ from sim.profile.derive import layer_s
 from sim.profile.measured import MeasuredProfile, events_file
 
 # the serving host's own work per stepped layer, which lean attention (engine.lean_attention) cuts by more than its
-# stages' issue times say (H100 Qwen3, session 28's fcfs runs: 0.56 ms beyond the lean path, 1.08 beyond varlen's):
+# stages' issue times say (H100 Qwen3, session 28's fcfs runs: 0.56 ms beyond the lean path, 1.07 beyond varlen's):
 # runs with it give these events apart, as `<event>_lean` (sim.profile.measured prices lean runs with them)
 LEAN_EVENTS = ("server_layer", "pass_layer", "pass_layer_busy")
 EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer", "padding_charge", "decode_padding_charge",
@@ -346,8 +346,9 @@ def check_report(run_dirs: list[Path], directory: Path) -> pd.DataFrame:
     """Median composed / measured prefill layer by token count over the runs: where the simulator's
     price of a stepped layer parts from the engine's."""
     model = profile_model(directory)
-    profiles = {mode: stepped_profile(directory, serving=True, model=model, varlen_prefill=mode[0], lean_attention=mode[1])
-                for mode in {attention_mode(d) for d in run_dirs}}
+    profiles = {(varlen, lean): stepped_profile(directory, serving=True, model=model, varlen_prefill=varlen,
+                                                lean_attention=lean)
+                for varlen, lean in {attention_mode(d) for d in run_dirs}}
     table = pd.concat([layer_check(pd.read_parquet(d / "steps.parquet"), profiles[attention_mode(d)], model)
                        for d in run_dirs], ignore_index=True)
     if table.empty:

@@ -381,7 +381,8 @@ def test_a_whole_pass_layer_costs_the_host_its_stages_and_pass_layer_not_server_
 
 def test_a_lean_profile_takes_the_serving_hosts_work_that_lean_runs_measured(tmp_path):
     """Lean runs' per-layer host work (calibrate.serving's `<event>_lean`) prices a lean profile's whole-pass and
-    stepped layers; a varlen profile keeps the other rows, and a lean one falls back to them where lean runs gave none."""
+    stepped layers; a varlen profile keeps the other rows, and a lean one falls back to them where lean runs gave
+    none."""
     directory = synthetic(tmp_path)
     stages = pd.read_csv(directory / "stages.csv")
     prefill = stages[stages.stage == "attention_prefill"]
