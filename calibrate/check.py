@@ -33,8 +33,14 @@ def model_spec(name: str) -> ModelSpec:
 
 
 def profile_model(directory: Path) -> ModelSpec:
-    """The model a profile folder is named after (<model>-<dtype>)."""
-    return model_spec(Path(directory).name.rsplit("-", 1)[0])
+    """The model a profile folder was measured on: its meta.json's `model`, else the folder's name (<model>-<dtype>),
+    so a copy under another name (sim.validate --profile) still knows its model."""
+    meta = Path(directory) / "meta.json"
+    name = json.loads(meta.read_text()).get("model") if meta.exists() else None
+    name = name or Path(directory).name.rsplit("-", 1)[0]
+    if not (CONF / "model" / f"{name}.yaml").exists():
+        raise SystemExit(f"error: {directory}: no model config {name!r} (conf/model/{name}.yaml) for this profile")
+    return model_spec(name)
 
 
 def stepped_profile(directory: Path, serving: bool = False, model: ModelSpec | None = None, impl: str = "engine",

@@ -317,15 +317,15 @@ def decode_parts(run_dirs: list[Path], directory: Path) -> list[pd.DataFrame]:
     return [decode_rows(steps, requests, graphs, model) for steps, requests in graph_decode_logs(run_dirs)]
 
 
-def write_events(profile: Path, rows: pd.DataFrame) -> pd.DataFrame:
-    """Replace the profile's server_* rows with `rows`; the calibration's own events are kept (in events.csv,
-    or events.csv.gz where the profile keeps them compressed)."""
+def write_events(profile: Path, rows: pd.DataFrame, events: tuple[str, ...] = EVENTS) -> pd.DataFrame:
+    """Replace the profile's rows of `events` (default: every server row) with `rows`' rows of them; the
+    calibration's own events are kept (in events.csv, or events.csv.gz where the profile keeps them compressed)."""
     path = events_file(profile)
     if path is None:
         raise SystemExit(f"error: {profile / 'events.csv'} does not exist (not a calibration profile?)")
     kept = pd.read_csv(path)
-    kept = kept[~kept.event.isin(EVENTS)]
-    table = pd.concat([kept, rows], ignore_index=True)
+    kept = kept[~kept.event.isin(events)]
+    table = pd.concat([kept, rows[rows.event.isin(events)]], ignore_index=True)
     table.to_csv(path, index=False)
     return table
 
@@ -388,6 +388,9 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="real.run output folders (with steps.parquet), or parents")
     parser.add_argument("--profile", type=Path, required=True, help="profile folder whose events.csv gets the rows")
+    parser.add_argument("--only", nargs="+", choices=EVENTS, default=EVENTS, metavar="EVENT",
+                        help="replace only these events' rows, keep the others as they are (default: every server "
+                             f"event: {', '.join(EVENTS)})")
     parser.add_argument("--check", action="store_true",
                         help="write nothing: print the simulator's stepped prefill and replayed decode layers "
                              "against the runs'")
@@ -406,7 +409,8 @@ def main(argv: list[str] | None = None) -> None:
             print(decode.round(3).to_string())
         return
     rows = collect(run_dirs, args.profile)
-    write_events(args.profile, rows)
+    rows = rows[rows.event.isin(args.only)]
+    write_events(args.profile, rows, tuple(args.only))
     for event, what in (("padding_charge", "padded GPU-bound prefill layers"),
                         ("decode_padding_charge", "graph-replayed decode layers with their contexts known")):
         shares = rows[rows.event == event].time_s

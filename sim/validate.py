@@ -7,7 +7,11 @@ on another lease, say) instead of the simulator: the engine against itself, the 
 error (BENCHMARKS.md, session 12: round 11 against round 9, 78 of 108 cells within target; the simulator
 against round 11, 77). Where the folder itself holds several runs of one policy, rate and seed (the same trace
 replayed more than once), each is also scored against the others and printed per metric beside the simulator's
-score: a miss the engine also makes against itself is its own run-to-run spread, not the simulator's error."""
+score: a miss the engine also makes against itself is its own run-to-run spread, not the simulator's error.
+
+`--profile DIR` prices with another measured profile folder than the hardware's: calibrate a copy's serving events
+on some runs (`cp -r` the profile, `python -m calibrate serving RUNS --profile COPY [--only EVENT ...]`) and score
+it on others without touching the committed profile."""
 
 from __future__ import annotations
 
@@ -40,11 +44,13 @@ METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"
 
 
 def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None = None,
-                  extra: tuple[str, ...] = (), host_scale: float | str | None = None) -> pd.DataFrame:
+                  extra: tuple[str, ...] = (), host_scale: float | str | None = None,
+                  profile_dir: Path | None = None) -> pd.DataFrame:
     """The simulator on the real run's trace, policy, batch size and KV slots (`policy`, `extra`: another
     policy, further Hydra overrides, to ask what it would have done on the same trace: sim.tracecmp).
     `host_scale`: the measured profile's host-side costs x this; "auto": the run's host probe over the
-    profile's (calibrate.hostspeed)."""
+    profile's (calibrate.hostspeed). `profile_dir`: a measured profile folder to price with instead of the
+    hardware's own (a copy whose serving events were refitted, say)."""
     summary = json.loads((run_dir / "summary.json").read_text())["run"]
     saved = None if policy else saved_policy(run_dir)
     policy = policy or summary["policy"]
@@ -61,6 +67,8 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     spec = compose_spec(overrides)
     if saved is not None:
         spec = replace(spec, policy=saved)
+    if profile_dir is not None:
+        spec = replace(spec, profile=replace(spec.profile, directory=str(profile_dir.resolve())))
     if host_scale == "auto":
         host_scale = run_host_scale(run_dir, summary, measured_directory(spec.profile, spec.model, spec.hardware))
     if host_scale is not None:
@@ -186,6 +194,9 @@ def main() -> None:
     parser.add_argument("--host-scale", default=None,
                         help="the runs' host speed against the profile's: host-side costs x this "
                              "(hardware.profile.host_scale); auto: each run's host probe over the profile's")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="a measured profile folder to price with instead of the hardware's own: a copy whose "
+                             "serving events `python -m calibrate serving` refitted on other runs, say")
     args = parser.parse_args()
     host_scale = args.host_scale
     if host_scale is not None and host_scale != "auto":
@@ -198,6 +209,8 @@ def main() -> None:
     runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
     if not runs:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
+    if args.profile is not None and not (args.profile / "stages.csv").exists():
+        raise SystemExit(f"error: --profile {args.profile}: no stages.csv there (not a measured profile folder)")
     if args.against is not None and not args.against.is_dir():
         raise SystemExit(f"error: --against {args.against}: no such folder")
     if args.against:
@@ -205,7 +218,8 @@ def main() -> None:
     else:
         try:
             with gathered(len(runs)):
-                references = {run: simulate_like(run, args.hardware, args.model, host_scale=host_scale)
+                references = {run: simulate_like(run, args.hardware, args.model, host_scale=host_scale,
+                                                 profile_dir=args.profile)
                               for run in tqdm(runs, desc="simulating", unit="run", leave=False)}
         except ProfileError as error:  # e.g. a run with unpadded prompts against a profile without their curve
             raise SystemExit(f"error: {error}") from None

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import calibrate.serving as serving
-from calibrate.check import model_spec
+from calibrate.check import model_spec, profile_model
 from calibrate.serving import (
     alone,
     attention_mode,
@@ -333,3 +333,37 @@ def test_each_run_is_read_against_the_profile_attending_as_it_did(tmp_path, monk
     assert asked == [mode]
     layer = rows[rows.event.str.startswith("pass_layer")]
     assert layer.event.tolist() == [event] and layer.time_s.tolist() == pytest.approx([left_s])
+
+
+def test_only_the_events_asked_for_are_replaced(tmp_path, monkeypatch, capsys):
+    """`--only EVENT ...`: a refit of some server events (the whole passes', say) keeps the profile's others."""
+    run = tmp_path / "run"
+    run.mkdir()
+    STEPS.to_parquet(run / "steps.parquet")
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    pd.DataFrame([{"event": "merge", "repeat": 0, "time_s": 4e-4}, {"event": "server_pass", "repeat": 0, "time_s": 1.0},
+                  {"event": "server_switch", "repeat": 0, "time_s": 5.0}]).to_csv(profile / "events.csv", index=False)
+    monkeypatch.setattr(serving, "stepped_profile", lambda directory, varlen_prefill, lean_attention: _FakeProfile())
+    monkeypatch.setattr(serving, "decode_parts", lambda runs, directory: [])
+    serving.main([str(run), "--profile", str(profile), "--only", "server_pass"])
+    table = pd.read_csv(profile / "events.csv").set_index("event").time_s
+    assert sorted(table.index) == ["merge", "server_pass", "server_switch"]
+    assert (table["server_pass"], table["server_switch"]) == pytest.approx((7e-4, 5.0))
+    with pytest.raises(SystemExit):
+        serving.main([str(run), "--profile", str(profile), "--only", "no_such_event"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_a_profiles_model_is_its_meta_jsons_then_its_folders_name(tmp_path):
+    """A copy of a profile under another name (to refit its events, sim.validate --profile) still knows its model;
+    a folder naming no model config is refused with a message."""
+    copy = tmp_path / "refit"
+    copy.mkdir()
+    (copy / "meta.json").write_text(json.dumps({"model": "qwen3-moe-30b-a3b"}))
+    assert profile_model(copy) == model_spec("qwen3-moe-30b-a3b")
+    named = tmp_path / "mixtral-8x7b-bf16"
+    named.mkdir()
+    assert profile_model(named) == model_spec("mixtral-8x7b")
+    with pytest.raises(SystemExit, match="no model config 'refit'"):
+        profile_model(tmp_path / "refit-bf16")

@@ -4,6 +4,7 @@ produced with the same settings must come back with zero error."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -202,3 +203,34 @@ def test_runs_of_one_trace_in_the_folder_are_scored_against_each_other(tmp_path,
     for metric, cells in rows.items():
         expected = ["2", "of", "3", "0", "of", "2"] if "turnaround" in metric else ["3", "of", "3", "2", "of", "2"]
         assert cells == expected, metric
+
+
+def test_another_profile_folder_prices_the_runs_and_lean_runs_take_their_own_serving_events(tmp_path, monkeypatch):
+    """`--profile DIR` (a copy of the H100 Qwen3 profile whose serving events were refitted): a `pass_layer_lean` row
+    of 2 ms makes a lean run's host-bound fcfs prefill passes slower, and leaves a varlen run's as they were; a
+    folder that is not a measured profile is refused with a message."""
+    copy = tmp_path / "profile"
+    shutil.copytree(PROFILES_DIR / "h100" / "qwen3-moe-30b-a3b-bf16", copy)
+    events = pd.read_csv(copy / "events.csv.gz")
+    pd.concat([events, pd.DataFrame([{"event": "pass_layer_lean", "repeat": 0, "time_s": 2e-3}])]
+              ).to_csv(copy / "events.csv.gz", index=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    trace = generate_trace(WorkloadConfig(rate=6.0, num_requests=30, output_mode="fixed", fixed_output_tokens=4), 3)
+    write_trace(trace, run_dir / "trace.csv")
+    slot = int((trace.prompt_tokens + trace.output_tokens).max())
+    run = {"policy": "fcfs", "rate": 6.0, "seed": 3, "num_slots": 40, "kv_slot_tokens": slot, "defer_tokens": True,
+           "varlen_prefill": True}
+    for lean in (False, True):
+        (run_dir / "summary.json").write_text(json.dumps({"run": {**run, "lean_attention": lean}}))
+        own = simulate_like(run_dir, "h100-measured", "qwen3-moe-30b-a3b").ttft_s.to_numpy()
+        refitted = simulate_like(run_dir, "h100-measured", "qwen3-moe-30b-a3b", profile_dir=copy).ttft_s.to_numpy()
+        if lean:
+            assert refitted[0] > own[0] and refitted.sum() > own.sum()
+        else:
+            assert refitted.tolist() == pytest.approx(own.tolist())
+    pd.DataFrame({"request_id": [0]}).to_parquet(run_dir / "requests.parquet")
+    monkeypatch.setattr("sys.argv", ["validate", str(run_dir), "--hardware", "h100-measured", "--model",
+                                     "qwen3-moe-30b-a3b", "--profile", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no stages.csv there"):
+        sim.validate.main()
