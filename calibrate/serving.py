@@ -400,6 +400,11 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, args.runs))}")
     if events_file(args.profile) is None:
         raise SystemExit(f"error: {args.profile / 'events.csv'} does not exist (not a calibration profile?)")
+    try:
+        profile_model(args.profile)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {args.profile}: its model has no config ({error.filename}); meta.json's `model` "
+                         "or the folder's name (<model>-<dtype>) names it") from None
     if args.check:
         print(f"{len(run_dirs)} runs, profile {args.profile}: stepped prefill layers (medians by tokens)")
         print(check_report(run_dirs, args.profile).round(3).to_string())

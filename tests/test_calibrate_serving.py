@@ -344,6 +344,7 @@ def test_only_the_events_asked_for_are_replaced(tmp_path, monkeypatch, capsys):
     profile.mkdir()
     pd.DataFrame([{"event": "merge", "repeat": 0, "time_s": 4e-4}, {"event": "server_pass", "repeat": 0, "time_s": 1.0},
                   {"event": "server_switch", "repeat": 0, "time_s": 5.0}]).to_csv(profile / "events.csv", index=False)
+    (profile / "meta.json").write_text(json.dumps({"model": "mixtral-8x7b"}))
     monkeypatch.setattr(serving, "stepped_profile", lambda directory, varlen_prefill, lean_attention: _FakeProfile())
     monkeypatch.setattr(serving, "decode_parts", lambda runs, directory: [])
     serving.main([str(run), "--profile", str(profile), "--only", "server_pass"])
@@ -357,7 +358,7 @@ def test_only_the_events_asked_for_are_replaced(tmp_path, monkeypatch, capsys):
 
 def test_a_profiles_model_is_its_meta_jsons_then_its_folders_name(tmp_path):
     """A copy of a profile under another name (to refit its events, sim.validate --profile) still knows its model;
-    a folder naming no model config is refused with a message."""
+    calibrate serving refuses a folder naming no model config with a message."""
     copy = tmp_path / "refit"
     copy.mkdir()
     (copy / "meta.json").write_text(json.dumps({"model": "qwen3-moe-30b-a3b"}))
@@ -365,5 +366,13 @@ def test_a_profiles_model_is_its_meta_jsons_then_its_folders_name(tmp_path):
     named = tmp_path / "mixtral-8x7b-bf16"
     named.mkdir()
     assert profile_model(named) == model_spec("mixtral-8x7b")
-    with pytest.raises(SystemExit, match="no model config 'refit'"):
-        profile_model(tmp_path / "refit-bf16")
+    unknown = tmp_path / "refit-bf16"
+    unknown.mkdir()
+    pd.DataFrame(columns=["event", "repeat", "time_s"]).to_csv(unknown / "events.csv", index=False)
+    with pytest.raises(FileNotFoundError):
+        profile_model(unknown)
+    run = tmp_path / "run"
+    run.mkdir()
+    STEPS.to_parquet(run / "steps.parquet")
+    with pytest.raises(SystemExit, match=r"refit-bf16: its model has no config \(.*refit.yaml\)"):
+        serving.main([str(run), "--profile", str(unknown)])
