@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-from calibrate.timing import measure
 from sim.profile.measured import load_table
 
 POINT = ("layer_prefill", 1, 128)  # (stage, prompts, tokens each): a grid point of every engine profile
@@ -21,6 +20,7 @@ def probe_s(model, pool, device: str, repeats: int = 10) -> float:
     """Median host seconds to issue the probe layer with this model and KV pool (layer 0, KV slot 0: call it
     before any sequence holds that slot)."""
     from calibrate.benches import EngineBench
+    from calibrate.timing import measure  # torch: here, so the simulator's reference_s runs without it
 
     stage, num_seqs, tokens = POINT
     if pool.max_len < tokens:  # slots too short for the probe's prompt: no probe (and no host_scale from it)
