@@ -118,6 +118,15 @@ def whole_passes(steps: pd.DataFrame) -> pd.Series:
     return (steps.kind == "advance") & (steps.from_layer == 0) & (steps.to_layer == last) & (last > 1)
 
 
+def headed_prefill_passes(order: pd.DataFrame) -> np.ndarray:
+    """Positions, in a step log in step order (a default index), of its whole prefill passes (`whole_passes`, all
+    their sequences prompts) that their LM head follows: a whole pass's host issue runs to its head's issue."""
+    heads = order.shift(-1)
+    keep = (whole_passes(order) & (order.num_prefill_seqs > 0) & (order.num_prefill_seqs == order.num_seqs)
+            & (heads.kind == "finish") & (heads.batch_id == order.batch_id))
+    return np.flatnonzero(keep.to_numpy())
+
+
 def layer_residuals(steps: pd.DataFrame, profile) -> pd.DataFrame:
     """`server_layer` rows: for each host-bound stepped prefill layer (`prefill_steps`, the profile's host
     path at least its GPU path) that the server stepped layer by layer (not `whole_passes`), its device time
@@ -135,7 +144,7 @@ IDLE_START_S = 1e-3  # a pass the GPU began within this of its issue: the GPU ha
 
 
 def pass_rows(steps: pd.DataFrame, profile) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows from each whole stepped prefill pass (`whole_passes`, all its sequences prefills), read on the host
+    """Rows from each whole stepped prefill pass (`headed_prefill_passes`), read on the host
     clock, and the passes that `busy_rows` reads. If the profile's layer is host-bound: begun by the GPU
     at once (`IDLE_START_S`), a `pass_layer` row, the host's issue time per layer (its advance's issue to
     its LM head's) minus the profile's host path; begun later (the GPU was still running earlier passes),
@@ -146,12 +155,9 @@ def pass_rows(steps: pd.DataFrame, profile) -> tuple[pd.DataFrame, pd.DataFrame]
     (LM head, bookkeeping, the policy, the next layout and embedding); the prefill pass leaves the GPU at
     about the end of its issue, so the host does not wait on the device in that span."""
     order = steps.reset_index(drop=True)
-    whole = whole_passes(order) & (order.num_prefill_seqs == order.num_seqs)
     rows, busy = [], []
-    for i in np.flatnonzero(whole.to_numpy()):
-        step, head = order.iloc[i], order.iloc[i + 1] if i + 1 < len(order) else None
-        if head is None or head.kind != "finish" or head.batch_id != step.batch_id:
-            continue
+    for i in headed_prefill_passes(order):
+        step, head = order.iloc[i], order.iloc[i + 1]
         load = step_load(step)
         layers = step.to_layer - step.from_layer
         issue_s, backlog_s = head.issued_s - step.issued_s, step.begin_s - step.issued_s

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from calibrate.serving import whole_passes
+from calibrate.serving import headed_prefill_passes
 from real.report import run_dirs
 from sim.results import markdown
 
@@ -27,17 +27,15 @@ REFERENCE = (1000, 4)  # tokens, prompts: a typical fcfs prefill pass at 18-28 r
 
 
 def prefill_passes(steps: pd.DataFrame) -> pd.DataFrame:
-    """One row per whole prefill pass (`calibrate.serving.whole_passes`, all its sequences prompts, followed by
-    its LM head): prompts, tokens, host issue and device time per layer (ms)."""
+    """One row per whole prefill pass followed by its LM head (`calibrate.serving.headed_prefill_passes`, as the
+    serving calibration reads them): prompts, tokens, host issue and device time per layer (ms)."""
     order = steps.reset_index(drop=True)
-    heads = order.shift(-1)
-    whole = (whole_passes(order) & (order.num_prefill_seqs > 0) & (order.num_prefill_seqs == order.num_seqs)
-             & (heads.kind == "finish") & (heads.batch_id == order.batch_id))
-    passes, head = order[whole], heads[whole]
+    at = headed_prefill_passes(order)
+    passes, head = order.iloc[at].reset_index(drop=True), order.iloc[at + 1].reset_index(drop=True)
     layers = passes.to_layer - passes.from_layer
     return pd.DataFrame({"prompts": passes.num_seqs, "tokens": passes.num_tokens,
                          "issue_ms": 1e3 * (head.issued_s - passes.issued_s) / layers,
-                         "device_ms": 1e3 * (passes.end_s - passes.begin_s) / layers}).reset_index(drop=True)
+                         "device_ms": 1e3 * (passes.end_s - passes.begin_s) / layers})
 
 
 def issue_at(passes: pd.DataFrame, tokens: int, prompts: int) -> float:

@@ -209,8 +209,6 @@ def main() -> None:
     runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
     if not runs:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
-    if args.profile is not None and not (args.profile / "stages.csv").exists():
-        raise SystemExit(f"error: --profile {args.profile}: no stages.csv there (not a measured profile folder)")
     if args.against is not None and not args.against.is_dir():
         raise SystemExit(f"error: --against {args.against}: no such folder")
     if args.against:
