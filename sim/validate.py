@@ -11,7 +11,10 @@ score: a miss the engine also makes against itself is its own run-to-run spread,
 
 `--profile DIR` prices with another measured profile folder than the hardware's: calibrate a copy's serving events
 on some runs (`cp -r` the profile, `python -m calibrate serving RUNS --profile COPY [--only EVENT ...]`) and score
-it on others without touching the committed profile."""
+it on others without touching the committed profile.
+
+`--speed-band P` replays each run with the engine P% slower and faster too and counts the misses a speed error that
+small explains (sim.speedband): at a policy's knee a 1% speed error moves TTFT by tens of percent."""
 
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ from sim.profile.select import ProfileError, build_profile, measured_directory
 from sim.results import class_metrics, requests_table, throughput
 from sim.routing import ExpertRouter
 from sim.simulate import simulate
+from sim.speedband import band_row, band_summary, stretch, unstretch
+from sim.targets import cells_inside, within_target
 from sim.workload import read_trace, to_requests
 
 METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"), ("LS", "turnaround_p99_s"),
@@ -45,12 +50,13 @@ METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"
 
 def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None = None,
                   extra: tuple[str, ...] = (), host_scale: float | str | None = None,
-                  profile_dir: Path | None = None) -> pd.DataFrame:
+                  profile_dir: Path | None = None, speed: float = 1.0) -> pd.DataFrame:
     """The simulator on the real run's trace, policy, batch size and KV slots (`policy`, `extra`: another
     policy, further Hydra overrides, to ask what it would have done on the same trace: sim.tracecmp).
     `host_scale`: the measured profile's host-side costs x this; "auto": the run's host probe over the
     profile's (calibrate.hostspeed). `profile_dir`: a measured profile folder to price with instead of the
-    hardware's own (a copy whose serving events were refitted, say)."""
+    hardware's own (a copy whose serving events were refitted, say). `speed`: the simulated engine `speed` x
+    as fast (sim.speedband)."""
     summary = json.loads((run_dir / "summary.json").read_text())["run"]
     saved = None if policy else saved_policy(run_dir)
     policy = policy or summary["policy"]
@@ -76,12 +82,13 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     requests = to_requests(read_trace(run_dir / "trace.csv"))
     for request in requests:
         request.kv_unit_tokens = summary["kv_slot_tokens"]
+    stretch(requests, speed)
     router = ExpertRouter(spec.model.num_layers, spec.model.num_experts, spec.model.top_k, seed=spec.seed)
     costs = CostModel(spec.model, build_profile(spec.profile, spec.model, spec.hardware), router)
     outcome = simulate(requests, spec.policy, costs, summary["num_slots"] * summary["kv_slot_tokens"],
                        spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)),
                        host_ahead=ran_ahead(summary))
-    return requests_table(outcome.requests, "sim", policy, summary["rate"], summary["seed"])
+    return unstretch(requests_table(outcome.requests, "sim", policy, summary["rate"], summary["seed"]), speed)
 
 
 def run_host_scale(run_dir: Path, summary: dict, profile_dir: Path) -> float:
@@ -132,22 +139,6 @@ def paired_pct(real: pd.DataFrame, sim: pd.DataFrame, cls: str, column: str) -> 
     return 100 * (float(ratio.median()) - 1) if len(ratio) else float("nan")
 
 
-TARGETS_PCT = {"p50": 5.0, "p99": 10.0, "tokens/s": 3.0}  # issue 6's targets on |error|
-
-
-def cells_inside(table: pd.DataFrame) -> pd.DataFrame:
-    """Per `compare` row and error column, whether the error is within that metric's target."""
-    columns = [c for c in table.columns if c.endswith("err %")]
-    limits = [next(v for k, v in TARGETS_PCT.items() if k in c) for c in columns]
-    return table[columns].abs() <= limits
-
-
-def within_target(table: pd.DataFrame) -> tuple[int, int]:
-    """(cells within target, cells) over the error columns of `compare` rows."""
-    inside = cells_inside(table).to_numpy()
-    return int(inside.sum()), inside.size
-
-
 def same_trace_pairs(runs: list[Path]) -> list[tuple[Path, Path]]:
     """Every ordered pair (reference, run) of distinct runs of one policy, rate and seed: one trace replayed
     twice, whose difference is the engine's own run-to-run spread."""
@@ -194,6 +185,9 @@ def main() -> None:
     parser.add_argument("--host-scale", default=None,
                         help="the runs' host speed against the profile's: host-side costs x this "
                              "(hardware.profile.host_scale); auto: each run's host probe over the profile's")
+    parser.add_argument("--speed-band", type=float, default=None, metavar="PCT",
+                        help="also replay each run with the engine PCT%% slower and faster, and count the misses a "
+                             "speed error that small explains (sim.speedband)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="a measured profile folder to price with instead of the hardware's own: a copy whose "
                              "serving events `python -m calibrate serving` refitted on other runs, say")
@@ -206,35 +200,49 @@ def main() -> None:
             raise SystemExit(f"error: --host-scale must be a number or auto, got {host_scale!r}") from None
         if not host_scale > 0:
             raise SystemExit(f"error: --host-scale must be > 0, got {host_scale}")
+    band = None if args.speed_band is None else args.speed_band / 100
+    if band is not None and not 0 < band < 0.5:
+        raise SystemExit(f"error: --speed-band must be between 0 and 50 (%), got {args.speed_band}")
+    if band is not None and args.against:
+        raise SystemExit("error: --speed-band replays the simulator; it does not apply with --against")
+    speeds = (1.0,) if band is None else (1.0, 1 - band, 1 + band)
     runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
     if not runs:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
     if args.against is not None and not args.against.is_dir():
         raise SystemExit(f"error: --against {args.against}: no such folder")
     if args.against:
-        references = {run: pd.read_parquet(other / "requests.parquet") for run, other in paired_runs(runs, args.against)}
+        sims = {run: {1.0: pd.read_parquet(other / "requests.parquet")} for run, other in paired_runs(runs, args.against)}
     else:
         try:
             with gathered(len(runs)):
-                references = {run: simulate_like(run, args.hardware, args.model, host_scale=host_scale,
-                                                 profile_dir=args.profile)
-                              for run in tqdm(runs, desc="simulating", unit="run", leave=False)}
+                sims = {run: {speed: simulate_like(run, args.hardware, args.model, host_scale=host_scale,
+                                                   profile_dir=args.profile, speed=speed) for speed in speeds}
+                        for run in tqdm(runs, desc="simulating", unit="run", leave=False)}
         except ProfileError as error:  # e.g. a run with unpadded prompts against a profile without their curve
             raise SystemExit(f"error: {error}") from None
     reals = {run: pd.read_parquet(run / "requests.parquet") for run in runs}
     rows = []
-    for run, reference in references.items():
+    for run, tables in sims.items():
         if args.sim_out is not None and not args.against:
             (args.sim_out / run.name).mkdir(parents=True, exist_ok=True)
-            reference.to_parquet(args.sim_out / run.name / "requests.parquet", index=False)
-        rows.append({**compare(reals[run], reference), "seed": run_key(run)[2]})
+            tables[1.0].to_parquet(args.sim_out / run.name / "requests.parquet", index=False)
+        row = {**compare(reals[run], tables[1.0]), "seed": run_key(run)[2]}
+        if band is not None:
+            row.update(band_row({speed: compare(reals[run], table) for speed, table in tables.items()}, band))
+        rows.append(row)
     table = pd.DataFrame(rows).sort_values(["policy", "rate", "seed"])
     if args.out:
         table.to_csv(args.out, index=False)
-    print(table.T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
+    shown = [c for c in table.columns if not c.endswith((" elasticity", " in band"))]
+    print(table[shown].T.to_string(header=False, float_format=lambda v: f"{v:.2f}"))
     inside, cells = within_target(table)
     print(f"{len(table)} runs against {args.against or 'the simulator'}: {inside} of {cells} cells within target "
           f"(p50 <= 5%, p99 <= 10%, tokens/s <= 3%)")
+    if band is not None:
+        print(f"\nthe simulator's speed x {1 - band:g} and x {1 + band:g} besides x 1: the cells whose real value "
+              f"lies within the band those speeds span, and how far each metric moves per % of speed")
+        print(band_summary(table, band).to_string(float_format=lambda v: f"{v:.2f}"))
     pairs = [] if args.against else same_trace_pairs(runs)
     if pairs:
         floor = pd.DataFrame([compare(reals[a], reals[b]) for a, b in pairs])
