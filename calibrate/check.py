@@ -41,15 +41,16 @@ def profile_model(directory: Path) -> ModelSpec:
 
 
 def stepped_profile(directory: Path, serving: bool = False, model: ModelSpec | None = None, impl: str = "engine",
-                    varlen_prefill: bool = False, lean_attention: bool = False) -> MeasuredProfile:
+                    varlen_prefill: bool = False, lean_attention: bool = False,
+                    host_scale: float = 1.0) -> MeasuredProfile:
     """The profile's stepped engine (`impl="engine-graphs"`: with its decode layers replayed as graphs) as the
     simulator builds it (`model`: default, the folder's), attending prefills as a run did (`varlen_prefill`,
     `lean_attention`: its summary's); with `serving`, also the server costs already in events.csv
-    (calibrate.serving measures its residuals without them)."""
+    (calibrate.serving measures its residuals without them); `host_scale`: its host-side costs x this."""
     model = model or profile_model(directory)
     return MeasuredProfile(directory, top_k=model.top_k, impl=impl, serving=serving,
                            projection_share=model.attention_params / model.expert_params,
-                           varlen_prefill=varlen_prefill, lean_attention=lean_attention)
+                           varlen_prefill=varlen_prefill, lean_attention=lean_attention, host_scale=host_scale)
 
 
 def hardware_spec(directory: Path) -> HardwareSpec:

@@ -37,3 +37,12 @@ def reference_s(profile_dir: Path) -> float:
     if rows.empty or "host_s" not in rows:
         raise ValueError(f"{profile_dir}: no engine {stage} host time at {x1} x {x2}, the host probe's point")
     return float(rows.host_s.median())
+
+
+def probe_scale(run: dict, profile_dir: Path) -> float | None:
+    """A run's host scale: its probe (`host_probe_ms` of its summary's run) over the profile's time of the same
+    point; None for a run without one."""
+    probe_ms = run.get("host_probe_ms")
+    if probe_ms is None or not probe_ms > 0:
+        return None
+    return probe_ms / (1e3 * reference_s(profile_dir))

@@ -27,6 +27,10 @@ lean runs' per-layer host work comes out apart (`<event>_lean`), since lean atte
 stages' issue times show. One calibration replaces every server row, so give it runs of each kind at once.
 
 Calibrate on some runs and validate (`python -m sim.validate`) on others, so the check is not circular.
+
+Hosts differ from lease to lease (each run's `host_probe_ms`, calibrate.hostspeed). `--host-scale auto` reads each
+run against the profile's host path at its own host speed and puts its host-clock rows (HOST_CLOCK) on the
+profile's clock; `python -m sim.validate RUNS --host-scale auto` then prices each run at its own host speed.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from calibrate.check import profile_model, stepped_profile
+from calibrate.hostspeed import probe_scale
 from sim.model import ModelSpec
 from sim.pipeline import ran_ahead
 from sim.profile.base import AttentionLoad
@@ -181,11 +186,14 @@ def busy_rows(passes: pd.DataFrame, idle_s: float) -> pd.DataFrame:
     """`pass_layer_busy` rows: for each host-bound whole pass the GPU began `backlog_s` after its issue began
     (`pass_rows`), the host's time per layer beyond the profile's while the GPU still ran earlier work. The
     layers issued after the GPU began are taken at the idle rate (host path + `idle_s`, the `pass_layer`
-    median), so n = layers - (issue - backlog) / (host + idle) were issued in the backlog, at backlog / n."""
-    n = passes.layers - (passes.issue_s - passes.backlog_s) / (passes.host_s + idle_s)
+    median), so n = layers - (issue - backlog) / (host + idle) were issued in the backlog, at backlog / n.
+    A `scale` column (the run's host speed, `collect`'s probe_scaled) puts `idle_s` on the run's clock and
+    the row back on the profile's."""
+    scale = passes["scale"] if "scale" in passes else 1.0
+    n = passes.layers - (passes.issue_s - passes.backlog_s) / (passes.host_s + idle_s * scale)
     keep = n >= 1
-    rate = passes.backlog_s[keep] / n[keep] - passes.host_s[keep]
-    return pd.DataFrame({"event": "pass_layer_busy", "time_s": rate.to_numpy()})
+    rate = (passes.backlog_s / n - passes.host_s) / scale
+    return pd.DataFrame({"event": "pass_layer_busy", "time_s": rate[keep].to_numpy()})
 
 
 MIN_EXCESS_S = 0.1e-3  # padded layers whose padding costs less than this on the grid say little about it
@@ -246,11 +254,12 @@ def decode_rows(steps: pd.DataFrame, requests: pd.DataFrame, graphs: MeasuredPro
     return pd.DataFrame(rows, columns=["event", "time_s"])
 
 
-def collect(run_dirs: list[Path], directory: Path | None = None) -> pd.DataFrame:
+def collect(run_dirs: list[Path], directory: Path | None = None, probe_scaled: bool = False) -> pd.DataFrame:
     """Every run's idle gaps and, given a profile folder, what its stepped engine misses: prefill-layer
     residuals and whole passes' host work (`host_rows`, each run against the profile attending as it did:
     `attention_mode`; lean runs' per-layer work as `<event>_lean`, LEAN_EVENTS) and, for runs that replayed
-    decode graphs, their decode padding charges."""
+    decode graphs, their decode padding charges. `probe_scaled`: each run read against the profile's host
+    path x its host probe's ratio (`run_scale`), and its HOST_CLOCK rows put back on the profile's clock."""
     found = [d for d in run_dirs if (d / "steps.parquet").exists()]
     if not found:
         raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, run_dirs))}")
@@ -258,11 +267,17 @@ def collect(run_dirs: list[Path], directory: Path | None = None) -> pd.DataFrame
     # the idle gaps of a pass a host issued ahead (sim.pipeline) are its pipeline's: pass_host prices them
     parts = [gaps(log) for d, log in logs.items() if not (host_ahead(d) and whole_passes(log).any())]
     if directory is not None:
-        modes: dict[tuple[bool, bool], list[pd.DataFrame]] = {}
+        modes: dict[tuple[bool, bool], list[tuple[pd.DataFrame, MeasuredProfile, float]]] = {}
+        profiles: dict[tuple[bool, bool, float], MeasuredProfile] = {}
         for d, log in logs.items():
-            modes.setdefault(attention_mode(d), []).append(log)
-        for (varlen, lean), group in sorted(modes.items()):
-            rows = host_rows(group, stepped_profile(directory, varlen_prefill=varlen, lean_attention=lean))
+            varlen, lean = attention_mode(d)
+            scale = run_scale(d, directory) if probe_scaled else 1.0
+            if (varlen, lean, scale) not in profiles:
+                profiles[varlen, lean, scale] = stepped_profile(directory, varlen_prefill=varlen, lean_attention=lean,
+                                                                host_scale=scale)
+            modes.setdefault((varlen, lean), []).append((log, profiles[varlen, lean, scale], scale))
+        for (varlen, lean), group in sorted(modes.items(), key=lambda item: item[0]):
+            rows = host_rows(group)
             parts.append(rows.assign(event=rows.event.map(lambda e: f"{e}_lean" if e in LEAN_EVENTS else e))
                          if lean else rows)
         parts += decode_parts(run_dirs, directory)
@@ -271,22 +286,45 @@ def collect(run_dirs: list[Path], directory: Path | None = None) -> pd.DataFrame
     return table[["event", "repeat", "time_s"]]
 
 
-def host_rows(logs: list[pd.DataFrame], profile: MeasuredProfile) -> pd.DataFrame:
-    """The stepped engine's rows from logs of runs that attended alike: `server_layer`, `padding_charge` and the
-    whole passes' `pass_*` rows, against `profile` (the stepped engine attending as they did)."""
-    stepped = [log for log in logs if "level" in log]
-    residuals = [layer_residuals(log, profile) for log in stepped]
+# the events the simulator scales with a run's host speed (sim.profile.measured: hardware.profile.host_scale)
+HOST_CLOCK = ("server_layer", "pass_layer", "pass_layer_busy", "pass_host")
+
+
+def on_profile_clock(rows: pd.DataFrame, scale: float) -> pd.DataFrame:
+    """A run's rows with its HOST_CLOCK times over its host scale: what they would take on the profile's host."""
+    clock = rows.event.isin(HOST_CLOCK)
+    return rows.assign(time_s=rows.time_s.where(~clock, rows.time_s / scale))
+
+
+def host_rows(runs: list[tuple[pd.DataFrame, MeasuredProfile, float]]) -> pd.DataFrame:
+    """The stepped engine's rows from (log, profile, host scale) of runs that attended alike: `server_layer`,
+    `padding_charge` and the whole passes' `pass_*` rows, each log against its profile (the stepped engine
+    attending as it did, at its host scale), the host-clock rows put back on the profile's clock."""
+    stepped = [(log, profile, scale) for log, profile, scale in runs if "level" in log]
+    residuals = [on_profile_clock(layer_residuals(log, profile), scale) for log, profile, scale in stepped]
     server_layer = pd.concat(residuals).time_s if residuals else pd.Series(dtype=float)
     host_extra = float(server_layer.median()) if len(server_layer) else 0.0
-    parts = residuals + [padding_rows(log, profile, host_extra) for log in stepped]
-    if passes := [pass_rows(log, profile) for log in logs if "num_prefill_seqs" in log]:
-        rows = pd.concat([rows for rows, _ in passes], ignore_index=True)
+    parts = residuals + [padding_rows(log, profile, host_extra * scale) for log, profile, scale in stepped]
+    if passes := [(pass_rows(log, profile), scale) for log, profile, scale in runs if "num_prefill_seqs" in log]:
+        rows = pd.concat([on_profile_clock(rows, scale) for (rows, _), scale in passes], ignore_index=True)
         idle = rows[rows.event == "pass_layer"].time_s  # busy_rows takes the others' layers at this rate
         parts.append(rows)
         if len(idle):
-            parts.append(busy_rows(pd.concat([busy for _, busy in passes], ignore_index=True), float(idle.median())))
+            busy = pd.concat([busy.assign(scale=scale) for (_, busy), scale in passes], ignore_index=True)
+            parts.append(busy_rows(busy, float(idle.median())))
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["event", "time_s"])
+
+
+def run_scale(run: Path, directory: Path) -> float:
+    """A run's host speed against the profile's: its host probe over the profile's time of the same point
+    (calibrate.hostspeed); an error for a run without a probe (runs before session 13)."""
+    summary = run / "summary.json"
+    scale = probe_scale(json.loads(summary.read_text())["run"], directory) if summary.exists() else None
+    if scale is None:
+        raise SystemExit(f"error: {run}: no host probe in summary.json (runs before session 13): "
+                         "--host-scale auto needs one")
+    return scale
 
 
 def attention_mode(run: Path) -> tuple[bool, bool]:
@@ -397,6 +435,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=EVENTS, default=EVENTS, metavar="EVENT",
                         help="replace only these events' rows, keep the others as they are (default: every server "
                              f"event: {', '.join(EVENTS)})")
+    parser.add_argument("--host-scale", choices=["auto"], default=None,
+                        help="auto: read each run against the profile's host path x its host probe's ratio "
+                             "(calibrate.hostspeed) and put its host-clock rows (" + ", ".join(HOST_CLOCK) + ") on the "
+                             "profile's clock: for hosts that differ from lease to lease; price with "
+                             "`python -m sim.validate ... --host-scale auto`")
     parser.add_argument("--check", action="store_true",
                         help="write nothing: print the simulator's stepped prefill and replayed decode layers "
                              "against the runs'")
@@ -419,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
             print("graph-replayed decode layers whose contexts the requests give (medians by batch size)")
             print(decode.round(3).to_string())
         return
-    rows = collect(run_dirs, args.profile)
+    rows = collect(run_dirs, args.profile, probe_scaled=args.host_scale == "auto")
     rows = rows[rows.event.isin(args.only)]
     write_events(args.profile, rows, tuple(args.only))
     for event, what in (("padding_charge", "padded GPU-bound prefill layers"),

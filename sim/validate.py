@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from calibrate.hostspeed import reference_s
+from calibrate.hostspeed import probe_scale
 from policies import Policy
 from sim.cli import CONF_DIR
 from sim.compose import compose_spec
@@ -93,11 +93,11 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
 
 def run_host_scale(run_dir: Path, summary: dict, profile_dir: Path) -> float:
     """The run's host probe over the profile's time of the same point (calibrate.hostspeed)."""
-    probe_ms = summary.get("host_probe_ms")
-    if probe_ms is None or not probe_ms > 0:
+    scale = probe_scale(summary, profile_dir)
+    if scale is None:
         raise SystemExit(f"error: {run_dir}: no host probe in summary.json (runs before session 13): "
                          "--host-scale auto needs one")
-    return probe_ms / (1e3 * reference_s(profile_dir))
+    return scale
 
 
 def saved_policy(run_dir: Path) -> Policy | None:

@@ -325,14 +325,56 @@ def test_each_run_is_read_against_the_profile_attending_as_it_did(tmp_path, monk
                  ).to_parquet(run / "steps.parquet")
     asked = []
     monkeypatch.setattr(serving, "stepped_profile",
-                        lambda directory, varlen_prefill, lean_attention: asked.append((varlen_prefill, lean_attention))
-                        or _ModeProfile(varlen_prefill, lean_attention))
+                        lambda directory, varlen_prefill, lean_attention, host_scale:
+                        asked.append((varlen_prefill, lean_attention)) or _ModeProfile(varlen_prefill, lean_attention))
     monkeypatch.setattr(serving, "decode_parts", lambda runs, directory: [])
     assert attention_mode(run) == mode
     rows = collect([run], tmp_path / "profile")
     assert asked == [mode]
     layer = rows[rows.event.str.startswith("pass_layer")]
     assert layer.event.tolist() == [event] and layer.time_s.tolist() == pytest.approx([left_s])
+
+
+class _ScaledProfile:
+    """A stepped engine whose layer's host path is 1 ms x its host scale; GPU 0.1 ms."""
+
+    def __init__(self, host_scale: float):
+        self.host_s = 1e-3 * host_scale
+
+    def layer_paths(self, load):
+        return self.host_s, 1e-4
+
+
+def test_a_slow_hosts_rows_are_read_at_its_probe_and_put_on_the_profiles_clock(tmp_path, monkeypatch):
+    """`--host-scale auto`: a run whose host probe took twice the profile's issues a whole prefill pass at 3 ms a
+    layer, the GPU idle. Read plainly, 2 ms a layer is left over the profile's host path; read at its own host
+    speed, 3 - 2 = 1 ms is, which is 0.5 ms on the profile's clock (the simulator's host_scale doubles it back).
+    Its pass_host row (the host's 4 ms between passes) halves too. A run without a probe is refused."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"run": {"varlen_prefill": True, "host_probe_ms": 2.0}}))
+    pd.DataFrame([whole(0, 1, 1, 100, 0.000, 0.0, 0.012), whole(0, 1, 1, 100, 0.012, 0.012, 0.013, "finish"),
+                  {**whole(1, 1, 0, 1, 0.016, 0.016, 0.017), "num_prefill_seqs": 0}]).to_parquet(run / "steps.parquet")
+    scales = []
+    monkeypatch.setattr(serving, "stepped_profile", lambda directory, varlen_prefill, lean_attention, host_scale:
+                        scales.append(host_scale) or _ScaledProfile(host_scale))
+    monkeypatch.setattr(serving, "decode_parts", lambda runs, directory: [])
+    monkeypatch.setattr("calibrate.hostspeed.reference_s", lambda directory: 1e-3)
+    for scaled, layer_s, host_s in ((False, 2e-3, 4e-3), (True, 0.5e-3, 2e-3)):
+        rows = collect([run], tmp_path / "profile", probe_scaled=scaled).set_index("event").time_s
+        assert (rows["pass_layer"], rows["pass_host"]) == pytest.approx((layer_s, host_s)), scaled
+    assert scales == [1.0, 2.0]
+    (run / "summary.json").write_text(json.dumps({"run": {"varlen_prefill": True}}))
+    with pytest.raises(SystemExit, match="no host probe"):
+        collect([run], tmp_path / "profile", probe_scaled=True)
+
+
+def test_busy_rows_of_a_scaled_run_go_back_to_the_profiles_clock():
+    """The same pass as above on a host twice as slow (every time doubled, the idle rate on its clock): the row
+    is the same 2.9 ms on the profile's clock."""
+    passes = pd.DataFrame({"layers": [4], "issue_s": [0.022], "backlog_s": [0.012], "host_s": [2.2e-3], "scale": [2.0]})
+    rows = busy_rows(passes, idle_s=0.9e-3)
+    assert rows.time_s.tolist() == pytest.approx([2.9e-3])
 
 
 def test_only_the_events_asked_for_are_replaced(tmp_path, monkeypatch, capsys):
@@ -345,7 +387,7 @@ def test_only_the_events_asked_for_are_replaced(tmp_path, monkeypatch, capsys):
     pd.DataFrame([{"event": "merge", "repeat": 0, "time_s": 4e-4}, {"event": "server_pass", "repeat": 0, "time_s": 1.0},
                   {"event": "server_switch", "repeat": 0, "time_s": 5.0}]).to_csv(profile / "events.csv", index=False)
     (profile / "meta.json").write_text(json.dumps({"model": "mixtral-8x7b"}))
-    monkeypatch.setattr(serving, "stepped_profile", lambda directory, varlen_prefill, lean_attention: _FakeProfile())
+    monkeypatch.setattr(serving, "stepped_profile", lambda directory, varlen_prefill, lean_attention, host_scale: _FakeProfile())
     monkeypatch.setattr(serving, "decode_parts", lambda runs, directory: [])
     serving.main([str(run), "--profile", str(profile), "--only", "server_pass"])
     table = pd.read_csv(profile / "events.csv").set_index("event").time_s
