@@ -6,9 +6,12 @@
 # `python -m sim.validate` replayed the same traces in the simulator with the committed H200 profile (eighth
 # calibration run, another lease), whose server costs and padding charges were fitted on round 9's seed 4
 # (`python -m calibrate serving`): round 12 is a hold-out in every respect.
-# Solid: sim, dashed: real. Reads `results/h200_serving` (or `$QLLM_RESULTS`); writes `figures/real_vs_sim.png`.
-# Round 9's version (seeds 5 and 6, fcfs and qllm) is in git history at 09bea5b, round 7's (with qllm_catchup)
-# at 6bc7efe, round 6's at eb24afc, round 5's at df7695f, round 4's (seeds 2-4, with qllm_eager) at f1567c2.
+# Bottom row: the H100 and Qwen3-30B-A3B bf16 on the final tree (session 30: lean attention on, seed 27, one run
+# each; `results/real/h100_s30_round`), against the committed H100 Qwen3 profile (68 of 81 cells within target).
+# Solid: sim, dashed: real. Reads `results/h200_serving` and `results/h100_serving` (or `$QLLM_RESULTS`); writes
+# `figures/real_vs_sim.png`. Round 9's version (seeds 5 and 6, fcfs and qllm) is in git history at 09bea5b, round
+# 7's (with qllm_catchup) at 6bc7efe, round 6's at eb24afc, round 5's at df7695f, round 4's (seeds 2-4, with
+# qllm_eager) at f1567c2.
 
 # %%
 import matplotlib.pyplot as plt
@@ -16,17 +19,19 @@ import matplotlib.pyplot as plt
 from sim.collect import load_results, metrics_table
 from sim.plots import plot_vs_rate, results_dir, save
 
-requests, runs = load_results(results_dir("h200_serving"))
-metrics = metrics_table(requests, runs)
+rounds = {"H200, Mixtral-8x7B (round 12)": "h200_serving", "H100, Qwen3-30B-A3B (session 30)": "h100_serving"}
+metrics = {title: metrics_table(*load_results(results_dir(name))) for title, name in rounds.items()}
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+fig, grid = plt.subplots(len(rounds), 3, figsize=(16, 4.5 * len(rounds)), squeeze=False, layout="constrained")
 panels = [("ttft_p50_s", "LS", "LS TTFT p50 (s)"), ("turnaround_p50_s", "BE", "BE turnaround p50 (s)"),
           ("tokens_per_s", "ALL", "generated tokens / s")]
-for ax, (value, priority, label) in zip(axes, panels):
-    plot_vs_rate(ax, metrics, value, priority)
-    ax.set_ylabel(label)
-axes[0].axhline(3.0, color="black", linestyle=":", label="SLO 3 s")
-axes[0].set_yscale("log")
-axes[0].legend()
+for axes, (title, table) in zip(grid, metrics.items()):
+    for ax, (value, priority, label) in zip(axes, panels):
+        plot_vs_rate(ax, table, value, priority)
+        ax.set_ylabel(label)
+    axes[0].axhline(3.0, color="black", linestyle=":", label="SLO 3 s")
+    axes[0].set_yscale("log")
+    axes[0].set_title(title, loc="left")
+    axes[0].legend()
 print(save(fig, "real_vs_sim"))
