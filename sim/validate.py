@@ -14,7 +14,7 @@ on some runs (`cp -r` the profile, `python -m calibrate serving RUNS --profile C
 it on others without touching the committed profile.
 
 `--speed-band P` replays each run with the engine P% slower and faster too and counts the misses a speed error that
-small explains (sim.speedband): at a policy's knee a 1% speed error moves TTFT by tens of percent."""
+small explains (sim.speedband): under load a 1% speed error moves TTFT by 2-5%."""
 
 from __future__ import annotations
 
