@@ -8,8 +8,9 @@ whether the real value lies within the band those speeds span: a miss inside it 
 precision (held-out stage errors are 1-5%), a miss outside it is a cost or a branch the simulator lacks.
 
 A speed change is exact without touching the profile: an engine s times faster on arrivals a is, on a clock
-slowed s times, the same engine on arrivals a x s (no policy reads the absolute clock), so `stretch` scales the
-arrivals and `unstretch` the table's times back."""
+slowed s times, the same engine on arrivals a x s, so `stretch` scales the arrivals and `unstretch` the table's
+times back. That holds for policies that read the clock only to order requests (all of `policies/`); one with a
+deadline in seconds would see it stretched too."""
 
 from __future__ import annotations
 
