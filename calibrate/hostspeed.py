@@ -7,6 +7,7 @@ and fcfs's prefill passes are host-bound."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,12 @@ def reference_s(profile_dir: Path) -> float:
     return float(rows.host_s.median())
 
 
-def probe_scale(run: dict, profile_dir: Path) -> float | None:
-    """A run's host scale: its probe (`host_probe_ms` of its summary's run) over the profile's time of the same
-    point; None for a run without one."""
-    probe_ms = run.get("host_probe_ms")
+def run_scale(run_dir: Path, profile_dir: Path) -> float:
+    """A run's host scale: its probe (`host_probe_ms` in its summary.json) over the profile's time of the same
+    point; an error with a message for a run without one (runs before session 13)."""
+    summary = Path(run_dir) / "summary.json"
+    probe_ms = json.loads(summary.read_text())["run"].get("host_probe_ms") if summary.exists() else None
     if probe_ms is None or not probe_ms > 0:
-        return None
+        raise SystemExit(f"error: {run_dir}: no host probe in summary.json (runs before session 13): "
+                         "--host-scale auto needs one")
     return probe_ms / (1e3 * reference_s(profile_dir))

@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from calibrate.check import profile_model, stepped_profile
-from calibrate.hostspeed import probe_scale
+from calibrate.hostspeed import run_scale
 from sim.model import ModelSpec
 from sim.pipeline import ran_ahead
 from sim.profile.base import AttentionLoad
@@ -259,7 +259,8 @@ def collect(run_dirs: list[Path], directory: Path | None = None, probe_scaled: b
     residuals and whole passes' host work (`host_rows`, each run against the profile attending as it did:
     `attention_mode`; lean runs' per-layer work as `<event>_lean`, LEAN_EVENTS) and, for runs that replayed
     decode graphs, their decode padding charges. `probe_scaled`: each run read against the profile's host
-    path x its host probe's ratio (`run_scale`), and its HOST_CLOCK rows put back on the profile's clock."""
+    path x its host probe's ratio (calibrate.hostspeed.run_scale), and its HOST_CLOCK rows put back on the
+    profile's clock."""
     found = [d for d in run_dirs if (d / "steps.parquet").exists()]
     if not found:
         raise SystemExit(f"error: no steps.parquet under {', '.join(map(str, run_dirs))}")
@@ -314,17 +315,6 @@ def host_rows(runs: list[tuple[pd.DataFrame, MeasuredProfile, float]]) -> pd.Dat
             parts.append(busy_rows(busy, float(idle.median())))
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["event", "time_s"])
-
-
-def run_scale(run: Path, directory: Path) -> float:
-    """A run's host speed against the profile's: its host probe over the profile's time of the same point
-    (calibrate.hostspeed); an error for a run without a probe (runs before session 13)."""
-    summary = run / "summary.json"
-    scale = probe_scale(json.loads(summary.read_text())["run"], directory) if summary.exists() else None
-    if scale is None:
-        raise SystemExit(f"error: {run}: no host probe in summary.json (runs before session 13): "
-                         "--host-scale auto needs one")
-    return scale
 
 
 def attention_mode(run: Path) -> tuple[bool, bool]:

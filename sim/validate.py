@@ -29,7 +29,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from calibrate.hostspeed import probe_scale
+from calibrate.hostspeed import run_scale
 from policies import Policy
 from sim.cli import CONF_DIR
 from sim.compose import compose_spec
@@ -76,7 +76,7 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     if profile_dir is not None:
         spec = replace(spec, profile=replace(spec.profile, directory=str(profile_dir.resolve())))
     if host_scale == "auto":
-        host_scale = run_host_scale(run_dir, summary, measured_directory(spec.profile, spec.model, spec.hardware))
+        host_scale = run_scale(run_dir, measured_directory(spec.profile, spec.model, spec.hardware))
     if host_scale is not None:
         spec = replace(spec, profile=replace(spec.profile, host_scale=float(host_scale)))
     requests = to_requests(read_trace(run_dir / "trace.csv"))
@@ -89,15 +89,6 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
                        spec.max_batch_size, stage_stops=bool(summary.get("stage_stops", False)),
                        host_ahead=ran_ahead(summary))
     return unstretch(requests_table(outcome.requests, "sim", policy, summary["rate"], summary["seed"]), speed)
-
-
-def run_host_scale(run_dir: Path, summary: dict, profile_dir: Path) -> float:
-    """The run's host probe over the profile's time of the same point (calibrate.hostspeed)."""
-    scale = probe_scale(summary, profile_dir)
-    if scale is None:
-        raise SystemExit(f"error: {run_dir}: no host probe in summary.json (runs before session 13): "
-                         "--host-scale auto needs one")
-    return scale
 
 
 def saved_policy(run_dir: Path) -> Policy | None:
