@@ -189,7 +189,7 @@ def busy_rows(passes: pd.DataFrame, idle_s: float) -> pd.DataFrame:
     median), so n = layers - (issue - backlog) / (host + idle) were issued in the backlog, at backlog / n.
     A `scale` column (the run's host speed, `collect`'s probe_scaled) puts `idle_s` on the run's clock and
     the row back on the profile's."""
-    scale = passes["scale"] if "scale" in passes else 1.0
+    scale = passes.get("scale", 1.0)
     n = passes.layers - (passes.issue_s - passes.backlog_s) / (passes.host_s + idle_s * scale)
     keep = n >= 1
     rate = (passes.backlog_s / n - passes.host_s) / scale

@@ -63,10 +63,11 @@ def band_summary(table: pd.DataFrame, band: float) -> pd.DataFrame:
     rows = []
     for column in inside.columns:
         name = column.removesuffix(" err %")
+        explained = int(table[f"{name} in band"].sum())
         rows.append({
             "metric": name,
             "within target": f"{int(inside[column].sum())} of {len(inside)}",
-            f"within target at a speed within +-{100 * band:g}%": f"{int(table[f'{name} in band'].sum())} of {len(table)}",
+            f"within target at a speed within +-{100 * band:g}%": f"{explained} of {len(table)}",
             "median |elasticity|": float(table[f"{name} elasticity"].abs().median()),
         })
     return pd.DataFrame(rows).set_index("metric")

@@ -203,7 +203,8 @@ def main() -> None:
     if args.against is not None and not args.against.is_dir():
         raise SystemExit(f"error: --against {args.against}: no such folder")
     if args.against:
-        sims = {run: {1.0: pd.read_parquet(other / "requests.parquet")} for run, other in paired_runs(runs, args.against)}
+        sims = {run: {1.0: pd.read_parquet(other / "requests.parquet")}
+                for run, other in paired_runs(runs, args.against)}
     else:
         try:
             with gathered(len(runs)):
