@@ -21,7 +21,7 @@ from real.api import Api, Codec, bind_http
 from real.arrivals import LiveArrivals
 from real.frontend import FrontendProcess, PipeArrivals
 from real.model import preset_config
-from real.run import EngineSettings, build_engine, make_server, watched
+from real.run import EngineSettings, build_engine, make_server, model_config, watched
 from real.server import ReplayServer, ServeOutcome
 from real.steplog import write_steps
 from sim.results import requests_table, summarize
@@ -165,6 +165,7 @@ def results(outcome: ServeOutcome, spec: LiveSpec, out_dir: Path, host_cpu: int 
     summary = summarize(table, spec.slo_s, outcome.busy_s) if len(table) else {"classes": {}, "slo_s": spec.slo_s}
     mode = "http" if spec.frontend == "process" else f"http-{spec.frontend}"
     summary["run"] = {"policy": spec.policy_name, "mode": mode, "frontend": spec.frontend, "rate": rate, "seed": 0, "engine": spec.engine.model,
+                      "num_layers": model_config(spec.engine).num_hidden_layers,
                       "device": spec.engine.device, "kv_slot_tokens": spec.max_len, "wall_s": outcome.wall_s,
                       "num_consults": outcome.num_consults, **spec.engine.recorded(spec.policy), "host_cpu": host_cpu}
     return table, summary

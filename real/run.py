@@ -40,6 +40,9 @@ class EngineSettings:
     after `kv_reserve_gib`)."""
 
     model: str = "tiny-mixtral"
+    # the preset's layers cut to this many (None: all): a model's per-layer timing on a GPU too small for all of
+    # its weights (Mixtral-8x7B's 32 layers need an H200; 16 fit an H100), with the simulator told the same
+    num_layers: int | None = None
     device: str = "cpu"
     dtype: str = "float32"
     num_slots: int | None = 64
@@ -121,6 +124,9 @@ class EngineSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"engine.{name} must be a number of seconds >= 0, got {value!r}")
+        if self.num_layers is not None and (isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int)
+                                            or self.num_layers < 1):
+            raise ValueError(f"engine.num_layers must be a whole number >= 1 or null, got {self.num_layers!r}")
         if self.run_ahead < 1:
             raise ValueError(f"engine.run_ahead must be >= 1, got {self.run_ahead}")
         for name in ("priority_stream", "stage_stops", "head_stops", "defer_tokens", "pass_overlap",
@@ -174,7 +180,7 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
     release_engine()
     if settings.num_slots is None and not settings.device.startswith("cuda"):
         raise ValueError("engine.num_slots=null sizes the KV pool from GPU memory: set a number on the CPU")
-    model = build_model(preset_config(settings.model), settings.device, DTYPES[settings.dtype])
+    model = build_model(model_config(settings), settings.device, DTYPES[settings.dtype])
     num_slots = settings.num_slots or slots_that_fit(model.config, max_len, settings)
     pool = KVPool.allocate_for(model.config, num_slots, max_len, settings.device, DTYPES[settings.dtype])
     on_cuda = settings.device.startswith("cuda")
@@ -188,6 +194,12 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
         prewarm_pools(engine.device, settings.pool_prewarm_gib, streams)
     _built.append(_Built(settings, max_len, max_batch, engine))
     return engine
+
+
+def model_config(settings: EngineSettings):
+    """The preset's config, cut to `settings.num_layers` where that is set."""
+    layers = {} if settings.num_layers is None else {"num_hidden_layers": settings.num_layers}
+    return preset_config(settings.model, **layers)
 
 
 def pass_graphs_for(policy: Policy, settings: EngineSettings) -> bool:
@@ -336,7 +348,8 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     table = requests_table(outcome.requests, "real", spec.policy_name, spec.workload.rate, spec.seed)
     summary = summarize(table, spec.slo_s, outcome.busy_s)
     summary["run"] = {"policy": spec.policy_name, "mode": "replay", "rate": spec.workload.rate, "seed": spec.seed,
-                      "engine": spec.engine.model, "device": spec.engine.device, "num_slots": num_slots, "kv_slot_tokens": max_len,
+                      "engine": spec.engine.model, "num_layers": engine.num_layers, "device": spec.engine.device,
+                      "num_slots": num_slots, "kv_slot_tokens": max_len,
                       "num_consults": outcome.num_consults,
                       **spec.engine.recorded(spec.policy), "graphs": engine.graphs,
                       "num_graphs": engine.runner.num_graphs if engine.runner else 0, "lane": lane.enabled,

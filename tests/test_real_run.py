@@ -84,6 +84,25 @@ def test_serving_with_pass_graphs_loses_nothing(tmp_path, monkeypatch, policy):
     real_run.release_engine()
 
 
+def test_a_cut_model_serves_at_its_depth_and_says_so(tmp_path):
+    """`engine.num_layers` cuts the preset's layers: every pass ends after that many, and summary.json records it
+    (sim.validate simulates the run at that depth)."""
+    real_run.release_engine()
+    cut = dataclasses.replace(spec(100.0), engine=real_run.EngineSettings(num_slots=8, graphs=True, num_layers=2))
+    table, summary = real_run.serve(cut, tmp_path)
+    assert real_run._built[0].engine.num_layers == 2 and summary["run"]["num_layers"] == 2
+    assert len(table) == 12 and (table.generated_tokens == 3).all()
+    steps = pd.read_parquet(tmp_path / "steps.parquet")
+    assert (steps[steps.kind == "finish"].to_layer == 2).all()
+    real_run.release_engine()
+
+
+@pytest.mark.parametrize("layers", [0, -3, 1.5, True, "16"])
+def test_a_bad_layer_count_is_refused(layers):
+    with pytest.raises(ValueError, match="engine.num_layers must be a whole number"):
+        real_run.EngineSettings(num_layers=layers)
+
+
 def test_a_too_short_kv_slot_is_an_error(tmp_path):
     short = spec(100.0)
     short = real_run.ServeSpec(short.policy, "qllm", short.workload,

@@ -33,6 +33,26 @@ def test_a_run_the_simulator_made_validates_exactly(tmp_path):
     assert (made.generated_tokens == 8).all()
 
 
+def test_a_run_on_a_cut_model_is_simulated_at_its_depth(tmp_path):
+    """A run of `engine.num_layers=16` (Mixtral's layers on a GPU too small for 32) is replayed with 16 layers of
+    the same per-layer profile: alone, each request takes about half as long; a run at full depth is unchanged."""
+    trace = generate_trace(WorkloadConfig(rate=0.5, num_requests=20, output_mode="fixed", fixed_output_tokens=8), 4)
+    write_trace(trace, tmp_path / "trace.csv")
+    slot = int((trace.prompt_tokens + trace.output_tokens).max())
+    run = {"policy": "fcfs", "rate": 0.5, "seed": 4, "num_slots": 40, "kv_slot_tokens": slot}
+    for layers in (None, 32, 16):
+        (tmp_path / "summary.json").write_text(json.dumps({"run": {**run, "num_layers": layers}}))
+        table = simulate_like(tmp_path, "h200", "mixtral-8x7b")
+        assert (table.generated_tokens == 8).all()
+        if layers is None:
+            full = table
+        elif layers == 32:
+            assert table.turnaround_s.tolist() == pytest.approx(full.turnaround_s.tolist())
+        else:
+            ratio = (table.turnaround_s / full.turnaround_s).median()
+            assert 0.4 < ratio < 0.6
+
+
 def test_a_faster_host_shortens_the_simulated_host_bound_work(tmp_path, monkeypatch):
     """`--host-scale` (hardware.profile.host_scale): with the measured H200 profile, fcfs's stepped prefill
     passes are host-bound, so a host twice as fast finishes its requests sooner; a scale <= 0 is an error."""
