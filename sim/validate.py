@@ -70,9 +70,9 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
         overrides.append(f"hardware.profile.varlen_prefill={str(bool(summary.get('varlen_prefill'))).lower()}")
         overrides.append(f"hardware.profile.pass_graphs={str(bool(summary.get('pass_graphs'))).lower()}")
         overrides.append(f"hardware.profile.lean_attention={str(bool(summary.get('lean_attention'))).lower()}")
+    if summary.get("num_layers"):  # the depth it ran at (engine.num_layers may cut the model)
+        overrides.append(f"model.num_layers={int(summary['num_layers'])}")
     spec = compose_spec(overrides)
-    if summary.get("num_layers") and summary["num_layers"] != spec.model.num_layers:  # the engine.num_layers cut
-        spec = replace(spec, model=replace(spec.model, num_layers=int(summary["num_layers"])))
     if saved is not None:
         spec = replace(spec, policy=saved)
     if profile_dir is not None:
