@@ -49,14 +49,14 @@ from sim.model import ModelSpec
 from sim.pipeline import ran_ahead
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import layer_s
-from sim.profile.measured import MeasuredProfile, events_file
+from sim.profile.measured import GRAPH_LAYER, MeasuredProfile, events_file
 
 # the serving host's own work per stepped layer, which lean attention (engine.lean_attention) cuts by more than its
 # stages' issue times say (H100 Qwen3, session 28's fcfs runs: 0.56 ms beyond the lean path, 1.07 beyond varlen's):
 # runs with it give these events apart, as `<event>_lean` (sim.profile.measured prices lean runs with them)
 LEAN_EVENTS = ("server_layer", "pass_layer", "pass_layer_busy")
 EVENTS = ("server_pass", "server_switch", "server_merge", "server_layer", "padding_charge", "decode_padding_charge",
-          "pass_layer", "pass_layer_busy", "pass_host", "pass_queue") + tuple(f"{e}_lean" for e in LEAN_EVENTS)
+          "pass_layer", "pass_layer_busy", "pass_host", "pass_queue", GRAPH_LAYER) + tuple(f"{e}_lean" for e in LEAN_EVENTS)
 MAX_GAP_S = 0.02  # longer gaps are the server sleeping until the next arrival, not working
 
 
@@ -254,6 +254,15 @@ def decode_rows(steps: pd.DataFrame, requests: pd.DataFrame, graphs: MeasuredPro
     return pd.DataFrame(rows, columns=["event", "time_s"])
 
 
+def graph_layer_rows(steps: pd.DataFrame, requests: pd.DataFrame, graphs: MeasuredProfile) -> pd.DataFrame:
+    """`graph_layer` rows, one per `decode_loads` layer with its batch size: its device time beyond the stages
+    the simulator composes for a replayed layer (`replayed_stages_s`, no graph fix), which the calibration
+    model's graph passes otherwise stand in for (sim.profile.measured)."""
+    rows = [{"event": GRAPH_LAYER, "batch": load.num_decode_seqs, "time_s": per_layer_s - graphs.replayed_stages_s(load)}
+            for load, per_layer_s in decode_loads(steps, requests)]
+    return pd.DataFrame(rows, columns=["event", "batch", "time_s"])
+
+
 def collect(run_dirs: list[Path], directory: Path | None = None, probe_scaled: bool = False) -> pd.DataFrame:
     """Every run's idle gaps and, given a profile folder, what its stepped engine misses: prefill-layer
     residuals and whole passes' host work (`host_rows`, each run against the profile attending as it did:
@@ -284,7 +293,7 @@ def collect(run_dirs: list[Path], directory: Path | None = None, probe_scaled: b
         parts += decode_parts(run_dirs, directory)
     table = pd.concat(parts, ignore_index=True)
     table["repeat"] = table.groupby("event").cumcount()
-    return table[["event", "repeat", "time_s"]]
+    return table[["event", "repeat", "time_s"] + (["batch"] if "batch" in table else [])]
 
 
 # the events the simulator scales with a run's host speed (sim.profile.measured: hardware.profile.host_scale)
@@ -345,10 +354,13 @@ def graph_decode_logs(run_dirs: list[Path]) -> Iterator[tuple[pd.DataFrame, pd.D
 
 
 def decode_parts(run_dirs: list[Path], directory: Path) -> list[pd.DataFrame]:
-    """`decode_rows` of `graph_decode_logs`, against the profile's graph-replayed layers (no charge yet)."""
+    """`decode_rows` of `graph_decode_logs`, against the profile's graph-replayed layers (no charge yet), and
+    their `graph_layer_rows`, against the layers as served (the profile's decode charge)."""
     model = profile_model(directory)
     graphs = stepped_profile(directory, model=model, impl="engine-graphs")
-    return [decode_rows(steps, requests, graphs, model) for steps, requests in graph_decode_logs(run_dirs)]
+    served = stepped_profile(directory, serving=True, model=model, impl="engine-graphs")
+    return [part for steps, requests in graph_decode_logs(run_dirs)
+            for part in (decode_rows(steps, requests, graphs, model), graph_layer_rows(steps, requests, served))]
 
 
 def write_events(profile: Path, rows: pd.DataFrame, events: tuple[str, ...] = EVENTS) -> pd.DataFrame:

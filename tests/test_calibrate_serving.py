@@ -222,6 +222,41 @@ def test_decode_padding_charge_is_the_share_of_a_decode_groups_padding_a_layer_p
     assert rows.time_s.tolist() == pytest.approx([paid], abs=1e-6)
 
 
+class _ReplayedProfile:
+    """A replayed decode layer's stages: 1 us per context token on average."""
+
+    def replayed_stages_s(self, load):
+        return 1e-6 * load.decode_ctx_tokens / load.num_decode_seqs
+
+
+def test_graph_layer_rows_are_each_decode_layers_time_beyond_its_stages_with_its_batch_size(tmp_path, monkeypatch):
+    """The two requests of the decode padding test, one whole 32-layer decode step at 0.5 s (mean context 306)
+    that took 0.5 ms a layer: one `graph_layer` row of 0.5 - 0.306 ms at batch 2; a step whose batch the requests
+    do not account for gives none. `main --only graph_layer` writes them with their batch column, keeping the
+    profile's other rows."""
+    requests = pd.DataFrame({"first_token_s": [0.0, 0.0], "finish_s": [1.0, 1.0], "prompt_tokens": [100, 500],
+                             "output_tokens": [11, 11]})
+    steps = pd.DataFrame([{"batch_id": 0, "num_seqs": n, "num_prefill_seqs": 0, "num_tokens": n, "longest": 506,
+                           "from_layer": 0, "to_layer": 32, "whole": True, "kind": "advance", "begin_s": t,
+                           "end_s": t + 32 * 0.5e-3} for n, t in ((2, 0.5), (3, 0.6))])
+    rows = serving.graph_layer_rows(steps, requests, _ReplayedProfile())
+    assert rows.event.tolist() == ["graph_layer"] and rows.batch.tolist() == [2]
+    assert rows.time_s.tolist() == pytest.approx([0.5e-3 - 0.306e-3])
+
+    run, profile = tmp_path / "run", tmp_path / "profile"
+    run.mkdir()
+    profile.mkdir()
+    STEPS.to_parquet(run / "steps.parquet")
+    pd.DataFrame([{"event": "merge", "repeat": 0, "time_s": 4e-4}]).to_csv(profile / "events.csv", index=False)
+    (profile / "meta.json").write_text(json.dumps({"model": "mixtral-8x7b"}))
+    monkeypatch.setattr(serving, "stepped_profile", lambda directory, varlen_prefill, lean_attention, host_scale: _FakeProfile())
+    monkeypatch.setattr(serving, "decode_parts", lambda runs, directory: [rows])
+    serving.main([str(run), "--profile", str(profile), "--only", "graph_layer"])
+    table = pd.read_csv(profile / "events.csv")
+    assert table.event.tolist() == ["merge", "graph_layer"] and table.batch.tolist()[1] == 2
+    assert table.time_s.tolist() == pytest.approx([4e-4, 0.194e-3])
+
+
 def test_decode_check_prices_each_decode_layer_the_requests_account_for(tmp_path):
     """With the committed H200 profile: one run (graphs replayed) whose one decode step has its batch in the
     requests table gives one layer in the table; a run without a requests table gives none."""

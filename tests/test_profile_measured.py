@@ -14,7 +14,7 @@ from sim.hardware import HardwareSpec
 from sim.model import ModelSpec
 from sim.profile.base import AttentionLoad
 from sim.profile.derive import decode_step_s
-from sim.profile.measured import MeasuredProfile, MeasuredProfileError, point_times
+from sim.profile.measured import MIN_GRAPH_ROWS, MeasuredProfile, MeasuredProfileError, point_times
 from sim.profile.select import PROFILES_DIR, ProfileError, ProfileSpec, build_profile
 
 GRID = {"attention_decode": [(b, c) for b in (1, 4, 16) for c in (100, 1000)],
@@ -285,6 +285,31 @@ def test_graph_decode_layers_cost_what_the_graph_passes_measured(tmp_path):
         load = AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * 512, decode_max_ctx=512)
         layer = p.attention_s(load) + p.router_s(batch) + p.experts_s(np.array([[batch, batch, 0, 0]])).sum()
         assert layer == pytest.approx(composed(batch) + extra, rel=1e-6)
+
+
+def test_served_graph_layers_replace_the_calibration_passes_fix(tmp_path):
+    """A serving profile whose events have `graph_layer` rows (calibrate.serving) prices a replayed decode layer at
+    its stages plus their median per batch size, interpolated between sizes; a batch size with fewer than
+    MIN_GRAPH_ROWS rows is left out; a profile not priced for serving keeps the calibration passes' fix."""
+    directory = synthetic(tmp_path)
+    composed = lambda b: 0.5 * (cost_s(b, 512) + 2 * cost_s(b, 0))
+    pd.DataFrame([{"impl": "engine-graphs", "layers": n, "phase": "decode", "batch": b, "context": 512,
+                   "repeat": 0, "time_s": 1e-3 + n * (composed(b) + 1e-4)} for n in (2, 4) for b in (1, 4, 16)]
+                 ).to_csv(directory / "passes.csv", index=False)
+    served = {1: -2e-4, 16: 3e-4}
+    rows = [{"event": "graph_layer", "repeat": r, "time_s": fix + 1e-6 * (r % 3 - 1), "batch": b}
+            for b, fix in served.items() for r in range(MIN_GRAPH_ROWS)]
+    rows += [{"event": "graph_layer", "repeat": r, "time_s": 5e-3, "batch": 8} for r in range(MIN_GRAPH_ROWS - 1)]
+    rows += [{"event": "merge", "repeat": 0, "time_s": 4e-4}]  # no batch: another event
+    pd.DataFrame(rows).to_csv(directory / "events.csv", index=False)
+    expected = {1: -2e-4, 4: -2e-4 + 3 / 15 * 5e-4, 16: 3e-4}  # 8's nine rows are too few to count
+    for serving, fixes in ((True, expected), (False, {1: 1e-4, 4: 1e-4, 16: 1e-4})):
+        p = MeasuredProfile(directory, impl="engine-graphs", serving=serving)
+        for batch, fix in fixes.items():
+            load = AttentionLoad(num_decode_seqs=batch, decode_ctx_tokens=batch * 512, decode_max_ctx=512)
+            layer = p.attention_s(load) + p.router_s(batch) + p.experts_s(np.array([[batch, batch, 0, 0]])).sum()
+            assert layer == pytest.approx(composed(batch) + fix, rel=1e-6), (serving, batch)
+            assert p.replayed_stages_s(load) == pytest.approx(composed(batch), rel=1e-6)
 
 
 def test_server_layer_adds_to_the_host_path_of_stepped_layers(tmp_path):

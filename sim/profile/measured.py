@@ -38,6 +38,9 @@ CLOCKS = ("time_s", "latency_s", "host_s", "gpu_s")
 PASS_GRAPH_TOKENS, PASS_GRAPH_SEQS = 4096, 64
 # real.graphs.BUCKET_SIZES: a replayed decode layer runs its router and experts on the whole padded bucket
 DECODE_GRAPH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64)
+# events.csv rows (with a `batch` column) of served graph-replayed decode layers' device time beyond their stages
+# (calibrate.serving); a batch size needs this many of them to stand in for the calibration passes' fix
+GRAPH_LAYER, MIN_GRAPH_ROWS = "graph_layer", 10
 SERVED = ("engine", "engine-graphs")  # the implementations real.run serves with (calibrate.serving)
 PASS_IMPL = {"engine": "engine", "engine-graphs": "engine-graphs", "hf": "hf-grouped_mm"}  # stage set -> the passes that check it
 
@@ -314,6 +317,13 @@ class MeasuredProfile:
         others = self.router_s(tokens) + self.device_curves["experts_layer"](tokens)
         return self._pipelined(host_path, gpu_path) - others  # >= the attention's own GPU time
 
+    def replayed_stages_s(self, load: AttentionLoad) -> float:
+        """A graph-replayed decode layer as the simulator composes it before any graph fix: padded attention at
+        the profile's decode charge, router and experts on the replayed bucket (`expert_tokens`)."""
+        tokens = max(self.expert_tokens(load), 1)
+        return (_attention(self.curves, load, True, decode_charge=self.decode_padding_charge)
+                + self.router_s(tokens) + float(self.device_curves["experts_layer"](tokens)))
+
     def replays(self, load: AttentionLoad) -> bool:
         """Whether a layer with prompt tokens is a graph replay (`pass_graphs`, within the largest bucket)."""
         return (self.pass_graphs and self._stepped is not None and load.num_tokens <= PASS_GRAPH_TOKENS
@@ -490,7 +500,11 @@ def measured_overheads(profile: MeasuredProfile) -> Overheads:
 def _graph_layer_fix(profile: MeasuredProfile) -> Curve | None:
     """Per batch size: the calibration model's graph passes' time per layer (least-squares slope over all
     their depths, context 512: a 2-point slope of passes of a few ms moved by 0.1-0.2 ms per layer between
-    runs) minus the stages' summed device times for that layer; None without graph passes."""
+    runs) minus the stages' summed device times for that layer; None without graph passes. A serving profile
+    whose events have served layers' fix (`_served_graph_fix`) takes that instead."""
+    served = _served_graph_fix(profile.directory) if profile.serving else None
+    if served is not None:
+        return served
     if not (profile.directory / "passes.csv").exists():
         return None
     passes = load_table(profile.directory, "passes.csv", ["impl", "layers", "phase", "batch", "context", "time_s"])
@@ -505,6 +519,24 @@ def _graph_layer_fix(profile: MeasuredProfile) -> Curve | None:
     composed = np.array([_path(profile.curves, int(n), 512) for n in batches])
     fix = (measured - composed)[:, None]
     return Curve("graph_layer_fix", batches, np.array([0.0]), fix, warned={"graph_layer_fix"})
+
+
+def _served_graph_fix(directory: Path) -> Curve | None:
+    """Per batch size with at least MIN_GRAPH_ROWS of them: the median of the events' `graph_layer` rows, the
+    device time of graph-replayed decode layers in serving runs beyond the stages the simulator composes for
+    them (calibrate.serving). The calibration model's passes are 1 to 4 layers of a few ms, and their slope
+    misses the served layer where a few tenths of a ms move it: H100 Mixtral, 16 layers served (session 32),
+    composed 1.14x the served layer at 1-8 sequences and 0.82x at 25-32. None without such rows."""
+    table = load_events(directory)
+    if table is None or "batch" not in table:
+        return None
+    rows = table[table.event == GRAPH_LAYER].dropna(subset=["batch"])
+    stats = rows.groupby("batch").time_s.agg(["median", "size"])
+    stats = stats[stats["size"] >= MIN_GRAPH_ROWS]
+    if stats.empty:
+        return None
+    return Curve("graph_layer_fix", stats.index.to_numpy(float), np.array([0.0]), stats["median"].to_numpy()[:, None],
+                 warned={"graph_layer_fix"})
 
 
 def events_file(directory: Path) -> Path | None:
