@@ -263,6 +263,21 @@ def graph_layer_rows(steps: pd.DataFrame, requests: pd.DataFrame, graphs: Measur
     return pd.DataFrame(rows, columns=["event", "batch", "time_s"])
 
 
+GRAPH_ROWS_KEPT = 101  # per batch size: a round's qllm runs give thousands of replayed decode layers each
+
+
+def thin_graph_rows(table: pd.DataFrame, keep: int = GRAPH_ROWS_KEPT) -> pd.DataFrame:
+    """The table with at most `keep` `graph_layer` rows per batch size: evenly spaced ranks of its sorted times,
+    the lowest, the median and the highest among them, so the profile keeps the distribution (the simulator
+    charges its median) at a few kB instead of the 2 MB of one H100 round's 48,694 layers."""
+    graph = table.event == GRAPH_LAYER
+    if not graph.any():
+        return table
+    kept = [rows.sort_values("time_s").iloc[np.unique(np.linspace(0, len(rows) - 1, keep).round().astype(int))]
+            for _, rows in table[graph].groupby("batch")]
+    return pd.concat([table[~graph], *kept], ignore_index=True)
+
+
 def collect(run_dirs: list[Path], directory: Path | None = None, probe_scaled: bool = False) -> pd.DataFrame:
     """Every run's idle gaps and, given a profile folder, what its stepped engine misses: prefill-layer
     residuals and whole passes' host work (`host_rows`, each run against the profile attending as it did:
@@ -291,7 +306,7 @@ def collect(run_dirs: list[Path], directory: Path | None = None, probe_scaled: b
             parts.append(rows.assign(event=rows.event.map(lambda e: f"{e}_lean" if e in LEAN_EVENTS else e))
                          if lean else rows)
         parts += decode_parts(run_dirs, directory)
-    table = pd.concat(parts, ignore_index=True)
+    table = thin_graph_rows(pd.concat(parts, ignore_index=True))
     table["repeat"] = table.groupby("event").cumcount()
     return table[["event", "repeat", "time_s"] + (["batch"] if "batch" in table else [])]
 

@@ -257,6 +257,22 @@ def test_graph_layer_rows_are_each_decode_layers_time_beyond_its_stages_with_its
     assert table.time_s.tolist() == pytest.approx([4e-4, 0.194e-3])
 
 
+def test_graph_rows_are_thinned_per_batch_size_to_their_spread_and_median():
+    """1,001 layers at batch 4 keep 5 rows (the lowest, quartiles, median, highest); 3 at batch 8 keep all three;
+    other events keep every row."""
+    rng = np.random.default_rng(0)
+    many = rng.permutation(np.arange(1001)) * 1e-6
+    table = pd.DataFrame([{"event": "graph_layer", "batch": 4, "time_s": t} for t in many]
+                         + [{"event": "graph_layer", "batch": 8, "time_s": t} for t in (3e-4, 1e-4, 2e-4)]
+                         + [{"event": "server_pass", "batch": np.nan, "time_s": 7e-4}] * 2)
+    thin = serving.thin_graph_rows(table, keep=5)
+    by_batch = thin[thin.event == "graph_layer"].groupby("batch").time_s
+    assert by_batch.apply(list).to_dict() == {4: pytest.approx([0, 250e-6, 500e-6, 750e-6, 1000e-6]),
+                                              8: pytest.approx([1e-4, 2e-4, 3e-4])}
+    assert by_batch.median()[4] == pytest.approx(np.median(many))
+    assert (thin.event == "server_pass").sum() == 2
+
+
 def test_decode_check_prices_each_decode_layer_the_requests_account_for(tmp_path):
     """With the committed H200 profile: one run (graphs replayed) whose one decode step has its batch in the
     requests table gives one layer in the table; a run without a requests table gives none."""
