@@ -429,12 +429,13 @@ DECODE_BINS = [0, 8, 16, 24, 32, 64, 1 << 20]
 
 def decode_check_report(run_dirs: list[Path], directory: Path) -> pd.DataFrame:
     """Median composed / measured graph-replayed decode layer by batch size over the runs (`decode_loads`:
-    the layers whose contexts the requests table gives), with the profile's decode padding charge."""
+    the layers whose contexts the requests table gives), priced as the simulator prices it (`replayed_layer_s`:
+    router and experts on the replayed bucket), with the profile's decode padding charge and graph fix."""
     model = profile_model(directory)
     graphs = stepped_profile(directory, serving=True, model=model, impl="engine-graphs")
     rows = [{"seqs": load.num_decode_seqs, "mean_context": load.decode_ctx_tokens / load.num_decode_seqs,
              "longest": load.decode_max_ctx, "measured_ms": 1e3 * per_layer_s,
-             "composed_ms": 1e3 * layer_s(graphs, model, load)}
+             "composed_ms": 1e3 * graphs.replayed_layer_s(load)}
             for steps, requests in graph_decode_logs(run_dirs) for load, per_layer_s in decode_loads(steps, requests)]
     table = pd.DataFrame(rows, columns=["seqs", "mean_context", "longest", "measured_ms", "composed_ms"])
     if table.empty:

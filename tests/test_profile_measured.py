@@ -310,6 +310,7 @@ def test_served_graph_layers_replace_the_calibration_passes_fix(tmp_path):
             layer = p.attention_s(load) + p.router_s(batch) + p.experts_s(np.array([[batch, batch, 0, 0]])).sum()
             assert layer == pytest.approx(composed(batch) + fix, rel=1e-6), (serving, batch)
             assert p.replayed_stages_s(load) == pytest.approx(composed(batch), rel=1e-6)
+            assert p.replayed_layer_s(load) == pytest.approx(layer, rel=1e-6)
 
 
 def test_server_layer_adds_to_the_host_path_of_stepped_layers(tmp_path):

@@ -324,6 +324,11 @@ class MeasuredProfile:
         return (_attention(self.curves, load, True, decode_charge=self.decode_padding_charge)
                 + self.router_s(tokens) + float(self.device_curves["experts_layer"](tokens)))
 
+    def replayed_layer_s(self, load: AttentionLoad) -> float:
+        """A graph-replayed decode layer as the simulator prices it (sim.plan): `replayed_stages_s` with its fix."""
+        tokens = max(self.expert_tokens(load), 1)
+        return self.attention_s(load) + self.router_s(tokens) + float(self.device_curves["experts_layer"](tokens))
+
     def replays(self, load: AttentionLoad) -> bool:
         """Whether a layer with prompt tokens is a graph replay (`pass_graphs`, within the largest bucket)."""
         return (self.pass_graphs and self._stepped is not None and load.num_tokens <= PASS_GRAPH_TOKENS
@@ -526,7 +531,7 @@ def _served_graph_fix(directory: Path) -> Curve | None:
     device time of graph-replayed decode layers in serving runs beyond the stages the simulator composes for
     them (calibrate.serving). The calibration model's passes are 1 to 4 layers of a few ms, and their slope
     misses the served layer where a few tenths of a ms move it: H100 Mixtral, 16 layers served (session 32),
-    composed 1.14x the served layer at 1-8 sequences and 0.82x at 25-32. None without such rows."""
+    composed 1.15x the served layer at 1-8 sequences and 0.82x at 25-32. None without such rows."""
     table = load_events(directory)
     if table is None or "batch" not in table:
         return None
