@@ -7,8 +7,9 @@
 # calibration run, another lease), whose server costs and padding charges were fitted on round 9's seed 4
 # (`python -m calibrate serving`): round 12 is a hold-out in every respect.
 # Bottom row: the H100 and Qwen3-30B-A3B bf16 on the final tree (session 30: lean attention on, seeds 27 and 28 on
-# two leases, one run each; `results/real/h100_s30_round`), against the committed H100 Qwen3 profile (68 and 48 of
-# 81 cells within target).
+# two leases, one run each; `results/real/h100_s30_round`), against the H100 Qwen3 profile as committed in session 30
+# (68 and 48 of 81 cells within target; its twins predate session 32's `graph_layer` rows, with which the same runs
+# score 63 and 52).
 # Solid: sim, dashed: real. Reads `results/h200_serving` and `results/h100_serving` (or `$QLLM_RESULTS`); writes
 # `figures/real_vs_sim.png`. Round 9's version (seeds 5 and 6, fcfs and qllm) is in git history at 09bea5b, round
 # 7's (with qllm_catchup) at 6bc7efe, round 6's at eb24afc, round 5's at df7695f, round 4's (seeds 2-4, with
