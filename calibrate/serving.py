@@ -17,7 +17,8 @@ The engine attends a group of sequences as one padded call; `padding_charge` and
 layers whose contexts the requests table gives) that the device pays; `graph_layer`, from the same decode layers,
 is each one's device time beyond the stages the simulator composes for it, with its batch size: the simulator
 then prices replayed decode layers with its medians instead of the calibration model's graph passes.
-A batch started on an urgent stream (real.lanes) overlaps the queued layers of the one it paused: that switch costs no idle time, and its negative gap counts as zero. `real.run` logs every step
+A batch started on an urgent stream (real.lanes) overlaps the queued layers of the one it paused: that switch
+costs no idle time, and its negative gap counts as zero. `real.run` logs every step
 with device timestamps (steps.parquet); this module turns the idle gaps into rows of a profile's
 events.csv, which `sim.profile.measured` charges as the iteration, pause and merge overheads.
 

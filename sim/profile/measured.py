@@ -320,14 +320,15 @@ class MeasuredProfile:
     def replayed_stages_s(self, load: AttentionLoad) -> float:
         """A graph-replayed decode layer as the simulator composes it before any graph fix: padded attention at
         the profile's decode charge, router and experts on the replayed bucket (`expert_tokens`)."""
-        tokens = max(self.expert_tokens(load), 1)
-        return (_attention(self.curves, load, True, decode_charge=self.decode_padding_charge)
-                + self.router_s(tokens) + float(self.device_curves["experts_layer"](tokens)))
+        return self._replayed_s(load, _attention(self.curves, load, True, decode_charge=self.decode_padding_charge))
 
     def replayed_layer_s(self, load: AttentionLoad) -> float:
         """A graph-replayed decode layer as the simulator prices it (sim.plan): `replayed_stages_s` with its fix."""
+        return self._replayed_s(load, self.attention_s(load))
+
+    def _replayed_s(self, load: AttentionLoad, attention_s: float) -> float:
         tokens = max(self.expert_tokens(load), 1)
-        return self.attention_s(load) + self.router_s(tokens) + float(self.device_curves["experts_layer"](tokens))
+        return attention_s + self.router_s(tokens) + float(self.device_curves["experts_layer"](tokens))
 
     def replays(self, load: AttentionLoad) -> bool:
         """Whether a layer with prompt tokens is a graph replay (`pass_graphs`, within the largest bucket)."""
