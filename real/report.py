@@ -60,7 +60,7 @@ PARTS = ("reaction", "notice", "host", "device", "in-flight layers")
 # the pipe, the pipe to the engine's first poll that found it, that poll to the consult
 NOTICE_LEGS = ("child", "pipe", "loop")
 FOUND = ("BE", "LS", "idle")
-HOST_IN = ("LM head", "other")  # where the host was when the request arrived (`reaction_parts`)
+HOST_IN = ("start", "LM head", "other")  # where the host was when the request arrived (`reaction_parts`)
 
 
 def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -71,13 +71,15 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.Data
     median layer, `layer_ms`, where that was shorter or the device idle): preemption happens at layer
     boundaries, so one layer of the preempted batch is the granularity; and `found`, what the arrival found on
     the device: `BE` work (the request preempts it), `LS` work (a batch some LS request started in: the policies
-    do not preempt LS for LS, so the request queues), or nothing (`idle`); and `host in`, `LM head` when the
-    host's latest step at the arrival was a pass's LM head still running on the device (its token sync holds
-    the host deaf to arrivals until then), else `other`. The step log names batches, not requests: the
-    batch's first advance is the first layer-0 advance issued after the arrival that begins no earlier than
-    the request's `scheduled_s`; `held`, whether the policy was consulted between the arrival and that batch's
-    consult and did not start the request then (it held it back: the KV slots were short; qllm_catchup preempts any
-    BE batch at once otherwise), so that its reaction measures memory, not preemption. With `transit`
+    do not preempt LS for LS, so the request queues), or nothing (`idle`); and `host in`, where the host was at
+    the arrival: `start` while starting a batch, from the consult that started it to the issue of its first
+    advance (it hears arrivals only once that advance is issued; a decode restart's start took about one Mixtral
+    layer, H100, session 33), else `LM head` when its latest step was a pass's LM head still running on the
+    device, else `other`. The step log names batches, not requests: the batch's first advance is the first
+    layer-0 advance issued after the arrival that begins no earlier than the request's `scheduled_s`; `held`,
+    whether the policy was consulted between the arrival and that batch's consult and did not start the request
+    then (it held it back: the KV slots were short; qllm_catchup preempts any BE batch at once otherwise), so that
+    its reaction measures memory, not preemption. With `transit`
     (real.frontend's `frontend.parquet`), the notice is also split into `NOTICE_LEGS` (ms; NaN without it)."""
     starts = steps[(steps.kind == "advance") & (steps.from_layer == 0)]
     advances = steps[(steps.kind == "advance") & (steps.to_layer > steps.from_layer)]
@@ -99,6 +101,7 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.Data
         layer = max(running.max() if len(running) else 0.0, median_ms)
         latest = steps[steps.issued_s <= q.arrival_s].tail(1)
         at_head = not latest.empty and latest.kind.iloc[0] == "finish" and latest.end_s.iloc[0] > q.arrival_s
+        in_start = ((starts.decided_s < q.arrival_s) & (starts.issued_s > q.arrival_s)).any()
         way = legs.loc[q.request_id] if legs is not None and q.request_id in legs.index else None
         split = dict.fromkeys(NOTICE_LEGS, float("nan")) if way is None else {
             "child": 1e3 * (way.sent_s - q.arrival_s), "pipe": 1e3 * (way.seen_s - way.sent_s),
@@ -108,7 +111,8 @@ def reaction_parts(requests: pd.DataFrame, steps: pd.DataFrame, transit: pd.Data
                      "host": 1e3 * host, "device": 1e3 * (reaction - notice - host),
                      "in-flight layers": 1e3 * reaction / layer, "level": int(step.level),
                      "found": "idle" if found.empty else "LS" if set(found.get("batch_id", ())) & ls_batches else "BE",
-                     "host in": HOST_IN[0] if at_head else HOST_IN[1], "held": bool(len(consults))})
+                     "host in": HOST_IN[0] if in_start else HOST_IN[1] if at_head else HOST_IN[2],
+                     "held": bool(len(consults))})
     return pd.DataFrame(rows, columns=["request_id", *PARTS, *NOTICE_LEGS, "level", "found", "host in", "held"])
 
 
@@ -135,7 +139,7 @@ def reaction_table(root: Path, by: str | None = None) -> pd.DataFrame:
     table = pd.concat(parts, ignore_index=True)
     pooled = [table.assign(run="all")] + [table[table.found == f].assign(run=f"all, found {f}") for f in FOUND]
     pooled.append(table[(table.found == "BE") & ~table.held].assign(run="all, found BE, not held"))
-    pooled.append(table[table["host in"] == HOST_IN[0]].assign(run=f"all, host in {HOST_IN[0]}"))
+    pooled += [table[table["host in"] == place].assign(run=f"all, host in {place}") for place in HOST_IN[:2]]
     rows = []
     for (policy, run), group in pd.concat([table, *pooled]).groupby(["policy", "run"], sort=False):
         row = {"policy": policy, "run": run, "LS": len(group), "urgent share": float((group.level > 0).mean()),

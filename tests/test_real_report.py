@@ -129,27 +129,36 @@ def test_reaction_split_into_notice_host_and_device(tmp_path):
     assert served.loc["all, found BE", "notice: pipe p50 ms"] == pytest.approx(2.0)
 
 
-def test_an_arrival_during_an_lm_head_is_pooled_apart(tmp_path):
+def test_arrivals_during_an_lm_head_or_a_batch_start_are_pooled_apart(tmp_path):
     """LS request 0 arrives at 1.000 s while a pass's LM head (issued at 0.990) runs until 1.004: the host
-    waits in its token sync. LS request 1 arrives at 2.000 s with the host idle."""
+    waits in its token sync. LS request 1 arrives at 2.000 s with the host idle. LS request 2 arrives at 3.000 s
+    while the host starts BE batch 6 (consulted at 2.9995, its first advance issued at 3.0008), after batch 5's
+    LM head: the start, the host's work at the arrival, names it."""
     folder = tmp_path / "qllm_catchup_seed2"
     folder.mkdir()
     rows = [("real", "qllm_catchup", 8.0, 2, 0, "LS", 1.000, 1.0052, 1.05, 1.5, 20, 10, 10, 0),
-            ("real", "qllm_catchup", 8.0, 2, 1, "LS", 2.000, 2.0009, 2.05, 2.5, 20, 10, 10, 0)]
+            ("real", "qllm_catchup", 8.0, 2, 1, "LS", 2.000, 2.0009, 2.05, 2.5, 20, 10, 10, 0),
+            ("real", "qllm_catchup", 8.0, 2, 2, "LS", 3.000, 3.0020, 3.05, 3.5, 20, 10, 10, 0)]
     with_latencies(pd.DataFrame(rows, columns=REQUEST_COLUMNS)).to_parquet(folder / "requests.parquet")
     (folder / "summary.json").write_text(json.dumps({"run": {"policy": "qllm_catchup", "rate": 8.0, "seed": 2}}))
-    steps = pd.DataFrame({"batch_id": [3, 3, 4, 5], "kind": ["advance", "finish", "advance", "advance"],
-                          "from_layer": [0, 4, 0, 0], "to_layer": [4, 4, 1, 1], "level": [0, 0, 0, 0],
-                          "decided_s": [0.95, float("nan"), 1.0045, 2.0],
-                          "issued_s": [0.95, 0.990, 1.0050, 2.0008], "begin_s": [0.95, 0.999, 1.0052, 2.0009],
-                          "end_s": [0.999, 1.004, 1.006, 2.002]})
+    steps = pd.DataFrame({"batch_id": [3, 3, 4, 5, 5, 6, 7],
+                          "kind": ["advance", "finish", "advance", "advance", "finish", "advance", "advance"],
+                          "from_layer": [0, 4, 0, 0, 4, 0, 0], "to_layer": [4, 4, 1, 4, 4, 1, 1],
+                          "level": [0, 0, 0, 0, 0, 0, 1],
+                          "decided_s": [0.95, float("nan"), 1.0045, 2.0, float("nan"), 2.9995, 3.0010],
+                          "issued_s": [0.95, 0.990, 1.0050, 2.0008, 2.9990, 3.0008, 3.0016],
+                          "begin_s": [0.95, 0.999, 1.0052, 2.0009, 2.9991, 3.0009, 3.0020],
+                          "end_s": [0.999, 1.004, 1.006, 2.002, 3.0005, 3.004, 3.0030]})
     steps.to_parquet(folder / "steps.parquet")
     parts = reaction_parts(pd.read_parquet(folder / "requests.parquet"), steps).set_index("request_id")
-    assert parts["host in"].tolist() == ["LM head", "other"]
+    assert parts["host in"].tolist() == ["LM head", "other", "start"]
     assert parts.loc[0, "notice"] == pytest.approx(4.5)  # the LM head's sync, then the consult
+    assert parts.loc[2, ["notice", "host"]].tolist() == pytest.approx([1.0, 0.6])  # the start's rest, then its own
     table = reaction_table(tmp_path).set_index("run")
     assert table.loc["all, host in LM head", "LS"] == 1
     assert table.loc["all, host in LM head", "reaction p50 ms"] == pytest.approx(5.2)
+    assert table.loc["all, host in start", "LS"] == 1
+    assert table.loc["all, host in start", "reaction p50 ms"] == pytest.approx(2.0)
 
 
 def test_reaction_table_without_step_logs_names_the_saved_reaction_table(tmp_path):
