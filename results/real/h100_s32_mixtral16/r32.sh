@@ -1,5 +1,6 @@
 # One serving round on the working tree: an optional calibration of prefill stages (CAL=1), then fcfs/qllm/qllm_catchup
 # over RATES under the stall watchdog (real.sweepwatch). Env: NAME MODEL LAYERS(null) RATES SEED TOTAL CAL CSTAGES CTMO KVRES MAXLEN
+# POLICIES EXTRA (more overrides, as key=value words)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 N=${NAME:-r32}; R=/tmp/$N; mkdir -p $R; trap 'tar czf $OUT/$N.tgz -C $R . 2>/dev/null; ls -la $OUT; exit 1' TERM
@@ -18,7 +19,7 @@ python3 -m real.sweepwatch --out $R/s$S --limit ${LIMIT:-70} --build ${BUILD:-12
   --sweep rate=${RATES:-8,18,28} policy=${POLICIES:-fcfs,qllm,qllm_catchup} --fixed seed=$S num_requests=300 \
   workload.output_mode=fixed workload.fixed_output_tokens=32 engine.model=${MODEL:-mixtral-8x7b} \
   engine.num_layers=${LAYERS:-null} engine.device=cuda engine.dtype=bfloat16 engine.num_slots=null \
-  engine.max_len=${MAXLEN:-1280} engine.kv_reserve_gib=${KVRES:-16} engine.device_trail=false
+  engine.max_len=${MAXLEN:-1280} engine.kv_reserve_gib=${KVRES:-16} engine.device_trail=false ${EXTRA}
 grep -h "tokens/s" $R/s$S/proc_*.log
 echo "total $(( $(date +%s)-t0 )) s"
 kill $W
