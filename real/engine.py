@@ -24,7 +24,7 @@ from real import stages, starttrace
 from real.batch import BatchState, MoEState
 from real.carry import DecodeCarry
 from real.devicetrail import DeviceTrail
-from real.graphs import KEY_STEP, DecodeRunner
+from real.graphs import KEY_STEP, DecodeRunner, fits_decode
 from real.kv import KVPool
 from real.layout import PinnedStaging, build_layout
 from real.passgraphs import PassRunner
@@ -284,6 +284,12 @@ class Engine:
     def graphed(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
         """Whether `advance` runs the batch's next layer as a CUDA graph (the runner's static buffers)."""
         return self.runner is not None and granularity <= Granularity.LAYER and self.runner.fits(batch)
+
+    def graphs_from_start(self, seqs: list[Sequence], granularity: Granularity = Granularity.LAYER) -> bool:
+        """`graphed` for the batch `start(seqs)` would make, known before it is made (a server keeps such a batch
+        off the urgent streams: real.lanes)."""
+        return (self.runner is not None and granularity <= Granularity.LAYER
+                and fits_decode(len(seqs), sum(s.num_new for s in seqs)))
 
     def pass_graphed(self, batch: BatchState, granularity: Granularity = Granularity.LAYER) -> bool:
         """Whether `advance` runs the batch's next layer through the pass runner (not a pure decode batch's)."""

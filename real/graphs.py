@@ -44,6 +44,11 @@ class Bucket:
         return self.hidden.shape[0]
 
 
+def fits_decode(num_seqs: int, num_tokens: int) -> bool:
+    """A batch of `num_seqs` sequences feeding `num_tokens` new tokens is pure decode and has a bucket."""
+    return num_seqs <= BUCKET_SIZES[-1] and num_tokens == num_seqs
+
+
 @dataclass(eq=False)
 class DecodeRunner:
     """Runs whole layers of pure-decode batches at layer boundaries, in padded buckets."""
@@ -65,8 +70,7 @@ class DecodeRunner:
 
     def fits(self, batch: BatchState) -> bool:
         """Pure decode, at a layer boundary, not larger than the largest bucket."""
-        return (batch.position.stage == Stage.ATTENTION and len(batch.seqs) <= BUCKET_SIZES[-1]
-                and batch.layout.num_tokens == len(batch.seqs))
+        return batch.position.stage == Stage.ATTENTION and fits_decode(len(batch.seqs), batch.layout.num_tokens)
 
     @torch.inference_mode()  # else autograd keeps every captured layer's intermediates alive
     def prepare(self, max_batch: int) -> int:

@@ -130,6 +130,33 @@ def test_urgent_lane_is_held_by_one_batch_at_a_time_and_changes_no_token(model, 
     assert server.outputs == reference.outputs
 
 
+@pytest.mark.parametrize("policy, graphed", [(QLLM(max_batch_size=4, preempt_ls_decode=True, ls_catch_up_layers=32),
+                                             True),
+                                            (QLLM(max_batch_size=4, granularity=Granularity.EXPERT), False)],
+                         ids=["qllm-catchup", "qllm-expert"])
+def test_batches_that_replay_decode_graphs_never_claim_the_lane(model, policy, graphed):
+    """With decode graphs (run eagerly on the CPU) and a device that always looks busy, a batch that starts as pure
+    decode stays on the main stream at layer granularity (it replays graphs there), and claims the lane at expert
+    granularity (no graphs: it runs stage by stage); every batch with a prompt token claims it; tokens as without."""
+    requests = overload()
+    engine = Engine(model, KVPool.allocate_for(model.config, 6, MAX_LEN, "cpu", torch.float32), graphs=True)
+    clock = StepClock()
+    server = ReplayServer(engine, policy, SchedulerState(kv_capacity_tokens=6 * MAX_LEN, max_batch_size=4),
+                          prompt_token_ids(0, model.config.vocab_size), clock=clock,
+                          timeline=BusyTimeline(engine.device, clock), lane=PriorityLane(enabled=True))
+    server.run(requests)
+    first = {}
+    for step in server.steps:
+        if step.from_layer == 0 and step.kind == "advance":
+            first.setdefault(step.batch_id, step)
+    decode = {b for b, step in first.items() if step.num_tokens == step.num_seqs}
+    claimed = {batch_id for batch_id, _ in server.lane.claims}
+    assert decode and decode != set(first)  # both kinds of start happened
+    assert claimed & decode == (set() if graphed else decode)
+    assert claimed >= set(first) - decode
+    assert server.outputs == replay(model, policy, overload()).outputs
+
+
 @pytest.mark.parametrize("policy", [QLLM(max_batch_size=4, preempt_ls_decode=True, ls_catch_up_layers=32),
                                     QLLM(max_batch_size=4, granularity=Granularity.EXPERT)],
                          ids=["qllm-catchup", "qllm-expert"])
