@@ -314,12 +314,12 @@ class ReplayServer:
             batch_id = t.started.batch_id
             seqs = [self._sequence(r) for r in t.started.requests]
             starttrace.stamp("sequences")
-            urgent = self._claim(batch_id, seqs)
+            self._claim(batch_id, seqs)
             starttrace.stamp("lane")
             with self.lane.issue(batch_id):
                 wait_for(self.fences)  # the last passes of the requests whose slots its sequences took
                 self.fences.clear()
-                batch = self.batches[batch_id] = self.engine.start(seqs)
+                self.batches[batch_id] = self.engine.start(seqs)
                 mark = self.timeline.mark()  # after the embedding: the batch has reached the device's SMs
             starttrace.stamp("mark")
             for request in t.started.requests:
