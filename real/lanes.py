@@ -13,9 +13,10 @@ The batch keeps the stream for its whole run of advances. When it stops running 
 pass finished), the lane *joins*: the main stream waits for the urgent one, and the batch's tensors are
 marked as used on the main stream, since the caching allocator would otherwise hand their memory to the
 next urgent batch while the main stream still reads it. Batches that replay decode graphs never claim the lane
-(real.server): the graphs share one memory pool, which admits one replay at a time, so they run on the main stream. Prefill and mixed layers' graphs
-(real.passgraphs) have a runner, and so a pool, per stream: the engine builds one for each stream it is warmed up
-on, and a batch leaving an urgent stream first takes its rows out of that runner's buckets.
+(real.server): the graphs share one memory pool, which admits one replay at a time, so they run on the main
+stream. Prefill and mixed layers' graphs (real.passgraphs) have a runner, and so a pool, per stream: the engine
+builds one for each stream it is warmed up on, and a batch leaving an urgent stream first takes its rows out of
+that runner's buckets.
 
 Without a stream (CPU, or the lane switched off) the lane keeps its bookkeeping only, so tests on the
 CPU check when batches would claim and leave it."""
