@@ -71,6 +71,8 @@ def build_layout(seqs: list[Sequence], device, ids: np.ndarray | None = None,
     real.engine.Engine.rehearse). `varlen`: fresh prompts as a PackedGroup (module docstring)."""
     if len(seqs) == 1:  # an LS arrival's prefill, mostly: the same arrays with a few numpy calls
         host, groups, total = _single(seqs[0], varlen)
+    elif varlen and (fresh := _fresh(seqs)) is not None:  # an LS prefill filled with BE prefills, mostly
+        host, groups, total = fresh
     else:
         host, groups, total = _packed(seqs, varlen)
     if ids is not None:
@@ -140,6 +142,24 @@ def _single(seq: Sequence, varlen: bool = False) -> tuple[list[np.ndarray], list
     return [*head, *group[:-1]], [group], new
 
 
+def _fresh(seqs: list[Sequence]) -> tuple[list[np.ndarray], list, int] | None:
+    """`_packed(seqs, varlen=True)` where every sequence is a fresh prompt of two or more tokens (one PackedGroup
+    over all rows), in half the numpy calls: it sits between an LS arrival and its first kernel, and on the serving
+    host, cold, each call costs several µs. None for any other batch."""
+    if any(s.num_cached for s in seqs):
+        return None
+    new = np.fromiter([len(s.token_ids) for s in seqs], np.int64, len(seqs))
+    if new.min() < 2:  # a one-token prompt is attended with the decode rows (`_packed`)
+        return None
+    ends = np.cumsum(new)
+    total = int(ends[-1])
+    cu = np.zeros((len(new) + 2) // 2 * 2, dtype=np.int32)  # as `_cu_lengths`
+    cu[1: len(new) + 1] = ends
+    slots = np.fromiter([s.slot for s in seqs], np.int64, len(seqs))
+    host = [np.arange(total) - np.repeat(ends - new, new), np.repeat(slots, new), ends - 1, cu.view(np.int64)]
+    return host, [_HostPacked(len(seqs), (0, total), int(new.max()))], total
+
+
 @dataclass(slots=True)
 class PackedRows:
     """Host arrays of a batch's packed new tokens, sequence by sequence (S = sequences, T = tokens)."""
@@ -174,6 +194,10 @@ def _packed(seqs: list[Sequence], varlen: bool = False) -> tuple[list[np.ndarray
     rows = packed_rows(seqs)
     new, cached, slot, offsets, total = rows.new, rows.cached, rows.slot, rows.offsets, rows.total
     host = [rows.positions, rows.slots, rows.ends - 1]
+    if total == len(seqs):  # decode only (a BE batch's next pass, mostly): `_group`'s arrays with Q = 1
+        one = np.arange(total)
+        group = (one[:, None], cached[:, None], slot, one, one, int(cached.max()) + 1)
+        return [*host, *group[:-1]], [group], total
     groups = []
     decode = new == 1
     for prefill, members in ((False, decode), (True, ~decode)):
@@ -197,15 +221,15 @@ def to_device(host: list[np.ndarray], device, staging: PinnedStaging | None = No
     a pageable copy would wait for the GPU to drain, a hidden sync at every merge or pass start.
     Through `staging` where given and large enough, else from a block pinned for this copy.
     `dry`: no copy; views of `staging`'s scratch block (`PinnedStaging.rehearse`), or without it host tensors."""
-    sizes = [np.size(a) for a in host]
+    sizes = [a.size for a in host]
     total = sum(sizes)
     if staging is not None and total <= staging.capacity:
         flat = staging.rehearse(host, total) if dry else staging.send(host, total)
     else:
-        flat = torch.from_numpy(np.concatenate([np.ravel(a) for a in host]).astype(np.int64, copy=False))
+        flat = torch.from_numpy(np.concatenate([a.ravel() for a in host]).astype(np.int64, copy=False))
         if torch.device(device).type == "cuda" and not dry:  # dry without staging: host tensors only
             flat = flat.pin_memory().to(device, non_blocking=True)
-    return [chunk if np.ndim(a) == 1 else chunk.view(np.shape(a)) for chunk, a in zip(flat.split(sizes), host)]
+    return [chunk if a.ndim == 1 else chunk.view(a.shape) for chunk, a in zip(flat.split_with_sizes(sizes), host)]
 
 
 @dataclass
@@ -237,7 +261,7 @@ class PinnedStaging:
     def send(self, host: list[np.ndarray], total: int) -> torch.Tensor:
         """The arrays, concatenated as int64, on the device (asynchronously, on the current stream)."""
         i = self._take()
-        np.concatenate([np.ravel(a) for a in host], out=self.views[i][:total], casting="unsafe")
+        np.concatenate([a.ravel() for a in host], out=self.views[i][:total], casting="unsafe")
         out = self.buffers[i][:total].to(self.device, non_blocking=True)
         self._copied(i)
         return out
@@ -264,7 +288,7 @@ class PinnedStaging:
     def rehearse(self, host: list[np.ndarray], total: int) -> torch.Tensor:
         """`send`'s host work without the copy: the arrays into the host scratch, and the device scratch's first
         `total` elements (stale values) in place of the copy's result."""
-        np.concatenate([np.ravel(a) for a in host], out=self.scratch[:total], casting="unsafe")
+        np.concatenate([a.ravel() for a in host], out=self.scratch[:total], casting="unsafe")
         return self.scratch_device[:total]
 
 

@@ -315,6 +315,44 @@ def test_fresh_prompts_form_one_packed_group_with_their_rows():
     assert isinstance(build_layout([seq(0, 6)], "cpu").groups[0], AttentionGroup)
 
 
+@pytest.mark.parametrize("lengths, cached, fresh", [
+    ((5, 3), (0, 0), True), ((5, 3, 4), (0, 0, 0), True), ((2, 900, 17, 64), (0, 0, 0, 0), True),
+    ((5, 1, 4), (0, 0, 0), False),  # a one-token prompt goes with the decode rows
+    ((5, 9, 4), (0, 8, 0), False),  # a decode row between fresh prompts
+    ((6, 4), (2, 0), False),  # cached keys
+])
+def test_a_batch_of_fresh_prompts_takes_the_short_path_to_the_same_arrays(lengths, cached, fresh):
+    """`_fresh` (an LS prefill with its BE fill) gives `_packed`'s host arrays and groups, element for element and
+    dtype for dtype, and declines every other batch."""
+    from real.layout import _fresh, _packed
+    from real.sequence import Sequence
+
+    seqs = [Sequence(i, list(range(1, n + 1)), slot=7 - i, num_cached=c) for i, (n, c) in enumerate(zip(lengths, cached))]
+    short = _fresh(seqs)
+    assert (short is not None) == fresh
+    if fresh:
+        host, groups, total = _packed(seqs, varlen=True)
+        assert short[1:] == (groups, total) and len(short[0]) == len(host)
+        for a, b in zip(short[0], host):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("cached", [(0,), (5, 17), (3, 900, 41, 7, 7)])
+def test_a_decode_batch_takes_the_short_path_to_the_padded_groups_arrays(cached):
+    """A batch of one new token each (a BE batch's next pass) skips `_group`'s padding arithmetic: its arrays
+    equal `_group`'s, element for element, dtype and shape."""
+    from real.layout import _group, _packed
+    from real.sequence import Sequence
+
+    seqs = [Sequence(i, list(range(1, c + 2)), slot=9 - i, num_cached=c) for i, c in enumerate(cached)]
+    host, (group,), total = _packed(seqs)
+    c, slots, one = np.array(cached), np.arange(9, 9 - len(cached), -1), np.ones(len(cached), dtype=np.int64)
+    expected = _group(one, c, slots, np.arange(len(cached)))
+    assert total == len(cached) and group[-1] == expected[-1] == max(cached) + 1
+    for a, b in zip(host, [c, slots, np.arange(len(cached)), *expected[:-1]], strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+
+
 def test_a_mixed_batch_with_unpadded_prompts_matches_hf(model):
     """Decode sequences between fresh prompts in one pass (the prompts' rows gathered, not one span)."""
     engine = new_engine(model, "varlen")
