@@ -20,7 +20,6 @@ from real import hostcpu
 from real.api import Api, Codec, bind_http
 from real.arrivals import LiveArrivals
 from real.frontend import FrontendProcess, PipeArrivals
-from real.model import preset_config
 from real.run import EngineSettings, build_engine, make_server, model_config, watched
 from real.server import ReplayServer, ServeOutcome
 from real.steplog import write_steps
@@ -77,7 +76,7 @@ class LiveServer:
     @classmethod
     def build(cls, spec: LiveSpec) -> LiveServer:
         """The tokenizer and the port first: a bad path or a taken port fails before a minute of weights."""
-        vocab_size = preset_config(spec.engine.model).vocab_size
+        vocab_size = model_config(spec.engine).vocab_size  # a bad preset or checkpoint path fails here too
         frontend = http = api = None
         placement = hostcpu.Placement.of(spec.engine.host_cpu)
         if spec.frontend == "process":

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, MixtralConfig, OlmoeConfig, PreTrainedModel, Qwen3MoeConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    MixtralConfig,
+    OlmoeConfig,
+    PreTrainedModel,
+    Qwen3MoeConfig,
+)
+from transformers.utils import logging as hf_logging
 
 MIXTRAL_8X7B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2, vocab_size=32000,
@@ -32,11 +41,45 @@ PRESETS = {"mixtral-8x7b": (MixtralConfig, MIXTRAL_8X7B), "qwen3-moe-30b-a3b": (
            "tiny-olmoe": (OlmoeConfig, TINY_OLMOE)}
 
 
+# the model types whose modules the engine drives (real.stages: a router `mlp.gate`, fused `mlp.experts`)
+MODEL_TYPES = {config.model_type for config, _ in PRESETS.values()}
+
+
 def preset_config(name: str, **overrides):
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     cls, values = PRESETS[name]
     return cls(**{**values, **overrides})
+
+
+def is_checkpoint(model: str) -> bool:
+    """`model` names a local checkpoint directory, not a preset."""
+    return model not in PRESETS
+
+
+def model_config(model: str, **overrides):
+    """The config of a preset, or of a local checkpoint directory (a folder with config.json), with `overrides`
+    given as to the config's constructor: `num_hidden_layers` cuts a checkpoint to its first layers as it cuts a
+    preset. A directory of another model type is refused here, before its weights load."""
+    if not is_checkpoint(model):
+        return preset_config(model, **overrides)
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a local checkpoint "
+                         "directory (a folder with config.json)")
+    try:
+        values = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path / 'config.json'}: not JSON ({error})") from None
+    kind = values.pop("model_type", None)
+    if kind not in MODEL_TYPES:
+        raise ValueError(f"{path}: model type {kind!r}; the engine drives {', '.join(sorted(MODEL_TYPES))}")
+    if "num_hidden_layers" in overrides:
+        if overrides["num_hidden_layers"] > values.get("num_hidden_layers", 0):
+            raise ValueError(f"{path} has {values.get('num_hidden_layers')} layers, not "
+                             f"{overrides['num_hidden_layers']}")
+        values.pop("layer_types", None)  # one per layer: remade for the new depth
+    return AutoConfig.for_model(kind, **{**values, **overrides})
 
 
 def build_model(config, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> PreTrainedModel:
@@ -47,11 +90,27 @@ def build_model(config, device: str = "cpu", dtype: torch.dtype = torch.float32,
     return model.eval()
 
 
-def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A checkpoint from a local directory (never the hub)."""
+def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               config=None) -> PreTrainedModel:
+    """A checkpoint from a local directory (never the hub); with `config` (`model_config`'s), as that config says:
+    cut to fewer layers, the later layers' weights are left unread."""
     path = Path(path)
     if not (path / "config.json").exists():
         raise FileNotFoundError(f"{path} has no config.json: not a local checkpoint directory")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
-                                                 local_files_only=True)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report would list every weight of the layers a cut leaves unread
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, attn_implementation="sdpa",
+                                                           local_files_only=True, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if missing := sorted(info["missing_keys"]):  # transformers would leave them random, and warn only
+        raise ValueError(f"{path}: the checkpoint lacks {len(missing)} of the model's weights ({missing[0]}, ...)")
     return model.to(device).eval()
+
+
+def build_or_load(model: str, config, device: str = "cpu", dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A preset with random weights, or a local checkpoint's weights (`model`, `config` from `model_config`)."""
+    if is_checkpoint(model):
+        return load_model(model, device, dtype, config)
+    return build_model(config, device, dtype)

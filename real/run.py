@@ -15,6 +15,7 @@ import torch
 from calibrate.hostspeed import probe_s
 from policies import Granularity, Policy, Request, SchedulerState
 from real import hostcpu, starttrace
+from real import model as models
 from real.devicetrail import DeviceTrail
 from real.engine import Engine
 from real.gcwatch import GCWatch
@@ -22,7 +23,6 @@ from real.graphs import KEY_STEP
 from real.kv import KVPool
 from real.lanes import PriorityLane, urgent_streams
 from real.lanes import warm_up as warm_up_lanes
-from real.model import build_model, preset_config
 from real.prompts import prompt_ids
 from real.server import ReplayServer
 from real.stallwatch import StallWatch
@@ -39,8 +39,8 @@ class EngineSettings:
     """`num_slots=None` sizes the KV pool from free GPU memory (`kv_memory_fraction` of what is left
     after `kv_reserve_gib`)."""
 
-    model: str = "tiny-mixtral"
-    # the preset's layers cut to this many (None: all): a model's per-layer timing on a GPU too small for all of
+    model: str = "tiny-mixtral"  # a preset (real.model.PRESETS) or a local checkpoint directory
+    # the model's layers cut to this many (None: all): a model's per-layer timing on a GPU too small for all of
     # its weights (Mixtral-8x7B's 32 layers need an H200; 16 fit an H100), with the simulator told the same
     num_layers: int | None = None
     device: str = "cpu"
@@ -180,7 +180,7 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
     release_engine()
     if settings.num_slots is None and not settings.device.startswith("cuda"):
         raise ValueError("engine.num_slots=null sizes the KV pool from GPU memory: set a number on the CPU")
-    model = build_model(model_config(settings), settings.device, DTYPES[settings.dtype])
+    model = models.build_or_load(settings.model, model_config(settings), settings.device, DTYPES[settings.dtype])
     num_slots = settings.num_slots or slots_that_fit(model.config, max_len, settings)
     pool = KVPool.allocate_for(model.config, num_slots, max_len, settings.device, DTYPES[settings.dtype])
     on_cuda = settings.device.startswith("cuda")
@@ -197,9 +197,9 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
 
 
 def model_config(settings: EngineSettings):
-    """The preset's config, cut to `settings.num_layers` where that is set."""
+    """The config of the preset or local checkpoint `settings.model`, cut to `settings.num_layers` where that is set."""
     layers = {} if settings.num_layers is None else {"num_hidden_layers": settings.num_layers}
-    return preset_config(settings.model, **layers)
+    return models.model_config(settings.model, **layers)
 
 
 def pass_graphs_for(policy: Policy, settings: EngineSettings) -> bool:

@@ -189,6 +189,35 @@ def test_loads_a_local_checkpoint(tmp_path):
         load_model(tmp_path / "nothing-here")
 
 
+def test_a_checkpoint_directory_is_checked_before_its_weights_load(tmp_path):
+    """`model_config` takes a preset or a checkpoint folder, cuts either to fewer layers, and refuses, with the
+    reason, a folder without config.json, a config that is not JSON, a model type the engine cannot drive and a cut
+    deeper than the checkpoint; `load_model` refuses a checkpoint that lacks weights (transformers would make them
+    random and only warn)."""
+    from real.model import model_config
+
+    build_model(preset_config("tiny-qwen3-moe"), "cpu").save_pretrained(tmp_path / "qwen")
+    assert model_config(str(tmp_path / "qwen")).num_hidden_layers == 3
+    cut = model_config(str(tmp_path / "qwen"), num_hidden_layers=2)
+    assert cut.model_type == "qwen3_moe" and cut.num_hidden_layers == 2 and cut.num_experts == 8
+    assert model_config("tiny-mixtral", num_hidden_layers=2).num_hidden_layers == 2
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": ')
+    for name, message in [(tmp_path / "none", "neither a preset"), ("mixtral-7x8b", "neither a preset"),
+                          (tmp_path / "llama", "model type 'llama'"), (tmp_path / "broken", "not JSON")]:
+        with pytest.raises(ValueError, match=message):
+            model_config(str(name))
+    with pytest.raises(ValueError, match="has 3 layers, not 4"):
+        model_config(str(tmp_path / "qwen"), num_hidden_layers=4)
+    model = build_model(preset_config("tiny-mixtral"), "cpu")
+    model.save_pretrained(tmp_path / "partial", state_dict={k: v for k, v in model.state_dict().items()
+                                                           if k != "model.norm.weight"})
+    with pytest.raises(ValueError, match=r"lacks 1 of the model's weights \(model.norm.weight"):
+        load_model(tmp_path / "partial")
+
+
 def test_a_pass_start_sends_its_new_token_ids_with_the_layout():
     from real.layout import build_layout
     from real.pending import input_ids

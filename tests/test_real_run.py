@@ -97,6 +97,25 @@ def test_a_cut_model_serves_at_its_depth_and_says_so(tmp_path):
     real_run.release_engine()
 
 
+@pytest.mark.parametrize("layers", [None, 2])
+def test_a_local_checkpoint_serves_with_its_own_weights(tmp_path, layers):
+    """`engine.model` may name a checkpoint folder: the engine serves its weights (the layers a cut keeps), and
+    every request finishes with the tokens asked."""
+    real_run.release_engine()
+    saved = build_model(preset_config("tiny-mixtral"), "cpu", seed=3)
+    saved.save_pretrained(tmp_path / "ckpt")
+    run = dataclasses.replace(spec(100.0), engine=real_run.EngineSettings(model=str(tmp_path / "ckpt"), num_slots=8,
+                                                                          graphs=True, num_layers=layers))
+    table, summary = real_run.serve(run, tmp_path)
+    served = real_run._built[0].engine.model.state_dict()
+    assert summary["run"]["engine"] == str(tmp_path / "ckpt") and summary["run"]["num_layers"] == (layers or 4)
+    kept = {k: v for k, v in saved.state_dict().items() if not k.startswith("model.layers.")
+            or int(k.split(".")[2]) < (layers or 4)}
+    assert served.keys() == kept.keys() and all(torch.equal(served[k], v) for k, v in kept.items())
+    assert len(table) == 12 and table.request_id.is_unique and (table.generated_tokens == 3).all()
+    real_run.release_engine()
+
+
 @pytest.mark.parametrize("layers", [0, -3, 1.5, True, "16"])
 def test_a_bad_layer_count_is_refused(layers):
     with pytest.raises(ValueError, match="engine.num_layers must be a whole number"):
