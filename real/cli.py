@@ -43,6 +43,7 @@ def build_spec(cfg: DictConfig, policy_name: str, overrides: Sequence[str] = ("r
         max_batch_size=int(cfg.max_batch_size),
         slo_s=float(cfg.slo_s),
         trace_path=cfg.trace,
+        progress=bool(cfg.get("progress", False)) and sys.stderr.isatty(),
     )
 
 

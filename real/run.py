@@ -23,6 +23,7 @@ from real.graphs import KEY_STEP
 from real.kv import KVPool
 from real.lanes import PriorityLane, urgent_streams
 from real.lanes import warm_up as warm_up_lanes
+from real.progress import ReplayProgress, say
 from real.prompts import prompt_ids
 from real.server import ReplayServer
 from real.stallwatch import StallWatch
@@ -158,6 +159,7 @@ class ServeSpec:
     max_batch_size: int = 32
     slo_s: float = 3.0
     trace_path: str | None = None
+    progress: bool = False  # the run's stages and a bar of finished requests on stderr (real.progress)
 
 
 @dataclass
@@ -313,6 +315,7 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     max_len = spec.engine.max_len or -(-longest // 256) * 256
     if longest > max_len:
         raise ValueError(f"engine.max_len={max_len} is shorter than the trace's longest request ({longest} tokens)")
+    say(f"building {spec.engine.model} on {spec.engine.device} (weights, KV pool, warm-up) ...", spec.progress)
     engine = build_engine(spec.engine, max_len, spec.max_batch_size)
     host_probe_s = probe_s(engine.model, engine.pool, engine.device.type)  # the host's speed (calibrate.hostspeed)
     requests = to_requests(trace)
@@ -334,7 +337,9 @@ def serve(spec: ServeSpec, out_dir: Path) -> tuple[pd.DataFrame, dict]:
     try:
         with placement.loop_thread(), GCWatch() as collections, \
                 (starttrace.recording() if spec.engine.trace_starts else nullcontext()) as starts, \
-                watched(server, spec.engine):
+                watched(server, spec.engine), \
+                (ReplayProgress(lambda: len(server.outputs), lambda: len(requests) - len(server.unplaced),
+                                len(requests)) if spec.progress else nullcontext()):
             outcome = server.run(requests)
     finally:
         gc.enable()

@@ -116,6 +116,19 @@ def test_a_local_checkpoint_serves_with_its_own_weights(tmp_path, layers):
     real_run.release_engine()
 
 
+def test_a_replay_with_progress_says_what_it_does_and_counts_every_request(tmp_path, capsys):
+    """`progress`: the build announced, then a bar that ends at every request finished and started; the replay's
+    results are the same twelve requests."""
+    real_run.release_engine()
+    table, _ = real_run.serve(dataclasses.replace(spec(100.0), progress=True), tmp_path)
+    err = capsys.readouterr().err
+    assert "building tiny-mixtral on cpu" in err and "12/12" in err and "started 12" in err
+    assert len(table) == 12 and (table.generated_tokens == 3).all()
+    real_run.serve(spec(100.0), tmp_path)
+    assert capsys.readouterr().err == ""  # off by default (and in every timed run)
+    real_run.release_engine()
+
+
 @pytest.mark.parametrize("layers", [0, -3, 1.5, True, "16"])
 def test_a_bad_layer_count_is_refused(layers):
     with pytest.raises(ValueError, match="engine.num_layers must be a whole number"):
