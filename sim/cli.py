@@ -35,7 +35,7 @@ def build_spec(cfg: DictConfig, policy_name: str, overrides: Sequence[str] = ("r
         policy_name=policy_name,
         workload=replayed_workload(WorkloadConfig(**OmegaConf.to_container(cfg.workload, resolve=True)), cfg.trace,
                                    overrides),
-        model=ModelSpec(**OmegaConf.to_container(cfg.model, resolve=True)),
+        model=model_spec(OmegaConf.to_container(cfg.model, resolve=True)),
         hardware=HardwareSpec(**hardware),
         profile=profile,
         seed=int(cfg.seed),
@@ -47,6 +47,13 @@ def build_spec(cfg: DictConfig, policy_name: str, overrides: Sequence[str] = ("r
         trace_path=cfg.trace,
         progress=bool(cfg.progress) and sys.stderr.isatty(),
     )
+
+
+def model_spec(values: dict) -> ModelSpec:
+    """`model=NAME` gives the dimensions; `model=hf` reads them from a Hugging Face config.json (`model.config`)."""
+    if "config" in values:
+        return ModelSpec.from_hf_config(**values)
+    return ModelSpec(**values)
 
 
 def _flag(value, name: str) -> bool:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+# config.json keys of the parts the simulator does not model: shared experts (Qwen2-MoE, DeepSeek) and dense MLP
+# layers between the MoE ones
+_UNMODELLED = ("shared_expert_intermediate_size", "n_shared_experts", "first_k_dense_replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +29,40 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if self.top_k > self.num_experts or min(self.num_layers, self.num_experts, self.top_k) < 1:
             raise ValueError(f"model {self.name}: need 1 <= top_k <= num_experts and >= 1 layer")
+
+    @classmethod
+    def from_hf_config(cls, config: str | Path | None, name: str | None = None, weight_bits: int = 16,
+                       kv_bits: int = 16) -> ModelSpec:
+        """An MoE model's dimensions from its Hugging Face config.json (the file or its folder; `model=hf
+        model.config=PATH`): Mixtral's keys, and Qwen3-MoE's and OLMoE's (the experts' width is
+        `moe_intermediate_size` where a config has one). Only JSON is read: no transformers needed. `name`: the
+        folder's name by default (a measured profile is looked up by it)."""
+        if not config:
+            raise ValueError("model=hf needs model.config=PATH: a Hugging Face config.json or the folder holding it")
+        path = Path(config)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"model.config: {path}: no such file")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"model.config: {path}: not JSON ({error})") from None
+        experts = values.get("num_local_experts", values.get("num_experts"))
+        if not experts or "num_experts_per_tok" not in values:
+            raise ValueError(f"model.config: {path} is not a mixture of experts (no num_local_experts / num_experts "
+                             "and num_experts_per_tok)")
+        if unmodelled := [key for key in _UNMODELLED if values.get(key)] + \
+                (["mlp_only_layers"] if values.get("mlp_only_layers") else []) + \
+                (["decoder_sparse_step"] if values.get("decoder_sparse_step", 1) != 1 else []):
+            raise ValueError(f"model.config: {path}: the simulator does not model {', '.join(unmodelled)} "
+                             "(every layer one MoE block of routed experts)")
+        heads, hidden = values["num_attention_heads"], values["hidden_size"]
+        head_dim = values.get("head_dim")
+        return cls(name=name or path.parent.name, num_layers=values["num_hidden_layers"], hidden_size=hidden,
+                   intermediate_size=values.get("moe_intermediate_size") or values["intermediate_size"],
+                   num_heads=heads, num_kv_heads=values.get("num_key_value_heads") or heads, num_experts=experts,
+                   top_k=values["num_experts_per_tok"], vocab_size=values["vocab_size"], weight_bits=weight_bits,
+                   kv_bits=kv_bits, head_size=head_dim if head_dim and head_dim != hidden // heads else None)
 
     @property
     def head_dim(self) -> int:
