@@ -56,6 +56,10 @@ class ModelSpec:
                 (["decoder_sparse_step"] if values.get("decoder_sparse_step", 1) != 1 else []):
             raise ValueError(f"model.config: {path}: the simulator does not model {', '.join(unmodelled)} "
                              "(every layer one MoE block of routed experts)")
+        required = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
+        if lacking := [key for key in required if not values.get(key)] + \
+                ([] if values.get("moe_intermediate_size") or values.get("intermediate_size") else ["intermediate_size"]):
+            raise ValueError(f"model.config: {path} lacks {', '.join(lacking)}")
         heads, hidden = values["num_attention_heads"], values["hidden_size"]
         head_dim = values.get("head_dim")
         return cls(name=name or path.parent.name, num_layers=values["num_hidden_layers"], hidden_size=hidden,

@@ -80,6 +80,7 @@ def test_a_hugging_face_config_gives_the_presets_dimensions(name, tmp_path):
     ({"n_shared_experts": 2}, "does not model n_shared_experts"),
     ({"mlp_only_layers": [0, 1]}, "does not model mlp_only_layers"),
     ({"decoder_sparse_step": 2}, "does not model decoder_sparse_step"),
+    ({"hidden_size": None, "intermediate_size": None}, "lacks hidden_size, intermediate_size"),
 ])
 def test_a_hugging_face_config_the_simulator_cannot_model_is_refused(change, message, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**HF_CONFIGS["mixtral-8x7b"], **(change or {})}))
