@@ -102,6 +102,8 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     try:
         model, info = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, attn_implementation="sdpa",
                                                            local_files_only=True, output_loading_info=True)
+    except OSError as error:  # no weight files, say: the CLIs report a FileNotFoundError as an error, not a trace
+        raise FileNotFoundError(f"{path}: {error}") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if missing := sorted(info["missing_keys"]):  # transformers would leave them random, and warn only

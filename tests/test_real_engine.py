@@ -216,6 +216,10 @@ def test_a_checkpoint_directory_is_checked_before_its_weights_load(tmp_path):
                                                            if k != "model.norm.weight"})
     with pytest.raises(ValueError, match=r"lacks 1 of the model's weights \(model.norm.weight"):
         load_model(tmp_path / "partial")
+    (tmp_path / "config-only").mkdir()
+    (tmp_path / "config-only" / "config.json").write_text((tmp_path / "partial" / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="config-only"):
+        load_model(tmp_path / "config-only")
 
 
 def test_a_pass_start_sends_its_new_token_ids_with_the_layout():
