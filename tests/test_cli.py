@@ -100,3 +100,21 @@ def test_a_real_replay_prints_its_stacks_on_sigusr1_and_runs_on():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "ran on"
     assert "most recent call first" in done.stderr and "<string>" in done.stderr
+
+
+def test_a_multirun_ends_with_its_runs_side_by_side(tmp_path):
+    """`-m`: after the jobs' own summaries, one table of the swept keys and each run's headline numbers, printed and
+    written as sweep.csv in the sweep folder; its numbers are the jobs' own summary.json's."""
+    done = subprocess.run([sys.executable, "-m", "sim", "run", "-m", f"hydra.sweep.dir={tmp_path}", "num_requests=40",
+                           "policy=fcfs,qllm", "rate=2,5", "progress=false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(tmp_path / "sweep.csv")
+    assert list(table.columns[:2]) == ["policy", "rate"] and "num_requests" not in table.columns  # same in every job
+    assert table[["policy", "rate"]].values.tolist() == [["fcfs", 2], ["fcfs", 5], ["qllm", 2], ["qllm", 5]]
+    for job, row in zip(sorted(tmp_path.glob("*/summary.json")), table.itertuples(index=False)):
+        summary = json.loads(job.read_text())
+        assert row[table.columns.get_loc("LS TTFT mean ms")] == pytest.approx(summary["classes"]["LS"]["ttft_mean_s"]
+                                                                              * 1e3)
+        assert row[table.columns.get_loc("tokens/s")] == pytest.approx(summary["throughput"]["tokens_per_s"])
+    assert "4 runs" in done.stdout and "| policy | rate | LS TTFT mean ms |" in done.stdout
