@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from sim.gridnotes import gathered
 from sim.results import markdown, ratio_to, serving_metrics
-from sim.validate import run_key, simulate_like
+from sim.validate import run_key, served_model, simulate_like
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs-of", default=None, help="only the runs of this policy (one per trace)")
     parser.add_argument("--variant", action="append", required=True, help="[LABEL=]POLICY [OVERRIDE ...]")
     parser.add_argument("--hardware", default="h200-measured")
-    parser.add_argument("--model", default="mixtral-8x7b")
+    parser.add_argument("--model", default=None,
+                        help="a simulator model (conf/model) or a Hugging Face config.json; default: the one the runs "
+                             "served")
     parser.add_argument("--out", type=Path, default=None, help="CSV of the per-run rows")
     args = parser.parse_args(argv)
     try:
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         raise SystemExit(f"error: no real runs (summary.json + trace.csv) under {args.runs}")
     try:
-        table = compare(runs, variants, args.hardware, args.model)
+        table = compare(runs, variants, args.hardware, args.model or served_model(runs))
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # a bad policy name, key or value
         raise SystemExit(f"error: {str(err).splitlines()[0]}") from None
     if args.out:

@@ -48,6 +48,30 @@ METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"
            ("BE", "ttft_p50_s"), ("BE", "ttft_p99_s"), ("BE", "turnaround_p50_s"), ("BE", "turnaround_p99_s")]
 
 
+def model_overrides(model: str) -> list[str]:
+    """A simulator model by name (conf/model), or a Hugging Face config.json, or the checkpoint folder holding one."""
+    if (Path(CONF_DIR) / "model" / f"{model}.yaml").exists() or not Path(model).exists():
+        return [f"model={model}"]
+    return ["model=hf", f"model.config={model}"]
+
+
+def served_model(runs: list[Path]) -> str:
+    """The model the real runs served (their summary.json's `engine`), for `--model` left out: a simulator model of
+    that name, or the checkpoint folder it was loaded from. Exits with a message where the runs disagree or served a
+    model the simulator has no dimensions for (the tiny test models)."""
+    engines = sorted({json.loads((run / "summary.json").read_text())["run"].get("engine") or "" for run in runs})
+    if "" in engines:
+        raise SystemExit("error: a run's summary.json does not say which model it served: pass --model")
+    if len(engines) != 1:
+        raise SystemExit(f"error: the runs served {len(engines)} models ({', '.join(engines)}): pass --model")
+    engine = engines[0]
+    if (Path(CONF_DIR) / "model" / f"{engine}.yaml").exists() or (Path(engine) / "config.json").is_file():
+        return engine
+    names = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml") if p.stem != "hf")
+    raise SystemExit(f"error: the runs served {engine!r}, which the simulator has no dimensions for: pass --model "
+                     f"({', '.join(names)}, or a Hugging Face config.json)")
+
+
 def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None = None,
                   extra: tuple[str, ...] = (), host_scale: float | str | None = None,
                   profile_dir: Path | None = None, speed: float = 1.0) -> pd.DataFrame:
@@ -62,7 +86,7 @@ def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None =
     policy = policy or summary["policy"]
     # a group to compose with; the saved policy replaces what it builds (its own group may be gone)
     group = policy if saved is None or (Path(CONF_DIR) / "policy" / f"{policy}.yaml").exists() else "fcfs"
-    overrides = [f"policy={group}", f"hardware={hardware}", f"model={model}",
+    overrides = [f"policy={group}", f"hardware={hardware}", *model_overrides(model),
                  f"seed={summary['seed']}", "progress=false", *extra]
     if summary.get("graphs") and hardware.endswith("-measured"):  # the profile of the engine as it ran
         overrides.append("hardware.profile.impl=engine-graphs")
@@ -170,7 +194,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, help="folder of real run folders (each with trace.csv, requests.parquet)")
     parser.add_argument("--hardware", default="h200-measured")
-    parser.add_argument("--model", default="mixtral-8x7b")
+    parser.add_argument("--model", default=None,
+                        help="a simulator model (conf/model) or a Hugging Face config.json; default: the one the runs "
+                             "served (their summary.json)")
     parser.add_argument("--out", type=Path, default=None, help="CSV of the error table")
     parser.add_argument("--sim-out", type=Path, default=None, help="folder for the simulated runs' tables")
     parser.add_argument("--against", type=Path, default=None,
@@ -202,6 +228,7 @@ def main() -> None:
     runs = sorted(p.parent for p in args.runs.rglob("requests.parquet") if (p.parent / "trace.csv").exists())
     if not runs:
         raise SystemExit(f"error: no real runs (requests.parquet + trace.csv) under {args.runs}")
+    model = args.model or (None if args.against else served_model(runs))
     if args.against is not None and not args.against.is_dir():
         raise SystemExit(f"error: --against {args.against}: no such folder")
     if args.against:
@@ -210,7 +237,7 @@ def main() -> None:
     else:
         try:
             with gathered(len(runs)):
-                sims = {run: {speed: simulate_like(run, args.hardware, args.model, host_scale=host_scale,
+                sims = {run: {speed: simulate_like(run, args.hardware, model, host_scale=host_scale,
                                                    profile_dir=args.profile, speed=speed) for speed in speeds}
                         for run in tqdm(runs, desc="simulating", unit="run", leave=False)}
         except ProfileError as error:  # e.g. a run with unpadded prompts against a profile without their curve

@@ -254,3 +254,44 @@ def test_another_profile_folder_prices_the_runs_and_lean_runs_take_their_own_ser
                                      "qwen3-moe-30b-a3b", "--profile", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"error: no profile at .*stages.csv"):
         sim.validate.main()
+
+
+def test_the_model_comes_from_what_the_runs_served(tmp_path):
+    """Without `--model`, sim.validate and sim.tracecmp simulate the model the runs' summary.json names: a simulator
+    model by name, or the checkpoint folder it was loaded from (its config.json: `model=hf`). Runs of several
+    models, of one the simulator has no dimensions for, or that do not say, need `--model`."""
+    from sim.validate import model_overrides, served_model
+
+    def runs(*engines):
+        out = []
+        for i, engine in enumerate(engines):
+            folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}_{i}"
+            folder.mkdir()
+            (folder / "summary.json").write_text(json.dumps({"run": {} if engine is None else {"engine": engine}}))
+            out.append(folder)
+        return out
+
+    assert served_model(runs("qwen3-moe-30b-a3b", "qwen3-moe-30b-a3b")) == "qwen3-moe-30b-a3b"
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text(json.dumps({"model_type": "mixtral", "hidden_size": 4096,
+                                                        "intermediate_size": 14336, "num_hidden_layers": 32,
+                                                        "num_attention_heads": 32, "num_key_value_heads": 8,
+                                                        "num_local_experts": 8, "num_experts_per_tok": 2,
+                                                        "vocab_size": 32000}))
+    assert served_model(runs(str(checkpoint))) == str(checkpoint)
+    assert model_overrides(str(checkpoint)) == ["model=hf", f"model.config={checkpoint}"]
+    assert model_overrides("mixtral-8x7b") == ["model=mixtral-8x7b"]
+    for engines, message in [(("mixtral-8x7b", "qwen3-moe-30b-a3b"), "served 2 models"),
+                             (("tiny-mixtral",), "no dimensions for"), ((None,), "does not say")]:
+        with pytest.raises(SystemExit, match=message):
+            served_model(runs(*engines))
+
+    trace = generate_trace(WorkloadConfig(rate=3.0, num_requests=30, output_mode="fixed", fixed_output_tokens=4), 2)
+    (run_dir := tmp_path / "served").mkdir()
+    write_trace(trace, run_dir / "trace.csv")
+    slot = int((trace.prompt_tokens + trace.output_tokens).max())
+    run = {"policy": "qllm", "rate": 3.0, "seed": 2, "num_slots": 40, "kv_slot_tokens": slot, "engine": str(checkpoint)}
+    (run_dir / "summary.json").write_text(json.dumps({"run": run}))
+    pd.testing.assert_frame_equal(simulate_like(run_dir, "h200", served_model([run_dir])),
+                                  simulate_like(run_dir, "h200", "mixtral-8x7b"))  # the same dimensions
