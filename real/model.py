@@ -100,8 +100,9 @@ def load_model(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report would list every weight of the layers a cut leaves unread
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, attn_implementation="sdpa",
-                                                           local_files_only=True, output_loading_info=True)
+        model, info = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype,
+                                                           attn_implementation="sdpa", local_files_only=True,
+                                                           output_loading_info=True)
     except OSError as error:  # no weight files, say: the CLIs report a FileNotFoundError as an error, not a trace
         raise FileNotFoundError(f"{path}: {error}") from None
     finally:

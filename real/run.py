@@ -199,7 +199,7 @@ def build_engine(settings: EngineSettings, max_len: int, max_batch: int) -> Engi
 
 
 def model_config(settings: EngineSettings):
-    """The config of the preset or local checkpoint `settings.model`, cut to `settings.num_layers` where that is set."""
+    """The config of the preset or local checkpoint `settings.model`, cut to `settings.num_layers` where set."""
     layers = {} if settings.num_layers is None else {"num_hidden_layers": settings.num_layers}
     return models.model_config(settings.model, **layers)
 

@@ -32,11 +32,12 @@ class ModelSpec:
 
     @classmethod
     def from_hf_config(cls, config: str | Path | None, name: str | None = None, weight_bits: int = 16,
-                       kv_bits: int = 16) -> ModelSpec:
+                       kv_bits: int = 16, num_layers: int | None = None) -> ModelSpec:
         """An MoE model's dimensions from its Hugging Face config.json (the file or its folder; `model=hf
         model.config=PATH`): Mixtral's keys, and Qwen3-MoE's and OLMoE's (the experts' width is
         `moe_intermediate_size` where a config has one). Only JSON is read: no transformers needed. `name`: the
-        folder's name by default (a measured profile is looked up by it)."""
+        folder's name by default (a measured profile is looked up by it). `num_layers`: the model cut to its first
+        layers (a real run's `engine.num_layers`; None: all of them)."""
         if not config:
             raise ValueError("model=hf needs model.config=PATH: a Hugging Face config.json or the folder holding it")
         path = Path(config)
@@ -57,13 +58,13 @@ class ModelSpec:
             raise ValueError(f"model.config: {path}: the simulator does not model {', '.join(unmodelled)} "
                              "(every layer one MoE block of routed experts)")
         required = ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")
-        if lacking := [key for key in required if not values.get(key)] + \
-                ([] if values.get("moe_intermediate_size") or values.get("intermediate_size") else ["intermediate_size"]):
+        width = values.get("moe_intermediate_size") or values.get("intermediate_size")
+        if lacking := [key for key in required if not values.get(key)] + ([] if width else ["intermediate_size"]):
             raise ValueError(f"model.config: {path} lacks {', '.join(lacking)}")
         heads, hidden = values["num_attention_heads"], values["hidden_size"]
         head_dim = values.get("head_dim")
-        return cls(name=name or path.parent.name, num_layers=values["num_hidden_layers"], hidden_size=hidden,
-                   intermediate_size=values.get("moe_intermediate_size") or values["intermediate_size"],
+        return cls(name=name or path.parent.name, num_layers=num_layers or values["num_hidden_layers"],
+                   hidden_size=hidden, intermediate_size=width,
                    num_heads=heads, num_kv_heads=values.get("num_key_value_heads") or heads, num_experts=experts,
                    top_k=values["num_experts_per_tok"], vocab_size=values["vocab_size"], weight_bits=weight_bits,
                    kv_bits=kv_bits, head_size=head_dim if head_dim and head_dim != hidden // heads else None)

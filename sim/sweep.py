@@ -1,6 +1,6 @@
-"""A multirun's runs side by side: at the end of `python -m sim run -m ...` (and `python -m real run -m ...`) one table,
-printed and written as `sweep.csv` in the sweep folder (a Hydra callback, `hydra.callbacks.sweep_table` in the
-configs). Each job printed its own summary as it ended; comparing policies across rates meant reading them all,
+"""A multirun's runs side by side: at the end of `python -m sim run -m ...` (and `python -m real run -m ...`) one
+table, printed and written as `sweep.csv` in the sweep folder (a Hydra callback, `hydra.callbacks.sweep_table` in
+the configs). Each job printed its own summary as it ended; comparing policies across rates meant reading them all,
 or running `python -m sim.collect`.
 
 Its columns: the overrides that differ between jobs (from each job's `.hydra/overrides.yaml`), then each run's

@@ -360,7 +360,8 @@ def test_a_batch_of_fresh_prompts_takes_the_short_path_to_the_same_arrays(length
     from real.layout import _fresh, _packed
     from real.sequence import Sequence
 
-    seqs = [Sequence(i, list(range(1, n + 1)), slot=7 - i, num_cached=c) for i, (n, c) in enumerate(zip(lengths, cached))]
+    seqs = [Sequence(i, list(range(1, n + 1)), slot=7 - i, num_cached=c)
+            for i, (n, c) in enumerate(zip(lengths, cached))]
     short = _fresh(seqs)
     assert (short is not None) == fresh
     if fresh:

@@ -18,7 +18,8 @@ def _run(folder, trace, policy="qllm"):
     folder.mkdir(parents=True, exist_ok=True)
     write_trace(trace, folder / "trace.csv")
     slot = int((trace.prompt_tokens + trace.output_tokens).max())
-    run = {"policy": policy, "rate": 4.0, "seed": 3, "num_slots": 40, "kv_slot_tokens": slot, "engine": "mixtral-8x7b"}
+    run = {"policy": policy, "rate": 4.0, "seed": 3, "num_slots": 40, "kv_slot_tokens": slot,
+           "engine": "mixtral-8x7b"}
     (folder / "summary.json").write_text(json.dumps({"run": run}))
     return folder
 

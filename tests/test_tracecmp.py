@@ -26,7 +26,8 @@ def fake_run(path, policy="fcfs"):
     path.mkdir(parents=True)
     write_trace(trace, path / "trace.csv")
     slot = int((trace.prompt_tokens + trace.output_tokens).max())
-    run = {"policy": policy, "rate": 20.0, "seed": 1, "num_slots": 40, "kv_slot_tokens": slot, "engine": "mixtral-8x7b"}
+    run = {"policy": policy, "rate": 20.0, "seed": 1, "num_slots": 40, "kv_slot_tokens": slot,
+           "engine": "mixtral-8x7b"}
     (path / "summary.json").write_text(json.dumps({"run": run}))
     return path
 
