@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def say(message: str, on: bool) -> None:
@@ -30,7 +31,7 @@ class ReplayProgress:
     poll_s: float = 0.5
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
-    _bar: object = None  # the tqdm bar, made on entry
+    _bar: Any = None  # the tqdm bar, made on entry
 
     def __enter__(self) -> ReplayProgress:
         from tqdm import tqdm  # a dependency of transformers' hub client: present wherever the engine runs

@@ -125,7 +125,8 @@ def test_a_replay_with_progress_says_what_it_does_and_counts_every_request(tmp_p
     assert "building tiny-mixtral on cpu" in err and "12/12" in err and "started 12" in err
     assert len(table) == 12 and (table.generated_tokens == 3).all()
     real_run.serve(spec(100.0), tmp_path)
-    assert capsys.readouterr().err == ""  # off by default (and in every timed run)
+    err = capsys.readouterr().err
+    assert "building" not in err and "replay" not in err  # off by default (and in every timed run)
     real_run.release_engine()
 
 
