@@ -8,15 +8,24 @@
 # base: before both changes (decode restarts claim the urgent lane and join back); lane: they never claim it (d0db29a),
 # the old layout; main: the tree (also real.layout's short paths, 06c6a98); both: the tree and the placeholder fill
 # as one gather (branch wip/restart-gather). Then, on nvidia-h100-x1, carry [".whl"]:
-#   timeout -k 10 400 env NAME=ab35 ARMS="base lane main both" RATES=30 TOTAL=300 bash .whl/ab35.sh
+#   timeout -k 10 560 env NAME=ab35 ARMS="base lane main both" RATES=30 TOTAL=360 bash .whl/ab35.sh   (timeout_s 590)
 # and, on the CPU: python -m real.starttrace ab35/<arm>_0 (per arm), python -m real.report ab35/<arm>_0 --reaction.
-# Env: NAME RATES SEED LAYERS KVRES TOTAL RUNTMO ARMS MODEL POLICY DEV DTYPE SLOTS
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+# First (TESTS=1, the default), the engine's tests on the device (QLLM_TEST_DEVICE: fp32 equality with HF, graphs,
+# carried and pending tokens), from pytest wheels in .whl/test (`pip download --only-binary=:all: --python-version 3.12
+# -d .whl/test pytest`), at most TESTTMO s: the layout's short paths (06c6a98) have run on a CPU only. Log: gputests.log.
+# Env: NAME RATES SEED LAYERS KVRES TOTAL RUNTMO ARMS MODEL POLICY DEV DTYPE SLOTS TESTS TESTTMO
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  $( [ "${TESTS:-1}" = 1 ] && ls .whl/test/*.whl ) || exit 1
 export PYTHONUNBUFFERED=1
 N=${NAME:-ab35}; R=/tmp/$N; mkdir -p $R; trap 'tar czf $OUT/$N.tgz -C $R . 2>/dev/null; exit 1' TERM
 echo "tree $(cat .whl/rev) layers ${LAYERS:-16} rates ${RATES:-12,30} seed ${SEED:-32} arms ${ARMS:-base lane main both}" > $R/info.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> $R/info.txt; cat $R/info.txt
 S=${SEED:-32}; t0=$(date +%s)
+if [ "${TESTS:-1}" = 1 ]; then
+  PYTHONPATH=/tmp/site:$PWD QLLM_TEST_DEVICE=${DEV:-cuda} timeout -k 5 ${TESTTMO:-150} python3 -m pytest -p no:cacheprovider \
+    tests/test_real_engine.py tests/test_real_carry.py tests/test_real_pending.py tests/test_real_graphs.py > $R/gputests.log 2>&1
+  echo "tests rc=$? $(( $(date +%s)-t0 )) s: $(tail -1 $R/gputests.log)"
+fi
 for arm in ${ARMS:-base lane main both}; do
   [ $(( $(date +%s)-t0 )) -gt ${TOTAL:-400} ] && break
   D=$PWD
