@@ -34,6 +34,7 @@ from policies import Policy
 from sim.cli import CONF_DIR
 from sim.compose import compose_spec
 from sim.gridnotes import gathered
+from sim.model import ModelSpec
 from sim.pipeline import ran_ahead
 from sim.plan import CostModel
 from sim.profile.select import ProfileError, build_profile, measured_directory
@@ -57,7 +58,7 @@ def model_overrides(model: str) -> list[str]:
 
 def served_model(runs: list[Path]) -> str:
     """The model the real runs served (their summary.json's `engine`), for `--model` left out: a simulator model of
-    that name, or the checkpoint folder it was loaded from. Exits with a message where the runs disagree or served a
+    that name, or for a checkpoint folder the simulator model of its dimensions, else the folder itself. Exits with a message where the runs disagree or served a
     model the simulator has no dimensions for (the tiny test models)."""
     engines = sorted({json.loads((run / "summary.json").read_text())["run"].get("engine") or "" for run in runs})
     if "" in engines:
@@ -65,11 +66,22 @@ def served_model(runs: list[Path]) -> str:
     if len(engines) != 1:
         raise SystemExit(f"error: the runs served {len(engines)} models ({', '.join(engines)}): pass --model")
     engine = engines[0]
-    if (Path(CONF_DIR) / "model" / f"{engine}.yaml").exists() or (Path(engine) / "config.json").is_file():
+    if (Path(CONF_DIR) / "model" / f"{engine}.yaml").exists():
         return engine
+    if (Path(engine) / "config.json").is_file():  # a checkpoint: its preset's name where the dimensions are one's
+        return _preset_like(ModelSpec.from_hf_config(engine)) or engine
     names = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml") if p.stem != "hf")
     raise SystemExit(f"error: the runs served {engine!r}, which the simulator has no dimensions for: pass --model "
                      f"({', '.join(names)}, or a Hugging Face config.json)")
+
+
+def _preset_like(model: ModelSpec) -> str | None:
+    """The simulator model (conf/model) of `model`'s dimensions, if one has them all: its measured profiles then
+    price a checkpoint of that model (they are looked up by name)."""
+    for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
+        if path.stem != "hf" and replace(compose_spec([f"model={path.stem}"]).model, name=model.name) == model:
+            return path.stem
+    return None
 
 
 def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None = None,

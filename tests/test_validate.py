@@ -279,7 +279,11 @@ def test_the_model_comes_from_what_the_runs_served(tmp_path):
                                                         "num_attention_heads": 32, "num_key_value_heads": 8,
                                                         "num_local_experts": 8, "num_experts_per_tok": 2,
                                                         "vocab_size": 32000}))
-    assert served_model(runs(str(checkpoint))) == str(checkpoint)
+    assert served_model(runs(str(checkpoint))) == "mixtral-8x7b"  # its dimensions: the preset's measured profiles
+    (other := tmp_path / "other").mkdir()
+    (other / "config.json").write_text((checkpoint / "config.json").read_text().replace('"num_local_experts": 8',
+                                                                                       '"num_local_experts": 16'))
+    assert served_model(runs(str(other))) == str(other)  # no preset of these dimensions: the config itself
     assert model_overrides(str(checkpoint)) == ["model=hf", f"model.config={checkpoint}"]
     assert model_overrides("mixtral-8x7b") == ["model=mixtral-8x7b"]
     for engines, message in [(("mixtral-8x7b", "qwen3-moe-30b-a3b"), "served 2 models"),
