@@ -25,8 +25,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from policies import Priority, Request
 from real.arrivals import ArrivalError, LiveArrivals, Ticket
 from real.chat import ChatError, chat_prompt_ids
+from real.metrics import Metrics
 
-COMPLETIONS, CHAT, MODELS, HEALTH = "/v1/completions", "/v1/chat/completions", "/v1/models", "/health"
+COMPLETIONS, CHAT, MODELS, HEALTH, METRICS = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health",
+                                              "/metrics")
 UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "suffix": None, "logprobs": None}
 MAX_BODY_BYTES = 8 << 20
 
@@ -217,6 +219,7 @@ class Api:
     default_max_tokens: int = 16
     timeout_s: float = 600.0  # a client waits at most this long for its tokens
     answering: int = 0  # completion requests being answered (admitted, or read and not yet written back)
+    metrics: Metrics = field(default_factory=Metrics)  # `GET /metrics` (real.metrics)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @contextmanager
@@ -246,10 +249,20 @@ class Api:
             started = time.perf_counter()
             ticket = self.arrivals.submit(parsed.prompt_ids, parsed.max_tokens, parsed.priority, parsed.stream)
         except BadRequest as error:
+            self.metrics.refused(self._priority_of(body))
             raise Refused(HTTPStatus.BAD_REQUEST, str(error), "invalid_request_error") from None
         except ArrivalError as error:
+            self.metrics.refused(parsed.priority.name)
             raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, str(error), "server_error") from None
+        self.metrics.admitted(parsed.priority.name)
         return Admitted(parsed, ticket, started)
+
+    def _priority_of(self, body: object) -> str:
+        """The class a refused body asked for, as far as it says (else the default's), for its count."""
+        try:
+            return Priority.parse(body.get("priority", self.default_priority.name)).name  # type: ignore[union-attr]
+        except (AttributeError, KeyError, ValueError, TypeError):
+            return self.default_priority.name
 
     def complete(self, body: object, chat: bool = False) -> tuple[int, dict]:
         """(status, JSON body) for a completion request, once all its tokens are on the host."""
@@ -257,13 +270,17 @@ class Api:
             admitted = self.admit(body, chat)
         except Refused as refused:
             return refused.status, refused.body
-        ticket = admitted.ticket
+        ticket, priority = admitted.ticket, admitted.completion.priority.name
         if not ticket.done.wait(self.timeout_s):
+            self.metrics.ended(priority, "timeout", time.perf_counter() - admitted.started, 0)
             return HTTPStatus.GATEWAY_TIMEOUT, error_body(f"no answer within {self.timeout_s:g} s", "server_error")
+        wall_s = time.perf_counter() - admitted.started
         if ticket.error is not None:
+            self.metrics.ended(priority, "error", wall_s, 0)
             return HTTPStatus.INTERNAL_SERVER_ERROR, error_body(ticket.error, "server_error")
-        return HTTPStatus.OK, completion_body(ticket, self.model, self.codec, time.perf_counter() - admitted.started,
-                                              chat)
+        self.metrics.first(priority, wall_s)  # one answer: its first token goes back with its last
+        self.metrics.ended(priority, "ok", wall_s, len(ticket.output_ids or ()))
+        return HTTPStatus.OK, completion_body(ticket, self.model, self.codec, wall_s, chat)
 
     def chunks(self, admitted: Admitted) -> Iterator[dict]:
         """A streamed completion's chunks: one per pass whose tokens reached the host, then one with
@@ -271,26 +288,35 @@ class Api:
         ticket, request, text = admitted.ticket, admitted.ticket.request, TextStream(self.codec)
         chat, first = admitted.completion.chat, True
         deadline = admitted.started + self.timeout_s
-        while True:
-            try:
-                ids = ticket.stream.get(timeout=max(deadline - time.perf_counter(), 0.0))
-            except queue.Empty:
-                yield error_body(f"no answer within {self.timeout_s:g} s", "server_error")
+        outcome = "left"  # unless the stream reaches an end below: the client went away (its request runs on)
+        try:
+            while True:
+                try:
+                    ids = ticket.stream.get(timeout=max(deadline - time.perf_counter(), 0.0))
+                except queue.Empty:
+                    outcome = "timeout"
+                    yield error_body(f"no answer within {self.timeout_s:g} s", "server_error")
+                    return
+                if ids is None:
+                    break
+                if first:
+                    self.metrics.first(request.priority.name, time.perf_counter() - admitted.started)
+                yield {**_head(request, self.model, chat, chunk=True),
+                       "choices": [_choice(chat, True, text.add(ids), ids, None, first)]}
+                first = False
+            if ticket.error is not None:
+                outcome = "error"
+                yield error_body(ticket.error, "server_error")
                 return
-            if ids is None:
-                break
+            outcome = "ok"
             yield {**_head(request, self.model, chat, chunk=True),
-                   "choices": [_choice(chat, True, text.add(ids), ids, None, first)]}
-            first = False
-        if ticket.error is not None:
-            yield error_body(ticket.error, "server_error")
-            return
-        yield {**_head(request, self.model, chat, chunk=True),
-               "choices": [_choice(chat, True, text.flush(), [], "length", first)],
-               "qllm": _timing(request, time.perf_counter() - admitted.started)}
-        if admitted.completion.include_usage:
-            yield {**_head(request, self.model, chat, chunk=True), "choices": [],
-                   "usage": _usage(request, len(text.ids))}
+                   "choices": [_choice(chat, True, text.flush(), [], "length", first)],
+                   "qllm": _timing(request, time.perf_counter() - admitted.started)}
+            if admitted.completion.include_usage:
+                yield {**_head(request, self.model, chat, chunk=True), "choices": [],
+                       "usage": _usage(request, len(text.ids))}
+        finally:
+            self.metrics.ended(request.priority.name, outcome, time.perf_counter() - admitted.started, len(text.ids))
 
     def models(self) -> dict:
         return {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "qllm",
@@ -311,6 +337,13 @@ def handler_for(api: Api) -> type[BaseHTTPRequestHandler]:
                 self._reply(HTTPStatus.OK, api.models())
             elif self.path == HEALTH:
                 self._reply(HTTPStatus.OK, {"status": "ok"})
+            elif self.path == METRICS:
+                data = api.metrics.render().encode()
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             else:
                 self._reply(HTTPStatus.NOT_FOUND, error_body(f"no route {self.path}", "invalid_request_error"))
 

@@ -431,10 +431,24 @@ def test_http_streaming_sends_each_pass_tokens_as_they_reach_the_host(tmp_path, 
             thread.start()
         for thread in threads:
             thread.join()
+        post(f"{url}/v1/completions", {"prompt": "no tokenizer", "priority": "LS"})  # refused: 400
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+            scraped.append(response.read().decode())
         live.arrivals.close()
 
+    scraped: list[str] = []
     outcome = live.run(on_ready=lambda url: threading.Thread(target=clients, args=(url,)).start())
     assert sorted(answers) == list(range(8)) and len(outcome.requests) == 8
+    # GET /metrics, from the front end's counts: every answer once by class, its tokens, none in flight
+    series = dict(line.rsplit(" ", 1) for line in scraped[0].splitlines() if not line.startswith("#"))
+    for cls in ("LS", "BE"):
+        asked = [b for b in bodies if b["priority"] == cls]
+        assert series[f'qllm_requests_total{{priority="{cls}",outcome="ok"}}'] == str(len(asked))
+        assert series[f'qllm_generated_tokens_total{{priority="{cls}"}}'] == str(sum(b["max_tokens"] for b in asked))
+        assert series[f'qllm_requests_in_flight{{priority="{cls}"}}'] == "0"
+        assert series[f'qllm_time_to_first_token_seconds_count{{priority="{cls}"}}'] == str(len(asked))
+        assert series[f'qllm_answer_seconds_bucket{{priority="{cls}",le="+Inf"}}'] == str(len(asked))
+    assert series['qllm_requests_total{priority="LS",outcome="refused"}'] == "1"
     model = live.server.engine.model
     for i, answer in answers.items():
         assert answer[0] == 200
@@ -590,3 +604,35 @@ def test_the_pipe_defers_the_clients_tokens_while_arrivals_wait_for_a_decision()
     assert child.recv() == ("out", [("finished", 1, [7, 8])])
     pipe.idle()
     assert not child.poll(0.05)  # nothing owed: nothing sent
+
+
+def test_metrics_render_prometheus_text_with_cumulative_buckets():
+    """Every series for both classes from the start; a histogram's buckets count up to +Inf; a refused body's class
+    is what it asked for, else the default's."""
+    from real.metrics import Metrics
+
+    metrics = Metrics()
+    empty = metrics.render()
+    assert 'qllm_requests_total{priority="LS",outcome="ok"} 0' in empty and "# TYPE qllm_answer_seconds histogram" in empty
+    metrics.admitted("LS")
+    metrics.first("LS", 0.004)
+    metrics.ended("LS", "ok", 0.3, 5)
+    metrics.admitted("BE")
+    metrics.ended("BE", "timeout", 700.0, 0)
+    lines = dict(line.rsplit(" ", 1) for line in metrics.render().splitlines() if not line.startswith("#"))
+    assert lines['qllm_time_to_first_token_seconds_bucket{priority="LS",le="0.005"}'] == "1"
+    assert lines['qllm_answer_seconds_bucket{priority="LS",le="0.25"}'] == "0"
+    assert lines['qllm_answer_seconds_bucket{priority="LS",le="0.5"}'] == "1"
+    assert lines['qllm_answer_seconds_bucket{priority="LS",le="+Inf"}'] == "1"
+    assert lines['qllm_answer_seconds_sum{priority="LS"}'] == "0.300000"
+    assert lines['qllm_requests_total{priority="BE",outcome="timeout"}'] == "1"
+    assert lines['qllm_answer_seconds_count{priority="BE"}'] == "0"  # only answers sent
+    assert lines['qllm_generated_tokens_total{priority="LS"}'] == "5"
+    assert lines['qllm_requests_in_flight{priority="LS"}'] == lines['qllm_requests_in_flight{priority="BE"}'] == "0"
+    api = Api(LiveArrivals(), CODEC, "tiny", max_len=64)
+    api.complete({"prompt": "text", "priority": "LS"})  # no tokenizer: 400
+    api.complete({"prompt": "text", "priority": "nonsense"})  # counted under the default class
+    api.complete("not an object")
+    text = api.metrics.render()
+    assert 'qllm_requests_total{priority="LS",outcome="refused"} 1' in text
+    assert 'qllm_requests_total{priority="BE",outcome="refused"} 2' in text
