@@ -57,6 +57,13 @@ def is_checkpoint(model: str) -> bool:
     return model not in PRESETS
 
 
+def checkpoint_tokenizer(model: str) -> str | None:
+    """A checkpoint folder's own SentencePiece tokenizer (`tokenizer.model`, as Mixtral's checkpoints ship it), for
+    text prompts; None for a preset or a folder without one."""
+    path = Path(model) / "tokenizer.model"
+    return str(path) if is_checkpoint(model) and path.is_file() else None
+
+
 def model_config(model: str, **overrides):
     """The config of a preset, or of a local checkpoint directory (a folder with config.json), with `overrides`
     given as to the config's constructor: `num_hidden_layers` cuts a checkpoint to its first layers as it cuts a

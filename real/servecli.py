@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from real.cli import CONF_DIR  # first: it sets the CUDA allocator's settings before torch loads
 from real.live import LiveServer, LiveSpec, close_on_signals, results
+from real.model import checkpoint_tokenizer
 from real.run import EngineSettings
 from sim.results import format_summary
 
@@ -24,7 +25,8 @@ def build_spec(cfg: DictConfig, policy_name: str) -> LiveSpec:
     return LiveSpec(policy=instantiate(cfg.policy), policy_name=policy_name, engine=engine, max_len=int(engine.max_len),
                     max_batch_size=int(cfg.max_batch_size), slo_s=float(cfg.slo_s), host=str(cfg.host),
                     port=int(cfg.port), default_priority=str(cfg.default_priority),
-                    default_max_tokens=int(cfg.default_max_tokens), tokenizer=cfg.tokenizer,
+                    default_max_tokens=int(cfg.default_max_tokens),
+                    tokenizer=cfg.tokenizer or checkpoint_tokenizer(engine.model),
                     switch_interval_us=float(cfg.switch_interval_us), frontend=str(cfg.frontend))
 
 

@@ -193,8 +193,12 @@ def test_a_checkpoint_directory_is_checked_before_its_weights_load(tmp_path):
     """`model_config` takes a preset or a checkpoint folder, cuts either to fewer layers, and refuses, with the
     reason, a folder without config.json, a config that is not JSON, a model type the engine cannot drive and a cut
     deeper than the checkpoint; `load_model` refuses a checkpoint that lacks weights (transformers would make them
-    random and only warn)."""
-    from real.model import model_config
+    random and only warn). `real serve` reads text prompts with a checkpoint's own tokenizer.model."""
+    from hydra import compose, initialize_config_dir
+
+    from real.cli import CONF_DIR
+    from real.model import checkpoint_tokenizer, model_config
+    from real.servecli import build_spec
 
     build_model(preset_config("tiny-qwen3-moe"), "cpu").save_pretrained(tmp_path / "qwen")
     assert model_config(str(tmp_path / "qwen")).num_hidden_layers == 3
@@ -216,6 +220,14 @@ def test_a_checkpoint_directory_is_checked_before_its_weights_load(tmp_path):
                                                            if k != "model.norm.weight"})
     with pytest.raises(ValueError, match=r"lacks 1 of the model's weights \(model.norm.weight"):
         load_model(tmp_path / "partial")
+    # text prompts over HTTP: the checkpoint's own tokenizer.model, unless `tokenizer=` names one
+    assert checkpoint_tokenizer(str(tmp_path / "qwen")) is None and checkpoint_tokenizer("mixtral-8x7b") is None
+    (tmp_path / "partial" / "tokenizer.model").write_bytes(b"sentencepiece")
+    assert checkpoint_tokenizer(str(tmp_path / "partial")) == str(tmp_path / "partial" / "tokenizer.model")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("real_serve", [f"engine.model={tmp_path / 'partial'}", "engine.max_len=64"])
+        assert build_spec(cfg, "qllm").tokenizer == str(tmp_path / "partial" / "tokenizer.model")
+        assert build_spec(compose("real_serve", ["engine.max_len=64"]), "qllm").tokenizer is None
     (tmp_path / "config-only").mkdir()
     (tmp_path / "config-only" / "config.json").write_text((tmp_path / "partial" / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="config-only"):
