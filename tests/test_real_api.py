@@ -115,6 +115,24 @@ def test_a_failed_stream_ends_with_an_error_chunk():
     chunks = list(api.chunks(admitted))
     assert chunks[0]["choices"][0]["token_ids"] == [11] and chunks[0]["choices"][0]["finish_reason"] is None
     assert chunks[1] == {"error": {"message": "the server stopped", "type": "server_error"}} and len(chunks) == 2
+    assert 'qllm_requests_total{priority="BE",outcome="error"} 1' in api.metrics.render()
+
+
+def test_a_client_that_leaves_a_stream_is_counted_as_left_and_no_longer_in_flight():
+    arrivals = LiveArrivals()
+    api = Api(arrivals, CODEC, "tiny", max_len=64)
+    arrivals.start(0.0)
+    admitted = api.admit({"prompt": [1, 2], "max_tokens": 3, "stream": True, "priority": "LS"})
+    assert 'qllm_requests_in_flight{priority="LS"} 1' in api.metrics.render()
+    arrivals.tokens(admitted.ticket.request.request_id, [11])
+    chunks = api.chunks(admitted)
+    next(chunks)  # the first tokens went out; then the connection broke (real.api's handler stops reading)
+    chunks.close()
+    text = api.metrics.render()
+    assert 'qllm_requests_total{priority="LS",outcome="left"} 1' in text
+    assert 'qllm_requests_in_flight{priority="LS"} 0' in text
+    assert 'qllm_time_to_first_token_seconds_count{priority="LS"} 1' in text
+    assert 'qllm_generated_tokens_total{priority="LS"} 1' in text
 
 
 def test_a_stopping_server_drains_the_answers_being_written():
