@@ -33,8 +33,8 @@ def job_overrides(job: Path) -> dict[str, str]:
 
 def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     """One row per job folder under `sweep_dir` with a summary.json, in job order."""
-    jobs = sorted((p.parent for p in Path(sweep_dir).glob("*/summary.json")),
-                  key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 0, p.name))
+    jobs = sorted((p.parent for p in Path(sweep_dir).rglob("summary.json")),  # any `hydra.sweep.subdir` depth
+                  key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 0, str(p)))
     if not jobs:
         return pd.DataFrame()
     overrides = [job_overrides(job) for job in jobs]
