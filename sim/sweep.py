@@ -15,6 +15,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from sim.collect import find_runs
 from sim.results import markdown
 
 # summary.json -> the table's column: (class, key, scale, name)
@@ -33,7 +34,7 @@ def job_overrides(job: Path) -> dict[str, str]:
 
 def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     """One row per job folder under `sweep_dir` with a summary.json, in job order."""
-    jobs = sorted((p.parent for p in Path(sweep_dir).rglob("summary.json")),  # any `hydra.sweep.subdir` depth
+    jobs = sorted((run for run in find_runs(sweep_dir) if (run / "summary.json").is_file()),  # any subdir depth
                   key=lambda p: (int(p.name.split("_")[0]) if p.name.split("_")[0].isdigit() else 0, str(p)))
     if not jobs:
         return pd.DataFrame()

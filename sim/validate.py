@@ -49,9 +49,14 @@ METRICS = [("LS", "ttft_p50_s"), ("LS", "ttft_p99_s"), ("LS", "turnaround_p50_s"
            ("BE", "ttft_p50_s"), ("BE", "ttft_p99_s"), ("BE", "turnaround_p50_s"), ("BE", "turnaround_p99_s")]
 
 
+def _sim_models() -> list[str]:
+    """The simulator's models by name (conf/model), `hf` (a config.json's dimensions) left out."""
+    return sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml") if p.stem != "hf")
+
+
 def model_overrides(model: str) -> list[str]:
     """A simulator model by name (conf/model), or a Hugging Face config.json, or the checkpoint folder holding one."""
-    if (Path(CONF_DIR) / "model" / f"{model}.yaml").exists() or not Path(model).exists():
+    if model in _sim_models() or not Path(model).exists():
         return [f"model={model}"]
     return ["model=hf", f"model.config={model}"]
 
@@ -66,22 +71,19 @@ def served_model(runs: list[Path]) -> str:
     if len(engines) != 1:
         raise SystemExit(f"error: the runs served {len(engines)} models ({', '.join(engines)}): pass --model")
     engine = engines[0]
-    if (Path(CONF_DIR) / "model" / f"{engine}.yaml").exists():
+    if engine in _sim_models():
         return engine
     if (Path(engine) / "config.json").is_file():  # a checkpoint: its preset's name where the dimensions are one's
         return _preset_like(ModelSpec.from_hf_config(engine)) or engine
-    names = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml") if p.stem != "hf")
     raise SystemExit(f"error: the runs served {engine!r}, which the simulator has no dimensions for: pass --model "
-                     f"({', '.join(names)}, or a Hugging Face config.json)")
+                     f"({', '.join(_sim_models())}, or a Hugging Face config.json)")
 
 
 def _preset_like(model: ModelSpec) -> str | None:
     """The simulator model (conf/model) of `model`'s dimensions, if one has them all: its measured profiles then
     price a checkpoint of that model (they are looked up by name)."""
-    for path in sorted((Path(CONF_DIR) / "model").glob("*.yaml")):
-        if path.stem != "hf" and replace(compose_spec([f"model={path.stem}"]).model, name=model.name) == model:
-            return path.stem
-    return None
+    return next((name for name in _sim_models()
+                 if replace(compose_spec([f"model={name}"]).model, name=model.name) == model), None)
 
 
 def simulate_like(run_dir: Path, hardware: str, model: str, policy: str | None = None,
